@@ -1,0 +1,1 @@
+"""The conformance suite: what ``pytest --openshell-gateway`` proves about a gateway."""

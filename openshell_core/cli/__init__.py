@@ -1,0 +1,110 @@
+"""The ``pytest-openshell`` command line.
+
+``main(argv)`` parses, runs one command and returns an exit code; only :func:`entrypoint` exits.
+Library errors are reported here, once, as an ``error:`` line and a ``hint:`` line.
+
+Exit codes (scripts may rely on them):
+
+====  ==========================================================================
+0     success
+1     the operation failed (engine error, readiness timeout, build failure, ...)
+2     bad usage (unknown option, invalid name or value)
+3     no usable Docker engine, or this machine lacks what a private engine needs
+4     inconsistent state that needs a decision (``gateway status``: not running)
+====  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import sys
+from collections.abc import Sequence
+
+from openshell_core.cli import _engine
+from openshell_core.errors import (
+    EnginePrerequisiteError,
+    NoEngineError,
+    OpenShellError,
+    StateError,
+    UsageError,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NO_ENGINE = 3
+EXIT_STATE = 4
+
+PROG = "pytest-openshell"
+
+
+class _StatusFormatter(logging.Formatter):
+    """Progress lines the way upstream's CLI prints them: ``[status] ...`` on stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        tag = "status" if record.levelno <= logging.INFO else record.levelname.lower()
+        return f"[{tag}] {record.getMessage()}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Drive OpenShell gateways on Docker, and the engine and images they run on.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no progress lines")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _engine.register(commands)
+    return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pytest-openshell")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return per error family)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help and on usage errors
+        return int(exc.code or 0)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StatusFormatter())
+    root = logging.getLogger("openshell")
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return int(args.run(args))
+    except UsageError as exc:
+        _report(exc)
+        return EXIT_USAGE
+    except (NoEngineError, EnginePrerequisiteError) as exc:
+        _report(exc)
+        return EXIT_NO_ENGINE
+    except StateError as exc:
+        _report(exc)
+        return EXIT_STATE
+    except OpenShellError as exc:
+        _report(exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        root.removeHandler(handler)
+
+
+def _report(exc: OpenShellError) -> None:
+    print(f"error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+
+
+def entrypoint() -> None:
+    """The console script."""
+    sys.exit(main())

@@ -1,0 +1,17 @@
+# The sandbox runtime: OpenSSH plus our supervisor. /sandbox holds the files every new workspace
+# is seeded with (once) from this image.
+ARG BASE_IMAGE
+FROM ${BASE_IMAGE}
+COPY wheels/ /opt/openshell/wheels/
+RUN set -e; \
+    pip="$(ls /opt/openshell/wheels/pip-*.whl)/pip"; \
+    python3 "$pip" install --no-index --no-cache-dir --disable-pip-version-check \
+        --break-system-packages --no-deps /opt/openshell/wheels/pytest_openshell-*.whl; \
+    rm -rf /opt/openshell/wheels; \
+    mkdir -p /run/sshd /sandbox/.config; \
+    printf 'Welcome to an OpenShell sandbox.\n' > /sandbox/README.md; \
+    printf 'seeded-from-image\n' > /sandbox/.config/seed; \
+    ln -s . /sandbox/.config/self
+ENV PYTHONUNBUFFERED=1
+EXPOSE 2222
+ENTRYPOINT ["python3", "-m", "openshell_core.sandbox"]

@@ -1,0 +1,1 @@
+"""The reference gateway that runs inside the gateway image."""

@@ -1,0 +1,79 @@
+"""Shared fixtures for the project's own tests.
+
+Integration tests run against a real Docker engine: the default private engine, started here when it
+is not running (and stopped at the end of the session when this session started it). Tests that
+disrupt a daemon (restart, crash) get a throw-away engine of their own from ``lab_engine_factory``.
+Nothing here skips: when no engine can be had, the fixture fails with the reason and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from openshell_core.engine import Engine, PrivateEngine
+from openshell_core.engine.private import DEFAULT_NAME, engines_dir
+from openshell_core.errors import OpenShellError
+from openshell_core.images import ImageSet, ensure_base_image, ensure_images
+
+
+@pytest.fixture(scope="session")
+def private_engine() -> Iterator[PrivateEngine]:
+    """The session's private engine (shared with other sessions that find it running)."""
+    engine = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
+    try:
+        started_here = engine.start()
+    except OpenShellError as exc:
+        pytest.fail(
+            f"the tests need a Docker engine and none could be started:\n{exc}", pytrace=False
+        )
+    yield engine
+    if started_here and not os.environ.get("OPENSHELL_KEEP_ENGINE"):
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def engine(private_engine: PrivateEngine) -> Iterator[Engine]:
+    handle = private_engine.connect()
+    yield handle
+    handle.close()
+
+
+@pytest.fixture(scope="session")
+def images(engine: Engine) -> ImageSet:
+    """Gateway, upgrade-gateway and sandbox images, built offline on the session engine."""
+    return ensure_images(engine)
+
+
+@pytest.fixture(scope="session")
+def base_image(engine: Engine) -> str:
+    return ensure_base_image(engine)
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A short name no other test or run uses."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module")
+def lab_engine_factory() -> Iterator[Callable[[], PrivateEngine]]:
+    """Throw-away private engines under short temporary roots, purged at the end of the module."""
+    made: list[tuple[PrivateEngine, Path]] = []
+
+    def make() -> PrivateEngine:
+        root = Path(tempfile.mkdtemp(prefix="ose-", dir="/tmp"))
+        engine = PrivateEngine(f"lab-{root.name}", root)
+        made.append((engine, root))
+        return engine
+
+    yield make
+    for engine, root in made:
+        engine.purge()
+        shutil.rmtree(root, ignore_errors=True)
