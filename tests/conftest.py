@@ -8,7 +8,6 @@ Nothing here skips: when no engine can be had, the fixture fails with the reason
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import uuid
@@ -25,17 +24,20 @@ from openshell_core.images import ImageSet, ensure_base_image, ensure_images
 
 @pytest.fixture(scope="session")
 def private_engine() -> Iterator[PrivateEngine]:
-    """The session's private engine (shared with other sessions that find it running)."""
+    """The session's private engine, held by a lease: started when needed, and stopped at the end
+    only when this session started it and no other session still holds it."""
     engine = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
+    lease = engine.lease()
     try:
-        started_here = engine.start()
+        lease.__enter__()
     except OpenShellError as exc:
         pytest.fail(
             f"the tests need a Docker engine and none could be started:\n{exc}", pytrace=False
         )
-    yield engine
-    if started_here and not os.environ.get("OPENSHELL_KEEP_ENGINE"):
-        engine.stop()
+    try:
+        yield engine
+    finally:
+        lease.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")

@@ -314,3 +314,27 @@ def test_default_pools_stay_inside_the_benchmark_range() -> None:
 def test_pools_in_private_ranges_are_refused(pool: str) -> None:
     with pytest.raises(UsageError, match="must not be used here"):
         validate_pool(pool)
+
+
+def test_a_lease_stops_only_the_engine_it_started_and_only_when_last(
+    lab_engine_factory: Callable[[], PrivateEngine],
+) -> None:
+    engine = lab_engine_factory()
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from openshell_core.engine import PrivateEngine;"
+            f"e = PrivateEngine({engine.name!r}, Path({str(engine.root)!r}))\n"
+            "with e.lease():\n    print('held', flush=True); sys.stdin.readline()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert other.stdout is not None and other.stdout.readline().strip() == "held"
+    with engine.lease():
+        assert engine.is_running()
+    assert engine.is_running(), "the other process started it and still holds it"
+    other.communicate("\n", timeout=60)
+    assert not engine.is_running(), "the last holder, which started it, stopped it"

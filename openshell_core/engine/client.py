@@ -115,6 +115,17 @@ class Engine:
             )
         return self.private
 
+    @property
+    def socket_dir(self) -> Path | None:
+        """The directory holding the engine's unix socket (None for a TCP engine).
+
+        Containers that talk to the engine mount this directory, never the socket file: the
+        daemon recreates the file when it restarts, and a file bind-mount would keep the old one.
+        """
+        if not self.host.startswith("unix://"):
+            return None
+        return Path(self.host.removeprefix("unix://")).parent
+
     def reconnect(self) -> None:
         """Drop pooled connections: the daemon's socket was recreated."""
         self.client.api.close()

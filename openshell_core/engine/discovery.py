@@ -67,7 +67,7 @@ def private_engine_for(host: str, env: Mapping[str, str] | None = None) -> Priva
     if not host.startswith("unix://"):
         return None
     socket_path = Path(host.removeprefix("unix://")).absolute()
-    root = socket_path.parent
+    root = socket_path.parent.parent
     if socket_path.name == "docker.sock" and root.parent == engines_dir(env):
         return PrivateEngine(root.name, root)
     return None

@@ -124,8 +124,14 @@ class PrivateEngine:
         return self.root / "exec"
 
     @property
+    def socket_dir(self) -> Path:
+        """The socket's own directory: containers mount it, because the socket file itself is
+        recreated on every daemon start."""
+        return self.root / "run"
+
+    @property
     def socket_path(self) -> Path:
-        return self.root / "docker.sock"
+        return self.socket_dir / "docker.sock"
 
     @property
     def pidfile(self) -> Path:
@@ -223,6 +229,40 @@ class PrivateEngine:
                 _proc.wait_gone(leftovers, timeout=10)
             self._clear_stale_files()
             _firewall.remove_accept(self.address_pool, self._firewall_tag)
+
+    @contextlib.contextmanager
+    def lease(self, *, timeout: float = 60.0) -> Iterator[PrivateEngine]:
+        """Use the engine for the duration of the block, starting it when needed.
+
+        Each holder registers itself under ``holders/``; when the block ends, the engine is stopped
+        only if this lease started it and no other live process still holds it. This is how
+        several test sessions share one engine without stopping it under each other.
+        """
+        started = self.start(timeout=timeout)
+        holder = self._holders_dir / f"{os.getpid()}-{time.monotonic_ns()}"
+        holder.write_text(f"{os.getpid()}\n")
+        try:
+            yield self
+        finally:
+            holder.unlink(missing_ok=True)
+            if started and not self._live_holders():
+                self.stop(timeout=timeout)
+
+    @property
+    def _holders_dir(self) -> Path:
+        path = self.root / "holders"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _live_holders(self) -> list[Path]:
+        live = []
+        for holder in self._holders_dir.iterdir():
+            pid = _proc.read_pidfile(holder)
+            if pid is not None and _proc.is_alive(pid):
+                live.append(holder)
+            else:
+                holder.unlink(missing_ok=True)  # left by a process that died
+        return live
 
     def restart(self, *, timeout: float = 60.0) -> None:
         """Graceful stop, then start: what ``systemctl restart docker`` does."""
@@ -361,6 +401,7 @@ class PrivateEngine:
 
     def _spawn(self) -> None:
         self.data_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         with self.logfile.open("a") as logfile:
             logfile.write(f"\n--- pytest-openshell: starting dockerd at {time.ctime()} ---\n")
         # Detach through a shell so the daemon's parent is the system's reaper, not this process:
