@@ -22,7 +22,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from openshell_core.cli import _engine
+from openshell_core.cli import _engine, _gateway, _sandbox
 from openshell_core.errors import (
     EnginePrerequisiteError,
     NoEngineError,
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _engine.register(commands)
+    _gateway.register(commands)
+    _sandbox.register(commands)
     return parser
 
 
