@@ -18,6 +18,9 @@ GATEWAY = "openshell.ai/gateway"
 RUN_ID = "openshell.ai/run-id"
 ROLE = "openshell.ai/role"
 INPUT_HASH = "openshell.ai/input-hash"
+#: On images instead of MANAGED_BY: a container inherits its image's labels, so an image labelled
+#: MANAGED_BY would make every container run from it (ours or anyone's) look like ours.
+BUILT_BY = "openshell.ai/built-by"
 SANDBOX_ID = "openshell.ai/sandbox-id"
 NODE_NAME = "openshell.ai/node-name"
 
@@ -33,6 +36,11 @@ def ownership(**extra: str) -> dict[str, str]:
 def is_ours(labels: Mapping[str, str] | None) -> bool:
     """True when an object's labels say this project manages it."""
     return bool(labels) and labels.get(MANAGED_BY) == MANAGER  # type: ignore[union-attr]
+
+
+def built_by_us(labels: Mapping[str, str] | None) -> bool:
+    """True when an image's labels say this project built it."""
+    return bool(labels) and labels.get(BUILT_BY) == MANAGER  # type: ignore[union-attr]
 
 
 def merge_user_labels(ours: Mapping[str, str], user: Mapping[str, str]) -> dict[str, str]:

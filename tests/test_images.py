@@ -33,7 +33,8 @@ def test_images_carry_the_hash_of_their_inputs(engine: Engine, images: ImageSet)
         found = engine.require_image(ref)
         image_labels = found["Config"]["Labels"]
         assert len(image_labels[labels.INPUT_HASH]) == 64
-        assert labels.is_ours(image_labels)
+        assert labels.built_by_us(image_labels)
+        assert not labels.is_ours(image_labels), "containers inherit image labels"
 
 
 def test_an_unchanged_input_rebuilds_nothing(engine: Engine, images: ImageSet) -> None:

@@ -25,7 +25,7 @@ from openshell_core.images.cache import cache_dir, input_hash
 log = logging.getLogger("openshell.images")
 
 #: Bump when the way the root filesystem is made changes; it is part of the cache key.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 DEFAULT_PACKAGES = ("python3", "openssh-server")
 
 
@@ -67,7 +67,7 @@ def ensure_base_image(
             ref=spec.ref,
             changes=[
                 f"LABEL {labels.INPUT_HASH}={spec.key}",
-                f"LABEL {labels.MANAGED_BY}={labels.MANAGER}",
+                f"LABEL {labels.BUILT_BY}={labels.MANAGER}",
                 "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "ENV LANG=C.UTF-8",
                 'CMD ["/bin/bash"]',

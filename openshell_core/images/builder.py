@@ -23,7 +23,7 @@ from openshell_core.images.wheelhouse import Wheelhouse, ensure_wheelhouse
 
 log = logging.getLogger("openshell.images")
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 #: What the reference gateway imports at run time (installed into the gateway image only).
 GATEWAY_REQUIREMENTS: tuple[str, ...] = ("docker>=7.1,<8", "cryptography>=42")
 
@@ -107,7 +107,7 @@ def _ensure_built(
         for line in engine.build_image(
             context,
             ref=recipe.ref,
-            labels={labels.INPUT_HASH: wanted, labels.MANAGED_BY: labels.MANAGER},
+            labels={labels.INPUT_HASH: wanted, labels.BUILT_BY: labels.MANAGER},
             buildargs=buildargs,
         ):
             if line.startswith("Step "):

@@ -1,0 +1,157 @@
+"""Test runs on an engine: who is alive, and sweeping what dead runs left behind.
+
+Every Docker object a run creates carries :data:`labels.RUN_ID`. A live run holds a lease: a file
+named after its id, with its pid, whose mtime it refreshes every few seconds. A sweep removes the
+objects of every run whose lease is gone, whose process died, or whose lease went stale (a
+run killed with ``kill -9``, or a crashed session on another machine). A run whose lease is fresh
+is never swept. Only objects that carry our manager label are considered at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from openshell_core import labels
+from openshell_core.engine import Engine, _proc
+from openshell_core.errors import EngineError
+
+log = logging.getLogger("openshell.runs")
+
+DEFAULT_RUNS_DIR = Path("/var/lib/pytest-openshell/runs")
+#: A lease not refreshed for this long belongs to a dead run.
+STALE_AFTER = 90.0
+HEARTBEAT = 10.0
+
+
+def runs_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("OPENSHELL_RUNS_DIR") or DEFAULT_RUNS_DIR)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass
+class RunLease:
+    """The lease of one live run; refreshed by a daemon thread while held."""
+
+    run_id: str
+    directory: Path
+
+    @property
+    def path(self) -> Path:
+        return self.directory / self.run_id
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[RunLease]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(f"{os.getpid()}\n")
+        stop = threading.Event()
+
+        def heartbeat() -> None:
+            while not stop.wait(HEARTBEAT):
+                with contextlib.suppress(OSError):
+                    os.utime(self.path)
+
+        thread = threading.Thread(
+            target=heartbeat, name=f"openshell-lease-{self.run_id}", daemon=True
+        )
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            self.path.unlink(missing_ok=True)
+
+
+def live_runs(directory: Path, *, now: float | None = None) -> set[str]:
+    """Run ids whose lease is fresh and whose process (when on this machine) is alive."""
+    now = time.time() if now is None else now
+    if not directory.is_dir():
+        return set()
+    alive = set()
+    for lease in directory.iterdir():
+        try:
+            fresh = now - lease.stat().st_mtime < STALE_AFTER
+        except FileNotFoundError:
+            continue
+        pid = _proc.read_pidfile(lease)
+        if fresh and (pid is None or _proc.is_alive(pid)):
+            alive.add(lease.name)
+    return alive
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    runs: tuple[str, ...]
+    containers: int
+    networks: int
+    volumes: int
+
+    @property
+    def total(self) -> int:
+        return self.containers + self.networks + self.volumes
+
+
+def remove_run_objects(
+    engine: Engine, run_ids: Collection[str] | None = None, *, keep_runs: Collection[str] = ()
+) -> SweepReport:
+    """Remove containers, then networks, then volumes of the given runs (all runs but
+    ``keep_runs`` when ``run_ids`` is None). Only objects labelled as ours are looked at."""
+    ours = f"{labels.MANAGED_BY}={labels.MANAGER}"
+
+    def selected(object_labels: Mapping[str, str] | None) -> str | None:
+        run = (object_labels or {}).get(labels.RUN_ID)
+        if not run or not labels.is_ours(object_labels) or run in keep_runs:
+            return None
+        if run_ids is not None and run not in run_ids:
+            return None
+        return run
+
+    swept: set[str] = set()
+    counts = {"containers": 0, "networks": 0, "volumes": 0}
+    for container in engine.list_containers(label_filters=[ours, labels.RUN_ID]):
+        run = selected(container.get("Labels"))
+        if run and engine.remove_container(str(container["Id"])):
+            swept.add(run)
+            counts["containers"] += 1
+    for network in engine.list_networks(label_filters=[ours, labels.RUN_ID]):
+        run = selected(network.get("Labels"))
+        if run:
+            try:
+                if engine.remove_network(str(network["Id"])):
+                    swept.add(run)
+                    counts["networks"] += 1
+            except EngineError as exc:
+                log.warning("could not remove network %s: %s", network.get("Name"), exc)
+    for volume in engine.list_volumes(label_filters=[ours, labels.RUN_ID]):
+        run = selected(volume.get("Labels"))
+        if run:
+            try:
+                if engine.remove_volume(str(volume["Name"])):
+                    swept.add(run)
+                    counts["volumes"] += 1
+            except EngineError as exc:
+                log.warning("could not remove volume %s: %s", volume.get("Name"), exc)
+    return SweepReport(tuple(sorted(swept)), **counts)
+
+
+def sweep_dead_runs(engine: Engine, directory: Path, *, current: str | None = None) -> SweepReport:
+    """Remove what runs that are no longer alive left on ``engine``."""
+    keep = live_runs(directory)
+    if current:
+        keep.add(current)
+    report = remove_run_objects(engine, None, keep_runs=keep)
+    if report.total:
+        log.info("swept %d objects left by dead runs %s", report.total, ", ".join(report.runs))
+    return report
