@@ -1,0 +1,426 @@
+"""Deploy a gateway: bring it back from whatever state Docker holds (stop and destroy are in
+:mod:`.teardown`).
+
+:func:`deploy` reads the state (:func:`~openshell_core.gateway.state.detect_state`) and follows
+the command x state matrix of upstream's ``gateway start``:
+
+==============  ===================================================  ===========================
+state           ``deploy()``                                         ``deploy(recreate=True)``
+==============  ===================================================  ===========================
+NONE            fresh: network, volume, container                    fresh
+RUNNING         nothing ("already running")                          wipe, then fresh
+STOPPED         resume: the same container, no image is looked at    wipe, then fresh
+VOLUME_ONLY     resume: a new container from the requested image     wipe, then fresh
+CONTAINER_ONLY  refused: a container without its volume              wipe, then fresh
+==============  ===================================================  ===========================
+
+A failed resume removes the container and the network and keeps the volume; a failed fresh deploy
+leaves nothing behind. Lifecycle operations on one gateway are serialised by a lock file on this
+machine, and a create that loses a race with another machine adopts the winner.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from openshell_core.engine import Engine
+from openshell_core.errors import (
+    EngineError,
+    NotFoundError,
+    OpenShellError,
+    ReadinessTimeout,
+    StateError,
+    UsageError,
+)
+from openshell_core.faults import Fault, active_faults
+from openshell_core.gateway.metadata import (
+    GatewayMetadata,
+    MetadataError,
+    MtlsFiles,
+    gateway_dir,
+    gateway_lock,
+    read_metadata,
+    remove_gateway_files,
+    write_metadata,
+    write_mtls,
+)
+from openshell_core.gateway.names import (
+    DEFAULT_NAME,
+    container_name,
+    network_name,
+    validate_name,
+    volume_name,
+)
+from openshell_core.gateway.readiness import (
+    DEFAULT_API_TIMEOUT,
+    DEFAULT_HEALTH_TIMEOUT,
+    ApiProbe,
+    ApiTarget,
+    tls_probe,
+    wait_api,
+    wait_healthy,
+)
+from openshell_core.gateway.reconcile import (
+    STATE_DIR,
+    check_port_free,
+    ensure_container,
+    ensure_network,
+    ensure_volume,
+    gateway_container_spec,
+    reconcile_container_network,
+)
+from openshell_core.gateway.state import GatewayFacts, GatewayState, detect_state
+from openshell_core.gateway.teardown import (
+    remove_container_if_ours,
+    remove_gateway_objects,
+    remove_network_if_unused,
+    remove_volume_if_ours,
+)
+from openshell_core.images import ImageSet
+
+log = logging.getLogger("openshell.gateway")
+
+DEFAULT_PORT = 8080
+#: Files the host-side client needs, from the gateway's PKI on its volume, by their host name.
+_CLIENT_PKI = {"ca.crt": "ca.crt", "client.crt": "tls.crt", "client.key": "tls.key"}
+
+
+class DeployMode(enum.Enum):
+    FRESH = "fresh"
+    RESUME = "resume"
+    RECREATE = "recreate"
+    ALREADY_RUNNING = "already-running"
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """What to deploy.
+
+    :param port: the host port; None means the port recorded in the gateway's metadata, else
+        :data:`DEFAULT_PORT`. A reused (stopped) container keeps the port it was created with.
+    :param gateway_host: the host users reach the gateway by (a certificate SAN and the endpoint's
+        host); None means the one recorded in the metadata, else ``127.0.0.1``.
+    :param recreate: wipe container, volume and network first (all state is lost).
+    :param faults: fault switches (testing aid), also passed to the gateway container.
+    """
+
+    name: str = DEFAULT_NAME
+    image: str = field(default_factory=lambda: ImageSet().gateway)
+    port: int | None = None
+    gateway_host: str | None = None
+    recreate: bool = False
+    sandbox_image: str = field(default_factory=lambda: ImageSet().sandbox)
+    run_id: str | None = None
+    faults: frozenset[Fault] = field(default_factory=active_faults)
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    api_timeout: float = DEFAULT_API_TIMEOUT
+
+
+@dataclass(frozen=True)
+class DeployOutcome:
+    """What :func:`deploy` did. ``timings`` holds seconds for ``total``, ``health`` and ``api``."""
+
+    name: str
+    mode: DeployMode
+    state_before: GatewayState
+    container_id: str
+    image: str
+    port: int
+    metadata: GatewayMetadata
+    mtls: MtlsFiles
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return self.metadata.gateway_endpoint
+
+
+# -- deploy -----------------------------------------------------------------------------------
+
+
+def deploy(
+    engine: Engine, options: DeployOptions | None = None, *, probe: ApiProbe = tls_probe
+) -> DeployOutcome:
+    """Bring gateway ``options.name`` up from whatever state Docker holds; see the module doc.
+
+    Nothing is ever pulled. The host-side metadata and mTLS files are written once the gateway
+    answers; ``active_gateway`` is the caller's business.
+
+    :param probe: checks the API once (raises ``OSError`` while it is not ready); the default
+        completes a TLS handshake with the client certificate.
+    :raises UsageError: an invalid name or port (before Docker is touched).
+    :raises StateError: an object with our names that is not ours, a container without its
+        volume, a port held by another container, unusable metadata (nothing is changed).
+    :raises ImageNotFoundError: the image is not on the engine (nothing is created).
+    :raises ReadinessTimeout: the gateway did not become ready (cleaned up as described).
+    """
+    options = options or DeployOptions()
+    name = validate_name(options.name)
+    if options.port is not None and not 1 <= options.port <= 65535:
+        raise UsageError(f"port {options.port} is not a TCP port (1-65535)")
+    started = time.monotonic()
+    with gateway_lock(name):
+        log.info("Checking gateway %s", name)
+        facts = detect_state(engine, name)
+        facts.refuse_foreign("start")
+        if not options.recreate and facts.state is GatewayState.RUNNING:
+            return _already_running(engine, facts, options, started)
+        metadata = None if options.recreate else read_metadata(name)
+        if not options.recreate and facts.state is GatewayState.CONTAINER_ONLY:
+            raise StateError(
+                f"gateway {name!r} has a container but no volume {volume_name(name)!r}: its "
+                "state is not where it belongs, and an empty volume will not be created under it",
+                hint=f"inspect it (`docker inspect {container_name(name)}`), then start over "
+                "with `gateway start --recreate` or `gateway destroy`",
+            )
+        plan = _plan(engine, options, facts, metadata)
+        if options.recreate and facts.state is not GatewayState.NONE:
+            log.info("Removing existing gateway")
+            remove_gateway_objects(engine, name)
+        had_files = gateway_dir(name).exists()
+        try:
+            return _bring_up(engine, options, facts, plan, probe=probe, started=started)
+        except BaseException as exc:
+            if plan.mode is DeployMode.RESUME:
+                kept = _cleanup_failed_resume(engine, name, options.faults)
+                after = (
+                    f"the container was removed and the volume {volume_name(name)!r} kept: "
+                    f"`pytest-openshell gateway start --name {name}` resumes from it once the "
+                    "cause is fixed"
+                    if kept
+                    else "the container was removed"
+                )
+            else:
+                _cleanup_failed_fresh(engine, name, remove_files=not had_files)
+                after = "everything this deploy created was removed"
+            if isinstance(exc, ReadinessTimeout):
+                exc.hint = after  # its log is in the message; the container it named is gone
+            elif isinstance(exc, OpenShellError):
+                exc.hint = f"{exc.hint}; {after}" if exc.hint else after
+            raise
+
+
+@dataclass(frozen=True)
+class _Plan:
+    mode: DeployMode
+    #: reuse the existing (stopped) container as it is
+    reuse: bool
+    image: str
+    port: int
+    gateway_host: str | None
+
+
+def _plan(
+    engine: Engine,
+    options: DeployOptions,
+    facts: GatewayFacts,
+    metadata: GatewayMetadata | None,
+) -> _Plan:
+    """Decide mode, image, port and host, and check what can be checked before any change: the
+    image is on the engine, the port is not held by another container."""
+    name = options.name
+    if options.recreate:
+        mode = DeployMode.RECREATE
+    elif facts.state in (GatewayState.STOPPED, GatewayState.VOLUME_ONLY):
+        mode = DeployMode.RESUME
+        log.info("Resuming gateway from existing state")
+    else:
+        mode = DeployMode.FRESH
+        log.info("Deploying a new gateway")
+    reuse = mode is DeployMode.RESUME and facts.state is GatewayState.STOPPED
+    if reuse:
+        image = facts.image or options.image  # the container's own: nothing is looked up
+        port = facts.host_port or _wanted_port(options, metadata)
+        if options.port is not None and options.port != port:
+            log.warning(
+                "the stopped container keeps port %d; --port %d applies to a new container "
+                "(remove the container with `docker rm %s`: the volume stays, and the next start "
+                "creates one)",
+                port,
+                options.port,
+                container_name(name),
+            )
+    else:
+        image = options.image
+        engine.require_image(image)
+        port = _wanted_port(options, metadata)
+    gateway_host = options.gateway_host or (metadata.gateway_host() if metadata else None)
+    check_port_free(engine, port, own_container=container_name(name))
+    return _Plan(mode, reuse, image, port, gateway_host)
+
+
+def _wanted_port(options: DeployOptions, metadata: GatewayMetadata | None) -> int:
+    if options.port is not None:
+        return options.port
+    if metadata is not None and metadata.gateway_port > 0:
+        return metadata.gateway_port
+    return DEFAULT_PORT
+
+
+def _bring_up(
+    engine: Engine,
+    options: DeployOptions,
+    facts: GatewayFacts,
+    plan: _Plan,
+    *,
+    probe: ApiProbe,
+    started: float,
+) -> DeployOutcome:
+    name = options.name
+    container = container_name(name)
+    mode, image, port = plan.mode, plan.image, plan.port
+    if mode is DeployMode.RESUME and Fault.PULL_ON_RESUME in options.faults:
+        log.info("Downloading gateway")
+        _simulated_pull(image)
+    log.info("Initializing environment")
+    ensure_network(engine, name, run_id=options.run_id)
+    ensure_volume(engine, name, run_id=options.run_id)
+    if plan.reuse:
+        container_id = str(facts.container_id)
+        if Fault.NO_NETWORK_RECONCILE not in options.faults:
+            reconcile_container_network(engine, container, network_name(name))
+    else:
+        spec = gateway_container_spec(
+            engine,
+            name=name,
+            image=image,
+            port=port,
+            sandbox_image=options.sandbox_image,
+            gateway_host=plan.gateway_host,
+            run_id=options.run_id,
+            faults=options.faults,
+        )
+        container_id, _ = ensure_container(engine, spec)
+    log.info("Starting gateway")
+    engine.start_container(container)
+    log.info("Waiting for the gateway's health check")
+    health = wait_healthy(engine, container, timeout=options.health_timeout)
+    mtls = fetch_mtls(engine, name)
+    log.info("Waiting for the gateway API on 127.0.0.1:%d", port)
+    target = ApiTarget("127.0.0.1", port, mtls.ca_cert, mtls.cert, mtls.key)
+    api = wait_api(engine, container, target, probe, timeout=options.api_timeout)
+    metadata = GatewayMetadata.local(name, port, plan.gateway_host)
+    write_metadata(metadata)
+    total = time.monotonic() - started
+    log.info("Gateway %s ready (%s) in %.1f s", name, mode.value, total)
+    return DeployOutcome(
+        name=name,
+        mode=mode,
+        state_before=facts.state,
+        container_id=container_id,
+        image=image,
+        port=port,
+        metadata=metadata,
+        mtls=mtls,
+        timings={"total": total, "health": health, "api": api},
+    )
+
+
+def _already_running(
+    engine: Engine, facts: GatewayFacts, options: DeployOptions, started: float
+) -> DeployOutcome:
+    """RUNNING: no Docker change at all. Host-side files that are missing are restored from the
+    running gateway (read-only), so that a deleted metadata directory does not strand it; a
+    corrupt metadata file is reported and left for a person to look at."""
+    name = facts.name
+    log.info("Gateway is already running")
+    try:
+        metadata = read_metadata(name)
+        restore = metadata is None
+    except MetadataError as exc:
+        log.warning("%s", exc)
+        metadata, restore = None, False
+    port = facts.host_port or _wanted_port(options, metadata)
+    mtls = MtlsFiles.of(name)
+    if not mtls.exist():
+        try:
+            mtls = fetch_mtls(engine, name)
+        except NotFoundError as exc:
+            log.warning("could not restore the mTLS files of gateway %s: %s", name, exc)
+    if metadata is None:
+        metadata = GatewayMetadata.local(name, port, options.gateway_host)
+        if restore:
+            write_metadata(metadata)
+    return DeployOutcome(
+        name=name,
+        mode=DeployMode.ALREADY_RUNNING,
+        state_before=facts.state,
+        container_id=str(facts.container_id),
+        image=facts.image or "",
+        port=port,
+        metadata=metadata,
+        mtls=mtls,
+        timings={"total": time.monotonic() - started},
+    )
+
+
+def fetch_mtls(engine: Engine, name: str) -> MtlsFiles:
+    """Copy the client's PKI files out of the gateway container into the host ``mtls/`` dir."""
+    container = container_name(name)
+    found = {
+        host: engine.read_container_file(container, f"{STATE_DIR}/pki/{inside}")
+        for inside, host in _CLIENT_PKI.items()
+    }
+    return write_mtls(name, ca_cert=found["ca.crt"], cert=found["tls.crt"], key=found["tls.key"])
+
+
+def _simulated_pull(image: str) -> None:
+    """The fault ``pull-on-resume``: fail as a registry does for a local-only tag. Nothing is
+    contacted; this project never pulls."""
+    repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    raise EngineError(
+        f"pull {image} failed: pull access denied for {repository}, repository does not exist "
+        "or may require 'docker login' (simulated by the fault pull-on-resume; no registry was "
+        "contacted)"
+    )
+
+
+# -- failure cleanup --------------------------------------------------------------------------
+
+
+def _cleanup_failed_resume(engine: Engine, name: str, faults: frozenset[Fault]) -> bool:
+    """A failed resume: container and network go, the volume stays (the state is on it).
+
+    Returns whether the volume was kept (always, unless the fault
+    ``wipe-volume-on-resume-failure`` re-creates upstream's old fallback).
+    """
+    wipe = Fault.WIPE_VOLUME_ON_RESUME_FAILURE in faults
+    log.info(
+        "resume failed, cleaning up container for '%s'%s",
+        name,
+        "" if wipe else " (preserving volume)",
+    )
+    try:
+        remove_container_if_ours(engine, container_name(name))
+        remove_network_if_unused(engine, network_name(name))
+        if wipe:
+            remove_volume_if_ours(engine, volume_name(name))
+    except OpenShellError as exc:
+        _cleanup_warning(name, exc)
+    return not wipe
+
+
+def _cleanup_failed_fresh(engine: Engine, name: str, *, remove_files: bool) -> None:
+    """A failed fresh deploy: everything it made goes."""
+    log.info("deploy failed, removing what it created for '%s'", name)
+    try:
+        remove_container_if_ours(engine, container_name(name))
+        remove_network_if_unused(engine, network_name(name))
+        remove_volume_if_ours(engine, volume_name(name))
+        if remove_files:
+            remove_gateway_files(name)
+    except (OpenShellError, OSError) as exc:
+        _cleanup_warning(name, exc)
+
+
+def _cleanup_warning(name: str, exc: Exception) -> None:
+    log.warning(
+        "cleanup after the failure did not finish (%s). Manual cleanup may be required: "
+        "pytest-openshell gateway destroy --name %s",
+        exc,
+        name,
+    )

@@ -1,0 +1,201 @@
+"""Waiting for a gateway: first Docker's health check, then its API.
+
+Both waits poll with backoff, give up at their own deadline, and fail fast when waiting cannot
+help any more: the container exited, vanished or restarts in a loop. Every failure is a
+:class:`~openshell_core.errors.ReadinessTimeout` carrying the last lines of the container's log.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from openshell_core.engine import Engine
+from openshell_core.errors import ReadinessTimeout
+
+log = logging.getLogger("openshell.gateway")
+
+#: Upstream waits about 6 minutes for health and 90 s for the API.
+DEFAULT_HEALTH_TIMEOUT = 180.0
+DEFAULT_API_TIMEOUT = 90.0
+#: A container restarted this many times while we wait is crash-looping.
+MAX_RESTARTS = 3
+LOG_TAIL = 15
+
+
+@dataclass(frozen=True)
+class ApiTarget:
+    """Where and how a client reaches a gateway's API: address and mTLS files."""
+
+    host: str
+    port: int
+    ca_cert: Path
+    client_cert: Path
+    client_key: Path
+
+
+#: Raises (any ``OSError``, including ``ssl.SSLError``) while the API is not ready.
+ApiProbe = Callable[[ApiTarget], None]
+
+
+def tls_probe(target: ApiTarget, *, timeout: float = 5.0) -> None:
+    """Complete a TLS handshake with client certificate, checking the server against the CA.
+
+    The server certificate must name ``target.host`` (an IP SAN for ``127.0.0.1``). After the
+    handshake the probe listens briefly: under TLS 1.3 a server that rejects the client certificate
+    says so only then.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(target.ca_cert))
+    context.load_cert_chain(str(target.client_cert), str(target.client_key))
+    with (
+        socket.create_connection((target.host, target.port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=target.host) as conn,
+    ):
+        conn.settimeout(0.2)
+        try:
+            data = conn.recv(1)
+        except TimeoutError:
+            return  # nothing to say and no alert: the server accepted us
+        if not data:
+            raise ConnectionResetError("the gateway closed the TLS connection after the handshake")
+
+
+def backoff(first: float = 0.1, factor: float = 2.0, cap: float = 2.0) -> Iterator[float]:
+    """Sleep intervals: ``first``, doubling, at most ``cap``."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * factor, cap)
+
+
+def wait_healthy(
+    engine: Engine,
+    container: str,
+    *,
+    timeout: float = DEFAULT_HEALTH_TIMEOUT,
+    what: str = "gateway health check",
+) -> float:
+    """Wait until Docker reports ``container`` healthy; returns the seconds waited.
+
+    :raises ReadinessTimeout: at the deadline, or at once when the container has no health check,
+        exited, vanished, or restarted :data:`MAX_RESTARTS` times.
+    """
+    started = time.monotonic()
+    baseline: int | None = None
+    status = "starting"
+    for delay in backoff():
+        elapsed = time.monotonic() - started
+        doc = engine.inspect_container(container)
+        if doc is None:
+            _fail(engine, container, what, "the container disappeared", elapsed)
+        restarts = int(doc.get("RestartCount") or 0)
+        baseline = restarts if baseline is None else baseline
+        _fail_if_down(
+            engine, container, what, doc=doc, restarts=restarts - baseline, elapsed=elapsed
+        )
+        health = (doc.get("State") or {}).get("Health")
+        if not health:
+            _fail(
+                engine,
+                container,
+                what,
+                "the container has no health check (its image lacks a HEALTHCHECK)",
+                elapsed,
+            )
+        status = str(health.get("Status") or "starting")
+        if status == "healthy":
+            return elapsed
+        if elapsed + delay > timeout:
+            _fail(engine, container, what, f"timed out (health status: {status})", elapsed)
+        time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def wait_api(
+    engine: Engine,
+    container: str,
+    target: ApiTarget,
+    probe: ApiProbe,
+    *,
+    timeout: float = DEFAULT_API_TIMEOUT,
+    what: str = "gateway API",
+) -> float:
+    """Probe the API until it answers; returns the seconds waited.
+
+    :raises ReadinessTimeout: at the deadline (with the probe's last error), or at once when the
+        container stops running.
+    """
+    started = time.monotonic()
+    baseline: int | None = None
+    for delay in backoff():
+        elapsed = time.monotonic() - started
+        try:
+            probe(target)
+        except OSError as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        else:
+            return time.monotonic() - started
+        doc = engine.inspect_container(container)
+        if doc is None:
+            _fail(engine, container, what, "the container disappeared", elapsed)
+        restarts = int(doc.get("RestartCount") or 0)
+        baseline = restarts if baseline is None else baseline
+        _fail_if_down(
+            engine, container, what, doc=doc, restarts=restarts - baseline, elapsed=elapsed
+        )
+        if elapsed + delay > timeout:
+            _fail(
+                engine,
+                container,
+                what,
+                f"not accepting connections on {target.host}:{target.port} ({last_error})",
+                elapsed,
+            )
+        time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _fail_if_down(
+    engine: Engine,
+    container: str,
+    what: str,
+    *,
+    doc: dict[str, Any],
+    restarts: int,
+    elapsed: float,
+) -> None:
+    state = doc.get("State") or {}
+    if not state.get("Running") and not state.get("Restarting"):
+        code = state.get("ExitCode")
+        detail = f", error: {state['Error']}" if state.get("Error") else ""
+        _fail(
+            engine,
+            container,
+            what,
+            f"the container exited unexpectedly (exit code {code}{detail})",
+            elapsed,
+        )
+    if restarts >= MAX_RESTARTS:
+        _fail(
+            engine,
+            container,
+            what,
+            f"the container is restarting in a loop ({restarts} restarts while waiting)",
+            elapsed,
+        )
+
+
+def _fail(engine: Engine, container: str, what: str, reason: str, elapsed: float) -> NoReturn:
+    raise ReadinessTimeout(
+        f"{what} of {container}",
+        reason,
+        elapsed=elapsed,
+        last_logs=engine.container_logs(container, tail=LOG_TAIL),
+        hint=f"the container's full log: `docker logs {container}`",
+    )

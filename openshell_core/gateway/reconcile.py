@@ -1,0 +1,300 @@
+"""Reconcilers: make one Docker object what the gateway needs, touching only what is ours.
+
+Each ``ensure_*`` creates what is missing and leaves what exists (and is ours) alone; an object
+with the gateway's name but without our labels is refused with a
+:class:`~openshell_core.errors.StateError`, never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+from openshell_core import labels
+from openshell_core.engine import Engine
+from openshell_core.errors import EngineError, NotFoundError, StateError
+from openshell_core.faults import ENV_VAR as FAULTS_ENV
+from openshell_core.faults import Fault, format_faults
+from openshell_core.gateway.names import container_name, network_name, node_name, volume_name
+from openshell_core.gateway.state import GATEWAY_PORT_KEY
+
+log = logging.getLogger("openshell.gateway")
+
+#: Where the gateway keeps its whole state: the volume is mounted here.
+STATE_DIR = "/var/lib/openshell"
+#: Where the engine's socket directory is mounted in the gateway container.
+ENGINE_SOCKET_MOUNT = "/run/openshell-engine"
+RESTART_POLICY = "unless-stopped"
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything a new gateway container is created with."""
+
+    name: str
+    image: str
+    hostname: str | None
+    port: int
+    network: str
+    restart_policy: str
+    environment: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    binds: tuple[str, ...] = ()
+
+
+def gateway_labels(name: str, run_id: str | None = None) -> dict[str, str]:
+    """Ownership labels for gateway ``name``'s container, volume and network."""
+    extra = {"gateway": name, "role": "gateway"}
+    if run_id:
+        extra["run_id"] = run_id
+    return labels.ownership(**extra)
+
+
+def gateway_container_spec(
+    engine: Engine,
+    *,
+    name: str,
+    image: str,
+    port: int,
+    sandbox_image: str,
+    gateway_host: str | None = None,
+    run_id: str | None = None,
+    faults: frozenset[Fault] = frozenset(),
+) -> ContainerSpec:
+    """The container of gateway ``name`` as ``docs/internals.md`` specifies it.
+
+    Faults that live here: ``container-id-hostname`` (no hostname, no ``OPENSHELL_NODE_NAME``:
+    Docker names the host after the container id) and ``no-restart-policy``.
+    """
+    node = node_name(name)
+    pin_identity = Fault.CONTAINER_ID_HOSTNAME not in faults
+    environment = {
+        "OPENSHELL_GATEWAY_NAME": name,
+        "OPENSHELL_NETWORK": network_name(name),
+        "OPENSHELL_SANDBOX_IMAGE": sandbox_image,
+        "OPENSHELL_GATEWAY_PORT": str(port),
+    }
+    if pin_identity:
+        environment["OPENSHELL_NODE_NAME"] = node
+    sans = extra_sans(engine.host, gateway_host)
+    if sans:
+        environment["OPENSHELL_EXTRA_SANS"] = ",".join(sans)
+    if run_id:
+        environment["OPENSHELL_RUN_ID"] = run_id
+    if faults:
+        environment[FAULTS_ENV] = format_faults(faults)
+    binds = [f"{volume_name(name)}:{STATE_DIR}"]
+    socket_dir = engine.socket_dir
+    if socket_dir is not None:
+        socket_file = PurePosixPath(engine.host.removeprefix("unix://")).name
+        binds.append(f"{socket_dir}:{ENGINE_SOCKET_MOUNT}")
+        environment["DOCKER_HOST"] = f"unix://{ENGINE_SOCKET_MOUNT}/{socket_file}"
+    else:
+        environment["DOCKER_HOST"] = engine.host
+    return ContainerSpec(
+        name=container_name(name),
+        image=image,
+        hostname=node if pin_identity else None,
+        port=port,
+        network=network_name(name),
+        restart_policy="no" if Fault.NO_RESTART_POLICY in faults else RESTART_POLICY,
+        environment=environment,
+        labels=gateway_labels(name, run_id),
+        binds=tuple(binds),
+    )
+
+
+def extra_sans(engine_host: str, gateway_host: str | None) -> list[str]:
+    """Names the server certificate needs beyond its defaults: a remote engine's host (from a
+    ``tcp://`` address that is not loopback) and the ``--gateway-host`` users reach it by."""
+    sans: list[str] = []
+    if engine_host.startswith("tcp://"):
+        host = urlparse(engine_host).hostname
+        if host and host not in _LOOPBACK:
+            sans.append(host)
+    if gateway_host and gateway_host not in sans:
+        sans.append(gateway_host)
+    return sans
+
+
+# -- network ----------------------------------------------------------------------------------
+
+
+def ensure_network(engine: Engine, name: str, *, run_id: str | None = None) -> str:
+    """Gateway ``name``'s network id, creating the network when it is missing.
+
+    An existing network is kept as it is: unlike upstream, which removed and re-created it on every
+    deploy, this never pulls a running container (or a sandbox) off its network.
+    """
+    network = network_name(name)
+    found = engine.inspect_network(network)
+    if found is not None:
+        _require_ours("network", network, found.get("Labels"))
+        return str(found["Id"])
+    log.info("Creating network %s", network)
+    try:
+        return engine.create_network(network, labels=gateway_labels(name, run_id))
+    except EngineError:
+        # Another deploy may have created it between our look and our create (409).
+        found = engine.inspect_network(network)
+        if found is None:
+            raise
+        _require_ours("network", network, found.get("Labels"))
+        return str(found["Id"])
+
+
+def ensure_volume(engine: Engine, name: str, *, run_id: str | None = None) -> str:
+    """Gateway ``name``'s volume, creating it when missing (an existing one is never changed)."""
+    volume = volume_name(name)
+    found = engine.inspect_volume(volume)
+    if found is not None:
+        _require_ours("volume", volume, found.get("Labels"))
+        return volume
+    log.info("Creating volume %s", volume)
+    engine.create_volume(volume, labels=gateway_labels(name, run_id))
+    found = engine.inspect_volume(volume)
+    if found is None:  # pragma: no cover - removed in the same instant
+        raise StateError(f"volume {volume!r} vanished right after it was created")
+    _require_ours("volume", volume, found.get("Labels"))
+    return volume
+
+
+# -- container --------------------------------------------------------------------------------
+
+
+def ensure_container(engine: Engine, spec: ContainerSpec) -> tuple[str, bool]:
+    """The gateway container's id, and whether this call created it.
+
+    An existing container of ours is returned as it is, whatever its image or configuration (a
+    resume reuses it). A create that loses a race with a concurrent deploy (409) adopts the winner.
+    Never pulls: a missing image is an :class:`~openshell_core.errors.ImageNotFoundError`.
+    """
+    found = engine.inspect_container(spec.name)
+    if found is not None:
+        _require_ours("container", spec.name, (found.get("Config") or {}).get("Labels"))
+        return str(found["Id"]), False
+    log.info("Creating container %s from %s", spec.name, spec.image)
+    try:
+        created = engine.create_container(
+            name=spec.name,
+            image=spec.image,
+            hostname=spec.hostname,
+            environment=spec.environment,
+            labels=spec.labels,
+            network=spec.network,
+            ports={GATEWAY_PORT_KEY: ("127.0.0.1", spec.port)},
+            binds=spec.binds,
+            restart_policy=spec.restart_policy,
+            init=True,
+        )
+    except EngineError:
+        found = _created_by_someone_else(engine, spec.name)
+        if found is None:
+            raise
+        _require_ours("container", spec.name, (found.get("Config") or {}).get("Labels"))
+        log.info("Container %s was created by a concurrent deploy; using it", spec.name)
+        return str(found["Id"]), False
+    return created, True
+
+
+def _created_by_someone_else(
+    engine: Engine, container: str, *, patience: float = 5.0
+) -> dict[str, Any] | None:
+    """After a failed create: the container another deploy created under the same name, if any.
+
+    Docker reserves the name before the winner's create finishes, so the loser's 409 can come
+    while the container cannot be inspected yet: look again for a few seconds.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.05
+    while True:
+        found = engine.inspect_container(container)
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+def reconcile_container_network(engine: Engine, container: str, network: str) -> bool:
+    """Attach a stopped container to the current ``network`` and nothing else; True if changed.
+
+    A container records the id of each network it joined. When that network was removed and
+    re-created (same name, new id), ``docker start`` fails with ``network <old id> not found``:
+    upstream's stale-network bug. Detaching the stale attachment and attaching the current
+    network fixes the record. A running container is never touched.
+
+    :raises StateError: when the network does not exist.
+    :raises EngineError: when the container cannot be attached.
+    """
+    found = engine.inspect_container(container)
+    if found is None:
+        raise NotFoundError("container", container)
+    if (found.get("State") or {}).get("Running"):
+        return False
+    current = engine.inspect_network(network)
+    if current is None:
+        raise StateError(f"network {network!r} does not exist; cannot attach {container} to it")
+    current_id = str(current["Id"])
+    attached = _attachments(found)
+    changed = False
+    for key, recorded in attached.items():
+        if key == network and (not recorded or recorded == current_id):
+            continue
+        reason = "another network" if key != network else f"stale network id {recorded[:12]}"
+        log.info("Detaching %s from %s (%s)", container, key, reason)
+        try:
+            engine.disconnect_network(key, container)
+        except EngineError as exc:
+            log.debug("disconnect of %s from %s failed: %s", container, key, exc)
+        changed = True
+    refreshed = engine.inspect_container(container) or found
+    remaining = _attachments(refreshed)
+    if network not in remaining or (remaining[network] and remaining[network] != current_id):
+        log.info("Attaching %s to network %s", container, network)
+        engine.connect_network(network, container)
+        changed = True
+    return changed
+
+
+def _attachments(container: Mapping[str, Any]) -> dict[str, str]:
+    networks = (container.get("NetworkSettings") or {}).get("Networks") or {}
+    return {key: str((value or {}).get("NetworkID") or "") for key, value in networks.items()}
+
+
+# -- ports ------------------------------------------------------------------------------------
+
+
+def check_port_free(engine: Engine, port: int, *, own_container: str) -> None:
+    """Refuse a host port that a running container other than ``own_container`` publishes.
+
+    :raises StateError: naming the container that holds the port.
+    """
+    for container in engine.list_containers(all=False):
+        names = [str(n).lstrip("/") for n in container.get("Names") or []]
+        if own_container in names:
+            continue
+        for binding in container.get("Ports") or []:
+            if binding.get("PublicPort") == port:
+                holder = names[0] if names else str(container.get("Id", "?"))[:12]
+                raise StateError(
+                    f"cannot start gateway: port {port} is held by container {holder!r}",
+                    hint=f"stop it (`docker stop {holder}`) or choose another port with --port",
+                )
+
+
+# -- ownership --------------------------------------------------------------------------------
+
+
+def _require_ours(kind: str, name: str, object_labels: Mapping[str, str] | None) -> None:
+    if not labels.is_ours(object_labels):
+        raise StateError(
+            f"{kind} {name!r} exists but was not created by pytest-openshell "
+            f"(no {labels.MANAGED_BY}={labels.MANAGER} label); it is left untouched",
+            hint="remove it yourself if it is garbage, or choose another gateway name",
+        )

@@ -1,0 +1,108 @@
+"""The default API probe (a TLS handshake with client certificate) and the poll backoff."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gateway_stub import make_pki
+
+from openshell_core.gateway.readiness import ApiTarget, backoff, tls_probe
+
+
+def _write(directory: Path, pki: dict[str, bytes]) -> Path:
+    directory.mkdir()
+    for name, data in pki.items():
+        (directory / name).write_bytes(data)
+    return directory
+
+
+@contextlib.contextmanager
+def tls_server(pki_dir: Path) -> Iterator[int]:
+    """A TLS server that requires a client certificate from its CA, like a gateway."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki_dir / "server.crt", pki_dir / "server.key")
+    context.load_verify_locations(pki_dir / "ca.crt")
+    context.verify_mode = ssl.CERT_REQUIRED
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(2)
+                while tls.recv(1024):
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.fixture(scope="module")
+def pki_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("pki")
+    return _write(root / "one", make_pki("one")), _write(root / "two", make_pki("two"))
+
+
+def _target(port: int, ca_dir: Path, client_dir: Path) -> ApiTarget:
+    return ApiTarget(
+        "127.0.0.1",
+        port,
+        ca_dir / "ca.crt",
+        client_dir / "client.crt",
+        client_dir / "client.key",
+    )
+
+
+def test_the_probe_completes_a_handshake_with_the_gateways_own_pki(
+    pki_dirs: tuple[Path, Path],
+) -> None:
+    one, _ = pki_dirs
+    with tls_server(one) as port:
+        tls_probe(_target(port, one, one))
+
+
+def test_the_probe_rejects_a_server_certificate_from_another_ca(
+    pki_dirs: tuple[Path, Path],
+) -> None:
+    one, two = pki_dirs
+    with tls_server(one) as port, pytest.raises(ssl.SSLCertVerificationError):
+        tls_probe(_target(port, two, one))
+
+
+def test_the_probe_fails_when_the_server_refuses_the_client_certificate(
+    pki_dirs: tuple[Path, Path],
+) -> None:
+    one, two = pki_dirs
+    with tls_server(one) as port, pytest.raises(OSError):
+        tls_probe(_target(port, one, two))
+
+
+def test_the_probe_fails_when_nothing_listens(pki_dirs: tuple[Path, Path]) -> None:
+    one, _ = pki_dirs
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError):
+        tls_probe(_target(port, one, one))
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    assert list(itertools.islice(backoff(0.1, 2.0, 0.5), 5)) == [0.1, 0.2, 0.4, 0.5, 0.5]
