@@ -1,0 +1,279 @@
+"""What travels on a sandbox's port 2222 after the NSSH1 preface, and the gateway's client for it.
+
+After ``OK`` the first bytes the connecting side sends choose the mode (docs/internals.md):
+
+- ``SSH-``: an SSH client's banner; the supervisor relays the connection to a fresh ``sshd -i``;
+- ``EXEC1 {json}\\n``: run one command; the answer is a sequence of frames, ``type`` (1 byte: 1
+  stdout, 2 stderr, 3 exit), ``length`` (4 bytes big endian), payload; the exit frame's payload is
+  the exit code in decimal and it is always the last frame;
+- ``OSRS1 ...\\n``: reserved for the resumable stream of live SSH sessions (issue 8).
+
+This module is standard library only: the sandbox image installs our wheel without dependencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import enum
+import json
+import struct
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from openshell_core.errors import OpenShellError
+from openshell_core.handshake import HandshakeError, HandshakeRejected, client_handshake
+
+__all__ = [
+    "EXEC_MAGIC",
+    "MAX_EXEC_REQUEST",
+    "MAX_FRAME",
+    "RESUME_MAGIC",
+    "SSH_MAGIC",
+    "ExecEvent",
+    "ExecRequest",
+    "ExecStream",
+    "FrameType",
+    "HandshakeError",
+    "HandshakeRejected",
+    "SandboxProtocolError",
+    "SandboxUnreachable",
+    "encode_frame",
+    "exec_in_sandbox",
+    "open_ssh_stream",
+    "read_frame",
+]
+
+SSH_MAGIC: Final = b"SSH-"
+EXEC_MAGIC: Final = b"EXEC1 "
+RESUME_MAGIC: Final = b"OSRS1 "
+#: Bytes of the longest magic: what the supervisor reads before it knows the mode.
+MODE_PROBE: Final = 4
+#: The EXEC1 line carries stdin (base64) too; beyond this a request is refused.
+MAX_EXEC_REQUEST: Final = 16 * 1024 * 1024
+#: Largest payload of one frame; output is cut into chunks no bigger than this.
+MAX_FRAME: Final = 1024 * 1024
+#: Seconds to wait for the TCP connection to a sandbox.
+CONNECT_TIMEOUT: Final = 10.0
+
+_HEADER = struct.Struct(">BI")
+
+
+class SandboxUnreachable(OpenShellError):
+    """No TCP connection to a sandbox's supervisor could be made."""
+
+
+class SandboxProtocolError(OpenShellError):
+    """The peer on port 2222 broke the protocol (bad frame, closed before the exit frame)."""
+
+
+class FrameType(enum.IntEnum):
+    """The type byte of an EXEC1 answer frame."""
+
+    STDOUT = 1
+    STDERR = 2
+    EXIT = 3
+
+
+class ExecStream(enum.StrEnum):
+    """What an :class:`ExecEvent` carries (a str enum: ``event.kind == "stdout"`` holds)."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    EXIT = "exit"
+
+
+_STREAM_OF: Final = {
+    FrameType.STDOUT: ExecStream.STDOUT,
+    FrameType.STDERR: ExecStream.STDERR,
+    FrameType.EXIT: ExecStream.EXIT,
+}
+
+
+@dataclass(frozen=True)
+class ExecEvent:
+    """One frame of an EXEC1 answer: output bytes, or (last) the exit code in ``data``."""
+
+    kind: ExecStream
+    data: bytes = b""
+
+    @property
+    def exit_code(self) -> int | None:
+        return int(self.data) if self.kind is ExecStream.EXIT else None
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    """What EXEC1 asks for. ``env`` is added to the supervisor's (secret-free) environment."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    stdin: bytes | None = None
+
+    def encode(self) -> bytes:
+        body: dict[str, object] = {"argv": list(self.argv), "env": dict(self.env)}
+        if self.workdir is not None:
+            body["workdir"] = self.workdir
+        if self.stdin is not None:
+            body["stdin"] = base64.b64encode(self.stdin).decode()
+        line = EXEC_MAGIC + json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        if len(line) > MAX_EXEC_REQUEST:
+            raise ValueError(f"EXEC1 request of {len(line)} bytes exceeds {MAX_EXEC_REQUEST}")
+        return line
+
+    @classmethod
+    def decode(cls, line: bytes) -> ExecRequest:
+        """Parse an ``EXEC1 {json}\\n`` line.
+
+        :raises ValueError: naming what is wrong.
+        """
+        if not line.startswith(EXEC_MAGIC) or not line.endswith(b"\n"):
+            raise ValueError("not an EXEC1 line")
+        try:
+            body = json.loads(line[len(EXEC_MAGIC) :])
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"EXEC1 body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ValueError("EXEC1 body is not an object")
+        argv, env = body.get("argv"), body.get("env", {})
+        workdir, stdin = body.get("workdir"), body.get("stdin")
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            raise ValueError("EXEC1 argv must be a non-empty list of strings")
+        if not (
+            isinstance(env, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+        ):
+            raise ValueError("EXEC1 env must map strings to strings")
+        if workdir is not None and not isinstance(workdir, str):
+            raise ValueError("EXEC1 workdir must be a string")
+        data = None
+        if stdin is not None:
+            try:
+                data = base64.b64decode(str(stdin), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("EXEC1 stdin is not base64") from None
+        return cls(argv=argv, env=env, workdir=workdir, stdin=data)
+
+
+def encode_frame(kind: FrameType, payload: bytes) -> bytes:
+    if len(payload) > MAX_FRAME:
+        raise ValueError(f"frame payload of {len(payload)} bytes exceeds {MAX_FRAME}")
+    return _HEADER.pack(int(kind), len(payload)) + payload
+
+
+def exit_frame(code: int) -> bytes:
+    return encode_frame(FrameType.EXIT, str(code).encode())
+
+
+async def read_frame(reader: asyncio.StreamReader) -> ExecEvent | None:
+    """The next frame, or None at a clean end of stream (before any header byte).
+
+    :raises SandboxProtocolError: on a truncated or invalid frame.
+    """
+    try:
+        header = await reader.readexactly(_HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise SandboxProtocolError("connection closed inside a frame header") from None
+    kind, length = _HEADER.unpack(header)
+    if kind not in FrameType._value2member_map_ or length > MAX_FRAME:
+        raise SandboxProtocolError(f"invalid frame (type {kind}, length {length})")
+    try:
+        payload = await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise SandboxProtocolError("connection closed inside a frame") from None
+    event = ExecEvent(_STREAM_OF[FrameType(kind)], payload)
+    if event.kind is ExecStream.EXIT and not payload.lstrip(b"-").isdigit():
+        raise SandboxProtocolError(f"exit frame without an exit code: {payload!r}")
+    return event
+
+
+# -- the connecting side (the gateway) -----------------------------------------------------------
+
+
+async def _connect(
+    host: str, port: int, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError) as exc:
+        raise SandboxUnreachable(
+            f"cannot connect to sandbox supervisor at {host}:{port}: {exc or 'timed out'}"
+        ) from exc
+
+
+async def open_ssh_stream(
+    host: str,
+    port: int,
+    secret: str,
+    token: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to a supervisor and pass the handshake; the stream is then the caller's.
+
+    Whatever the caller sends first chooses the mode (an SSH banner, or ``OSRS1`` for issue 8).
+
+    :raises SandboxUnreachable: the TCP connection failed.
+    :raises HandshakeRejected: the supervisor answered ``ERR`` (or closed).
+    """
+    reader, writer = await _connect(host, port, connect_timeout)
+    try:
+        await client_handshake(reader, writer, secret, token)
+    except (HandshakeError, OSError) as exc:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        if isinstance(exc, HandshakeError):
+            raise
+        raise HandshakeRejected(f"sandbox closed during the handshake: {exc}") from exc
+    return reader, writer
+
+
+async def exec_in_sandbox(
+    host: str,
+    port: int,
+    secret: str,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    workdir: str | None = None,
+    stdin: bytes | None = None,
+    token: str | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT,
+) -> AsyncIterator[ExecEvent]:
+    """Run ``argv`` in a sandbox; yield its output chunks as they come, then its exit code.
+
+    The last event is always ``ExecStream.EXIT``. Closing the generator early closes the connection,
+    and the supervisor then kills the command.
+
+    :param token: goes into the preface (upstream used a fresh UUIDv4 per exec; so do we).
+    :raises SandboxUnreachable, HandshakeRejected, SandboxProtocolError:
+    """
+    request = ExecRequest(argv=list(argv), env=dict(env or {}), workdir=workdir, stdin=stdin)
+    line = request.encode()
+    reader, writer = await open_ssh_stream(
+        host, port, secret, token or str(uuid.uuid4()), connect_timeout=connect_timeout
+    )
+    try:
+        writer.write(line)
+        await writer.drain()
+        while True:
+            event = await read_frame(reader)
+            if event is None:
+                raise SandboxProtocolError("sandbox closed the exec stream before the exit code")
+            yield event
+            if event.kind is ExecStream.EXIT:
+                return
+    except OSError as exc:
+        raise SandboxProtocolError(f"exec stream broke: {exc}") from exc
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()

@@ -1,0 +1,387 @@
+"""The in-sandbox supervisor: port 2222, the NSSH1 gate, then SSH or a command.
+
+Every connection must open with a valid NSSH1 preface (``OK``/``ERR``). After ``OK`` the first
+bytes choose the mode (see :mod:`openshell_core.sandbox.protocol`): an SSH banner is relayed to a
+fresh ``sshd -i`` through pipes, ``EXEC1`` runs one command and answers frames. The mode table is
+:attr:`Supervisor.modes`, keyed by the first four bytes: the resumable stream of issue 8 is one more
+entry there (``OSRS``), with sessions that outlive the connection that started them.
+
+Standard library only (the sandbox image has no third-party packages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from openshell_core.handshake import (
+    ERR_LINE,
+    OK_LINE,
+    SKEW_SECONDS,
+    PrefaceVerifier,
+    is_valid_secret,
+    read_line_async,
+)
+from openshell_core.sandbox import sshd
+from openshell_core.sandbox.protocol import (
+    EXEC_MAGIC,
+    MAX_EXEC_REQUEST,
+    MAX_FRAME,
+    MODE_PROBE,
+    SSH_MAGIC,
+    ExecRequest,
+    FrameType,
+    encode_frame,
+    exit_frame,
+)
+from openshell_core.sandbox.relay import close_writer, relay
+
+log = logging.getLogger("openshell.sandbox")
+
+SECRET_ENV: Final = "OPENSHELL_SSH_HANDSHAKE_SECRET"
+SKEW_ENV: Final = "OPENSHELL_SSH_HANDSHAKE_SKEW_SECS"
+LISTEN_ENV: Final = "OPENSHELL_SSH_LISTEN_ADDR"
+HOST_KEY_ENV: Final = "OPENSHELL_SSH_HOST_KEY"
+AUTHORIZED_KEYS_ENV: Final = "OPENSHELL_SSH_AUTHORIZED_KEYS"
+#: Never handed to anything the supervisor starts.
+SECRET_VARIABLES: Final = frozenset({SECRET_ENV, HOST_KEY_ENV})
+DEFAULT_LISTEN: Final = "0.0.0.0:2222"
+DEFAULT_WORKDIR: Final = "/sandbox"
+#: Seconds a connection may take to send its preface, and then its first bytes.
+PREFACE_TIMEOUT: Final = 10.0
+MODE_TIMEOUT: Final = 60.0
+#: Seconds a child gets between SIGTERM and SIGKILL when the supervisor stops.
+STOP_GRACE: Final = 2.0
+
+Mode = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class ConfigError(ValueError):
+    """The container's environment does not let the supervisor start."""
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    secret: str = field(repr=False)
+    host: str = "0.0.0.0"
+    port: int = 2222
+    skew: float = SKEW_SECONDS
+    #: The environment children get: the container's, minus the secrets.
+    child_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    workdir: str = DEFAULT_WORKDIR
+    #: OpenSSH private key (empty: one is made at start, and it changes with the container).
+    host_key: str = field(default="", repr=False)
+    #: ``authorized_keys`` lines, newline separated.
+    authorized_keys: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SupervisorConfig:
+        """:raises ConfigError: no secret, or an unreadable skew or listen address."""
+        secret = env.get(SECRET_ENV, "").strip()
+        if not secret:
+            raise ConfigError(f"{SECRET_ENV} is required when SSH is enabled")
+        if not is_valid_secret(secret):
+            log.warning("%s is not 64 lowercase hex characters; using it anyway", SECRET_ENV)
+        try:
+            skew = float(env.get(SKEW_ENV, "") or SKEW_SECONDS)
+        except ValueError:
+            raise ConfigError(f"{SKEW_ENV} is not a number: {env[SKEW_ENV]!r}") from None
+        host, port = parse_listen(env.get(LISTEN_ENV, "") or DEFAULT_LISTEN)
+        child_env = {k: v for k, v in env.items() if k not in SECRET_VARIABLES}
+        return cls(
+            secret=secret,
+            host=host,
+            port=port,
+            skew=skew,
+            child_env=child_env,
+            host_key=env.get(HOST_KEY_ENV, ""),
+            authorized_keys=env.get(AUTHORIZED_KEYS_ENV, ""),
+        )
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{LISTEN_ENV} must be HOST:PORT, not {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass
+class _Children:
+    """Processes the supervisor started, so that a stop can end them all."""
+
+    running: set[asyncio.subprocess.Process] = field(default_factory=set)
+
+    async def stop_all(self) -> None:
+        for process in list(self.running):
+            _signal_group(process, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(p.wait() for p in self.running), return_exceptions=True),
+                STOP_GRACE,
+            )
+        for process in list(self.running):
+            _signal_group(process, signal.SIGKILL)
+
+
+def _signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
+    """Signal the child's whole session (each child leads its own)."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signum)
+
+
+class Supervisor:
+    """Serves port 2222 until :meth:`stop`."""
+
+    def __init__(self, config: SupervisorConfig, files: sshd.SshdFiles | None = None) -> None:
+        self.config = config
+        self.files = files or sshd.SshdFiles()
+        self.verifier = PrefaceVerifier(config.secret, skew=config.skew)
+        self.children = _Children()
+        self.modes: dict[bytes, Mode] = {
+            SSH_MAGIC: self._serve_ssh,
+            EXEC_MAGIC[:MODE_PROBE]: self._serve_exec,
+        }
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> tuple[str, int]:
+        self._server = await asyncio.start_server(
+            self._accept, self.config.host, self.config.port, reuse_address=True
+        )
+        address = self._server.sockets[0].getsockname()
+        log.info("supervisor listening on %s:%d", address[0], address[1])
+        return str(address[0]), int(address[1])
+
+    async def stop(self) -> None:
+        """Stop listening, end every child and connection."""
+        if self._server is not None:
+            self._server.close()
+        await self.children.stop_all()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+        try:
+            if await self._handshake(reader, writer, where):
+                await self._dispatch(reader, writer, where)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("connection from %s failed", where)
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            await close_writer(writer)
+
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+    ) -> bool:
+        try:
+            line: bytes | None = await asyncio.wait_for(read_line_async(reader), PREFACE_TIMEOUT)
+        except TimeoutError:
+            line = None
+        if line == b"":
+            # A port probe (a readiness check connects and leaves): not a handshake attempt, and
+            # it must not look like one in the log people grep for failures.
+            log.debug("connection from %s closed before sending anything", where)
+            return False
+        verdict = self.verifier.verify(line or b"")
+        if not verdict.accepted:
+            reason = verdict.value if line is not None else "no preface in time"
+            # The exact words are what users grep for in `docker logs` (upstream's message).
+            log.warning("SSH connection: handshake verification failed (%s) from %s", reason, where)
+            writer.write(ERR_LINE)
+            await writer.drain()
+            return False
+        writer.write(OK_LINE)
+        await writer.drain()
+        return True
+
+    async def _dispatch(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+    ) -> None:
+        try:
+            probe = await asyncio.wait_for(reader.readexactly(MODE_PROBE), MODE_TIMEOUT)
+        except (TimeoutError, asyncio.IncompleteReadError):
+            return
+        mode = self.modes.get(probe)
+        if mode is None:
+            log.warning("connection from %s: unknown mode %r; closing", where, probe)
+            return
+        await mode(probe, reader, writer)
+
+    # -- SSH -------------------------------------------------------------------------------
+
+    async def _serve_ssh(
+        self, probe: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *sshd.sshd_argv(self.files),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=dict(self.config.child_env),
+            start_new_session=True,
+        )
+        self.children.running.add(process)
+        try:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(probe)  # the banner's first bytes, already read
+            await relay(reader, writer, process.stdout, process.stdin)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), STOP_GRACE)
+        finally:
+            _signal_group(process, signal.SIGHUP)
+            if process.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), STOP_GRACE)
+            _signal_group(process, signal.SIGKILL)
+            self.children.running.discard(process)
+
+    # -- EXEC1 -----------------------------------------------------------------------------
+
+    async def _serve_exec(
+        self, probe: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        line = await _read_request_line(probe, reader)
+        try:
+            request = ExecRequest.decode(line)
+        except ValueError as exc:
+            log.warning("EXEC1 refused: %s", exc)
+            writer.write(encode_frame(FrameType.STDERR, f"{exc}\n".encode()) + exit_frame(2))
+            await writer.drain()
+            return
+        env = {**self.config.child_env, **request.env}
+        env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *request.argv,
+                stdin=asyncio.subprocess.PIPE
+                if request.stdin is not None
+                else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=request.workdir or self.config.workdir,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            code = 127 if isinstance(exc, FileNotFoundError) else 126
+            message = f"cannot run {request.argv[0]!r}: {exc.strerror or exc}\n"
+            writer.write(encode_frame(FrameType.STDERR, message.encode()) + exit_frame(code))
+            await writer.drain()
+            return
+        self.children.running.add(process)
+        try:
+            await self._run_exec(process, request, reader, writer)
+        finally:
+            _signal_group(process, signal.SIGKILL)
+            self.children.running.discard(process)
+
+    async def _run_exec(
+        self,
+        process: asyncio.subprocess.Process,
+        request: ExecRequest,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        stdout, stderr = process.stdout, process.stderr
+        assert stdout is not None and stderr is not None
+        lock = asyncio.Lock()
+
+        async def forward(source: asyncio.StreamReader, kind: FrameType) -> None:
+            while data := await source.read(MAX_FRAME):
+                async with lock:
+                    writer.write(encode_frame(kind, data))
+                    await writer.drain()
+
+        async def feed() -> None:
+            if process.stdin is None:
+                return
+            with contextlib.suppress(OSError):
+                process.stdin.write(request.stdin or b"")
+                await process.stdin.drain()
+            process.stdin.close()
+
+        async def hang_up() -> None:
+            # Nothing follows the request; end of stream means the caller gave up.
+            with contextlib.suppress(OSError):
+                while await reader.read(4096):
+                    pass
+
+        async def complete() -> int:
+            # The command is done when it has exited and its output pipes are closed (as with
+            # `docker exec`): a background process that keeps them open keeps the exec open.
+            await asyncio.gather(
+                forward(stdout, FrameType.STDOUT),
+                forward(stderr, FrameType.STDERR),
+                feed(),
+            )
+            return await process.wait()
+
+        work = asyncio.ensure_future(complete())
+        watcher = asyncio.ensure_future(hang_up())
+        try:
+            done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if work not in done:
+            log.info("EXEC1 caller went away; killing %s", request.argv[0])
+            _signal_group(process, signal.SIGKILL)
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            return
+        code = work.result()  # a failed write re-raises here: the caller is gone
+        writer.write(exit_frame(code if code >= 0 else 128 - code))
+        await writer.drain()
+
+
+async def _read_request_line(probe: bytes, reader: asyncio.StreamReader) -> bytes:
+    """The rest of the request line after the probe bytes (capped; nothing follows it)."""
+    data = bytearray(probe)
+    while not data.endswith(b"\n") and len(data) <= MAX_EXEC_REQUEST:
+        chunk = await reader.read(65536)
+        if not chunk:
+            break
+        data += chunk
+        end = data.find(b"\n")
+        if end >= 0:
+            del data[end + 1 :]
+    return bytes(data)
+
+
+async def serve(config: SupervisorConfig, files: sshd.SshdFiles | None = None) -> None:
+    """Prepare sshd, serve until SIGTERM or SIGINT, then stop everything."""
+    files = files or sshd.SshdFiles()
+    sshd.prepare(
+        files,
+        host_key=config.host_key,
+        authorized_keys=config.authorized_keys,
+        session_env=config.child_env,
+    )
+    problem = await asyncio.to_thread(sshd.check_config, files)
+    if problem:
+        log.error("sshd rejects its configuration: %s", problem)
+    supervisor = Supervisor(config, files)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await supervisor.start()
+    await stopping.wait()
+    log.info("stopping")
+    await supervisor.stop()

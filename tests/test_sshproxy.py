@@ -1,0 +1,269 @@
+"""ssh-proxy: the CONNECT exchange, the 412 retry schedule, the relay, and the ssh command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from openshell_core import sshproxy
+from openshell_core.pki import generate_pki, generate_ssh_host_key, write_pki
+from openshell_core.sshproxy import (
+    Attempt,
+    ConnectFailed,
+    backoff,
+    connect_request,
+    connect_with_retry,
+    known_hosts_line,
+    parse_status,
+    ssh_command,
+)
+
+# -- the 412 retry schedule (pure: a fake clock that only the fake sleep moves) ------------------
+
+
+@dataclass
+class FakeTime:
+    now: float = 1000.0
+    sleeps: list[float] = field(default_factory=list)
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def answers(*statuses: int) -> Callable[[], Awaitable[Attempt]]:
+    """Attempts that answer ``statuses`` in turn, then the last one forever."""
+    queue = list(statuses)
+    streams = (asyncio.StreamReader(), None)
+
+    async def attempt() -> Attempt:
+        status = queue.pop(0) if len(queue) > 1 else queue[0]
+        return Attempt(status, streams if status == 200 else None)  # type: ignore[arg-type]
+
+    return attempt
+
+
+def retry(*statuses: int) -> tuple[FakeTime, BaseException | None]:
+    fake = FakeTime()
+
+    async def scenario() -> None:
+        await connect_with_retry(answers(*statuses), clock=fake.clock, sleep=fake.sleep)
+
+    try:
+        asyncio.run(scenario())
+    except ConnectFailed as exc:
+        return fake, exc
+    return fake, None
+
+
+def test_backoff_doubles_from_one_second_up_to_eight() -> None:
+    schedule = backoff()
+    assert [next(schedule) for _ in range(7)] == [1, 2, 4, 8, 8, 8, 8]
+
+
+def test_412_is_retried_with_backoff_until_200() -> None:
+    fake, failure = retry(412, 412, 412, 200)
+    assert failure is None
+    assert fake.sleeps == [1, 2, 4]
+
+
+def test_412_for_a_minute_fails_with_the_status() -> None:
+    fake, failure = retry(412)
+    assert fake.sleeps == [1, 2, 4, 8, 8, 8, 8, 8, 8, 8]
+    assert sum(fake.sleeps[:-1]) < 60 <= sum(fake.sleeps)
+    assert isinstance(failure, ConnectFailed)
+    assert failure.status == 412
+    assert failure.message == "gateway CONNECT failed with status 412"
+
+
+@pytest.mark.parametrize("status", [0, 400, 401, 404, 405, 429, 502])
+def test_any_other_status_fails_at_once(status: int) -> None:
+    fake, failure = retry(status)
+    assert fake.sleeps == []
+    assert isinstance(failure, ConnectFailed)
+    assert failure.message == f"gateway CONNECT failed with status {status}"
+
+
+def test_200_at_once_does_not_sleep() -> None:
+    fake, failure = retry(200)
+    assert (fake.sleeps, failure) == ([], None)
+
+
+# -- the request and the answer ----------------------------------------------------------------
+
+
+def test_connect_request_carries_the_sandbox_id_and_token() -> None:
+    assert connect_request("127.0.0.1:8080", "sbx", "tok") == (
+        b"CONNECT /connect/ssh HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+        b"X-Sandbox-Id: sbx\r\nX-Sandbox-Token: tok\r\n\r\n"
+    )
+
+
+def test_connect_request_refuses_header_injection() -> None:
+    with pytest.raises(ValueError, match="token"):
+        connect_request("h", "sbx", "tok\r\nX-Evil: 1")
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"HTTP/1.1 200 Connection Established\r\n\r\n", 200),
+        (b"HTTP/1.0 412 Precondition Failed\r\n\r\n", 412),
+        (b"HTTP/1.1 502\r\n\r\n", 502),
+        (b"SSH-2.0-x\r\n", 0),
+        (b"", 0),
+        (b"HTTP/1.1 abc nope\r\n\r\n", 0),
+    ],
+)
+def test_status_is_read_from_the_status_line(head: bytes, status: int) -> None:
+    assert parse_status(head) == status
+
+
+# -- the ssh command line ----------------------------------------------------------------------
+
+
+def test_ssh_command_pins_the_host_key_under_an_alias(tmp_path: Path) -> None:
+    _, public = generate_ssh_host_key()
+    known = tmp_path / "kh" / "sbx-1"
+    argv = ssh_command(
+        "gw", "sbx-1", "tok", public + " comment", tmp_path / "id", ["ls", "-l"],
+        known_hosts_file=known,
+    )  # fmt: skip
+    assert known.read_text() == known_hosts_line("sbx-1", public) + "\n"
+    assert known.read_text().startswith("openshell-sbx-1 ssh-ed25519 ")
+    assert argv[0] == "ssh"
+    assert argv[-3:] == ["root@openshell-sbx-1", "ls", "-l"]
+    options = {argv[i + 1].split("=", 1)[0]: argv[i + 1].split("=", 1)[1]
+               for i, arg in enumerate(argv) if arg == "-o"}  # fmt: skip
+    assert options["StrictHostKeyChecking"] == "yes"
+    assert options["HostKeyAlias"] == "openshell-sbx-1"
+    assert options["UserKnownHostsFile"] == str(known)
+    assert "ssh-proxy --gateway gw --sandbox-id sbx-1 --token tok" in options["ProxyCommand"]
+
+
+def test_ssh_accepts_the_command_line(tmp_path: Path) -> None:
+    """``ssh -G`` evaluates every option without connecting: a typo would fail here."""
+    _, public = generate_ssh_host_key()
+    argv = ssh_command(
+        "gw", "sbx-1", "tok", public, tmp_path / "id", known_hosts_file=tmp_path / "kh"
+    )
+    result = subprocess.run(
+        ["ssh", "-G", *argv[1:]], capture_output=True, text=True, check=False, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    settings = set(result.stdout.splitlines())
+    assert "stricthostkeychecking true" in settings
+    assert "hostkeyalias openshell-sbx-1" in settings
+    assert "user root" in settings
+
+
+def test_proxy_command_runs_this_installation() -> None:
+    argv = sshproxy.proxy_argv("gw", "sbx", "tok")
+    assert Path(argv[0]).parent == Path(sys.executable).parent
+    assert argv[-7:] == ["ssh-proxy", "--gateway", "gw", "--sandbox-id", "sbx", "--token", "tok"]
+
+
+# -- a real run of the command against a tiny CONNECT server -----------------------------------
+
+
+@dataclass
+class TinyGateway:
+    """TLS with client certificates; answers CONNECTs with ``statuses``, then one echoed line."""
+
+    statuses: list[int]
+    requests: list[bytes] = field(default_factory=list)
+    peers: list[str] = field(default_factory=list)
+
+
+def gateway_files(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """mTLS files for a gateway named ``lab`` under a fresh config home, and the server's TLS."""
+    write_pki(tmp_path / "pki", generate_pki())
+    config = tmp_path / "config"
+    mtls = config / "openshell" / "gateways" / "lab" / "mtls"
+    mtls.mkdir(parents=True)
+    for source, target in (
+        ("ca.crt", "ca.crt"),
+        ("client.crt", "tls.crt"),
+        ("client.key", "tls.key"),
+    ):
+        (mtls / target).write_bytes((tmp_path / "pki" / source).read_bytes())
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "pki/server.crt", tmp_path / "pki/server.key")
+    context.load_verify_locations(tmp_path / "pki/ca.crt")
+    context.verify_mode = ssl.CERT_REQUIRED
+    return config, context
+
+
+def run_proxy_against(
+    tmp_path: Path, statuses: list[int], stdin: bytes
+) -> tuple[TinyGateway, subprocess.CompletedProcess[bytes]]:
+    """Run the real ``ssh-proxy`` command against a :class:`TinyGateway`."""
+    gateway = TinyGateway(list(statuses))
+    config, context = gateway_files(tmp_path)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            gateway.requests.append(head)
+            gateway.peers.append(str((writer.get_extra_info("peercert") or {}).get("subject")))
+            status = gateway.statuses.pop(0) if len(gateway.statuses) > 1 else gateway.statuses[0]
+            writer.write(f"HTTP/1.1 {status} test\r\n\r\n".encode())
+            if status == 200:
+                # Answer one line, then end (as sshd ends a session): through TLS, the proxy
+                # cannot say that its stdin ended, so it must wait for this close.
+                writer.write((await reader.readline()).upper())
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def scenario() -> subprocess.CompletedProcess[bytes]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+        port = server.sockets[0].getsockname()[1]
+        (config / "openshell" / "gateways" / "lab" / "metadata.json").write_text(
+            json.dumps({"name": "lab", "gateway_endpoint": f"https://127.0.0.1:{port}"})
+        )
+        async with server:
+            process = await asyncio.create_subprocess_exec(
+                *sshproxy.proxy_argv("lab", "sbx-1", "tok-1"),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "XDG_CONFIG_HOME": str(config)},
+            )
+            out, err = await process.communicate(stdin)
+        return subprocess.CompletedProcess([], process.returncode or 0, out, err)
+
+    return gateway, asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_ssh_proxy_relays_stdin_and_stdout_through_the_tunnel(tmp_path: Path) -> None:
+    gateway, result = run_proxy_against(tmp_path, [412, 200], b"hello tunnel\n")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b"HELLO TUNNEL\n"
+    assert len(gateway.requests) == 2  # one 412, retried
+    assert b"X-Sandbox-Id: sbx-1\r\n" in gateway.requests[1]
+    assert b"X-Sandbox-Token: tok-1\r\n" in gateway.requests[1]
+    assert "openshell-client" in gateway.peers[1]  # the client certificate was presented
+    assert b"retrying in 1 s" in result.stderr
+
+
+def test_ssh_proxy_fails_at_once_on_a_refusal(tmp_path: Path) -> None:
+    gateway, result = run_proxy_against(tmp_path, [401], b"ignored")
+    assert result.returncode == 1
+    assert b"gateway CONNECT failed with status 401" in result.stderr
+    assert result.stdout == b""
+    assert len(gateway.requests) == 1
