@@ -50,31 +50,11 @@ def test_the_upgrade_gateway_is_a_different_image(engine: Engine, images: ImageS
     assert "OPENSHELL_GATEWAY_VARIANT=v2" in env
 
 
-def test_the_gateway_image_turns_healthy(
-    engine: Engine, images: ImageSet, unique_name: str
-) -> None:
-    engine.create_network(unique_name, labels=labels.ownership(role="test"))
-    engine.create_container(
-        name=unique_name,
-        image=images.gateway,
-        network=unique_name,
-        labels=labels.ownership(role="test"),
-    )
-    try:
-        engine.start_container(unique_name)
-        deadline = time.monotonic() + 90
-        health = None
-        while time.monotonic() < deadline:
-            state = engine.inspect_container(unique_name)["State"]  # type: ignore[index]
-            assert state["Running"], f"gateway exited: {engine.container_logs(unique_name)}"
-            health = state.get("Health", {}).get("Status")
-            if health == "healthy":
-                break
-            time.sleep(0.5)
-        assert health == "healthy"
-    finally:
-        engine.remove_container(unique_name)
-        engine.remove_network(unique_name)
+def test_the_gateway_image_declares_a_healthcheck(engine: Engine, images: ImageSet) -> None:
+    """Deploy waits on Docker health; the gateway tests show it turning healthy for real."""
+    for ref in (images.gateway, images.gateway_upgrade):
+        check = engine.require_image(ref)["Config"]["Healthcheck"]
+        assert check["Test"][:2] == ["CMD", "python3"]
 
 
 def test_sandbox_image_ships_no_ssh_host_keys(engine: Engine, images: ImageSet) -> None:

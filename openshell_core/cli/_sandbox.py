@@ -2,8 +2,264 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
+
+from openshell_core import sshproxy
+from openshell_core.client import GatewayClient, GatewayRpcError, SandboxInfo, active_gateway
+from openshell_core.engine import EngineMode, open_engine
+from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
+from openshell_core.gateway import DeployOptions, deploy, read_active_gateway, set_active_gateway
+from openshell_core.gateway.metadata import gateway_dir
+from openshell_core.gateway.names import DEFAULT_NAME
+
+log = logging.getLogger("openshell.cli")
+
+#: The environment variable a sandbox reads its authorized SSH keys from.
+AUTHORIZED_KEYS_ENV = "OPENSHELL_SSH_AUTHORIZED_KEYS"
 
 
 def register(commands: Any) -> None:
-    """Add this group's commands to the top-level parser (none yet)."""
+    """Add this group's commands to the top-level parser."""
+    register_sandbox(commands)
+    register_ssh_proxy(commands)
+
+
+def register_ssh_proxy(commands: Any) -> None:
+    """The ``ssh-proxy`` command (owned by the SSH tunnel's side of the project)."""
+    proxy = commands.add_parser(
+        "ssh-proxy",
+        help="relay stdin/stdout to a sandbox through its gateway (ssh's ProxyCommand)",
+        description="Open CONNECT /connect/ssh on the gateway's TLS port (retrying 412 for up to "
+        "60 s) and relay stdin/stdout through it. Used by `sandbox connect` as ssh's "
+        "ProxyCommand; nothing but the SSH stream is ever written to stdout.",
+    )
+    proxy.add_argument("--gateway", required=True, help="gateway name (its host-side files)")
+    proxy.add_argument("--sandbox-id", required=True, help="the sandbox's id")
+    proxy.add_argument("--token", required=True, help="an SSH session token for the sandbox")
+    proxy.set_defaults(run=_ssh_proxy)
+
+
+def _ssh_proxy(args: argparse.Namespace) -> int:
+    tunnel = sshproxy.GatewayTunnel.for_gateway(args.gateway, args.sandbox_id, args.token)
+    asyncio.run(sshproxy.run_proxy(tunnel))
+    return 0
+
+
+def register_sandbox(commands: Any) -> None:
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="create, list, inspect, delete sandboxes; run commands in them; connect over SSH",
+        description="Sandboxes of a gateway (default: the active gateway, or $OPENSHELL_GATEWAY).",
+    )
+    actions = sandbox.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    create = _action(actions, "create", "create a sandbox and wait until it is ready", _create)
+    create.add_argument("name", nargs="?", default="", help="sandbox name (default: generated)")
+    create.add_argument("--image", default="", help="sandbox image (default: the gateway's)")
+    create.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable"
+    )
+    create.add_argument("--no-wait", action="store_true", help="return before it is ready")
+    create.add_argument(
+        "--engine",
+        default="auto",
+        choices=[mode.value for mode in EngineMode],
+        help="Docker engine to start the gateway on when it is not running (default: auto)",
+    )
+    create.add_argument("--timeout", type=float, default=180.0, help="seconds to wait (180)")
+
+    listing = _action(actions, "list", "list sandboxes", _list)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
+    get = _action(actions, "get", "show one sandbox", _get)
+    get.add_argument("name")
+    get.add_argument("--json", action="store_true", help="print JSON")
+
+    delete = _action(actions, "delete", "delete a sandbox, its container and workspace", _delete)
+    delete.add_argument("name")
+
+    run = _action(actions, "exec", "run a command in a sandbox; exits with its exit code", _exec)
+    run.add_argument("name")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    run.add_argument("--timeout", type=float, default=None, help="seconds the command may run")
+
+    connect = _action(actions, "connect", "open an SSH session in a sandbox", _connect)
+    connect.add_argument("name")
+    connect.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+
+
+def _action(actions: Any, name: str, helptext: str, run: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = actions.add_parser(name, help=helptext, description=helptext)
+    parser.add_argument("--gateway", default=None, help="gateway name (default: the active one)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _client(args: argparse.Namespace) -> GatewayClient:
+    return GatewayClient.for_gateway(args.gateway or active_gateway())
+
+
+def user_key(gateway: str) -> Path:
+    """The user's SSH key for ``gateway``'s sandboxes, made once with ``ssh-keygen``."""
+    key = gateway_dir(gateway) / "ssh" / "id_ed25519"
+    if key.exists() and key.with_suffix(".pub").exists():
+        return key
+    key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    result = subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            f"pytest-openshell@{gateway}",
+            "-f",
+            str(key),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise OpenShellError(
+            f"ssh-keygen failed: {result.stderr.strip()}", hint="install openssh-client"
+        )
+    log.info("made SSH key %s", key)
+    return key
+
+
+def _create(args: argparse.Namespace) -> int:
+    gateway = (
+        args.gateway
+        or os.environ.get("OPENSHELL_GATEWAY", "").strip()
+        or read_active_gateway()
+        or DEFAULT_NAME
+    )
+    _bootstrap(gateway, args.engine)
+    environment = dict(_pair(item) for item in args.env)
+    public = user_key(gateway).with_suffix(".pub").read_text().strip()
+    environment.setdefault(AUTHORIZED_KEYS_ENV, public)
+    with GatewayClient.for_gateway(gateway) as client:
+        info = client.create_sandbox(args.name or None, environment=environment, image=args.image)
+        log.info("sandbox %s (%s) is %s", info.name, info.id, info.phase)
+        if not args.no_wait:
+            info = client.wait_ready(info.name, timeout=args.timeout)
+    print(f"{info.name}\t{info.id}\t{info.phase}")
+    return 0
+
+
+def _bootstrap(gateway: str, engine_mode: str) -> None:
+    """Start (resume) ``gateway`` when it does not answer, as upstream's ``sandbox create``
+    does. A resume never wipes anything; a gateway that answers is left alone."""
+    try:
+        with GatewayClient.for_gateway(gateway) as client:
+            client.health()
+        return
+    except (NotFoundError, StateError) as exc:
+        why = exc.message
+    except GatewayRpcError as exc:
+        if exc.code != "UNAVAILABLE":
+            raise
+        why = "it does not answer"
+    log.info("gateway %s is not available (%s): starting it", gateway, why)
+    with open_engine(engine_mode) as engine:
+        deploy(engine, DeployOptions(name=gateway))
+    if read_active_gateway() is None:
+        set_active_gateway(gateway)
+
+
+def _list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        found = client.list_sandboxes()
+    if args.json:
+        print(json.dumps([_record(info) for info in found], indent=2))
+        return 0
+    print("NAME\tID\tPHASE")
+    for info in found:
+        print(f"{info.name}\t{info.id}\t{info.phase}")
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.get_sandbox(args.name)
+    if args.json:
+        print(json.dumps(_record(info), indent=2))
+    else:
+        for key, value in _record(info).items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.delete_sandbox(args.name)
+    print(f"deleted {args.name}")
+    return 0
+
+
+def _exec(args: argparse.Namespace) -> int:
+    argv = _command(args.argv)
+    with _client(args) as client:
+        result = client.exec(args.name, argv, timeout=args.timeout)
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    sys.stderr.flush()
+    return result.exit_code
+
+
+def _connect(args: argparse.Namespace) -> int:
+    gateway = args.gateway or active_gateway()
+    key = user_key(gateway)
+    with GatewayClient.for_gateway(gateway) as client:
+        info = client.get_sandbox(args.name)
+        session = client.create_ssh_session(args.name)
+        try:
+            if not info.host_public_key:
+                raise OpenShellError(
+                    f"gateway {gateway!r} does not report the SSH host key of {args.name!r}"
+                )
+            argv = sshproxy.ssh_command(
+                gateway,
+                session.sandbox_id,
+                session.token,
+                info.host_public_key,
+                key,
+                _command(args.argv, required=False),
+            )
+            return subprocess.run(argv, check=False).returncode
+        finally:
+            client.revoke_ssh_session(session.token)
+
+
+def _command(argv: list[str], *, required: bool = True) -> list[str]:
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if required and not argv:
+        raise UsageError("no command given", hint="put it after `--`: sandbox exec NAME -- ls /")
+    return argv
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--env {text!r} is not KEY=VALUE")
+    return key, value
+
+
+def _record(info: SandboxInfo) -> dict[str, Any]:
+    record = asdict(info)
+    record["labels"] = dict(info.labels)
+    return record

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
+import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,8 +226,21 @@ class Engine:
         return str(created["Id"])
 
     def start_container(self, name: str) -> None:
-        with _translated(f"start container {name}", kind="container", name=name):
-            self.api.start(name)
+        """Start a container (a no-op when it runs).
+
+        :raises NotFoundError: when the container does not exist.
+        :raises EngineError: when something else it needs is missing, with Docker's words: e.g.
+            ``network <id> not found`` for a container that records a network removed since.
+        """
+        try:
+            with _translated(f"start container {name}", kind="container", name=name):
+                self.api.start(name)
+        except NotFoundError as exc:
+            cause = exc.__cause__
+            explanation = _explain(cause) if isinstance(cause, docker.errors.APIError) else ""
+            if explanation and "no such container" not in explanation.lower():
+                raise EngineError(f"start container {name} failed: {explanation}") from cause
+            raise
 
     def stop_container(self, name: str, *, timeout: int = 10) -> None:
         with _translated(f"stop container {name}", kind="container", name=name):
@@ -244,6 +258,33 @@ class Engine:
         except NotFoundError:
             return False
         return True
+
+    def wait_container(self, name: str, *, timeout: float = 120) -> int:
+        """Block until a container exits; returns its exit code.
+
+        :raises EngineError: when it has not exited within ``timeout`` seconds.
+        """
+        try:
+            with _translated(f"wait for container {name}", kind="container", name=name):
+                result = self.api.wait(name, timeout=timeout)
+        except requests.exceptions.ReadTimeout as exc:
+            raise EngineError(f"container {name} did not exit within {timeout:.0f} s") from exc
+        return int(result.get("StatusCode", -1))
+
+    def read_container_file(self, name: str, path: str) -> bytes:
+        """The content of one regular file in a container, running or not (archive API).
+
+        :raises NotFoundError: when the container or the file does not exist.
+        """
+        with _translated(f"read {path} from {name}", kind="file", name=f"{name}:{path}"):
+            stream, _ = self.api.get_archive(name, path)
+            archive = io.BytesIO(b"".join(stream))
+        with tarfile.open(fileobj=archive) as tar:
+            member = tar.next()
+            handle = tar.extractfile(member) if member is not None else None
+            if handle is None:
+                raise NotFoundError("file", f"{name}:{path}")
+            return handle.read()
 
     def container_logs(self, name: str, *, tail: int = 20) -> list[str]:
         """The last ``tail`` lines of a container's output ([] when it is gone)."""

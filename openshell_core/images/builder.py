@@ -25,7 +25,14 @@ log = logging.getLogger("openshell.images")
 
 BUILDER_VERSION = "2"
 #: What the reference gateway imports at run time (installed into the gateway image only).
-GATEWAY_REQUIREMENTS: tuple[str, ...] = ("docker>=7.1,<8", "cryptography>=42")
+GATEWAY_REQUIREMENTS: tuple[str, ...] = (
+    "docker>=7.1,<8",
+    "cryptography>=42",
+    # The official SDK's generated code needs these, whatever its metadata says.
+    "grpcio>=1.78",
+    "protobuf>=6.31.1",
+    "openshell>=0.1.5,<0.2",
+)
 
 
 @dataclass(frozen=True)

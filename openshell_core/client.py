@@ -1,0 +1,376 @@
+"""The host-side client of a gateway: gRPC over mutual TLS with the files the deploy wrote.
+
+A gateway named ``NAME`` is described by the host-side files of
+:mod:`openshell_core.gateway.metadata`: ``metadata.json`` (``gateway_endpoint``, e.g.
+``https://127.0.0.1:8080``) and ``mtls/{ca.crt,tls.crt,tls.key}``. gRPC failures become
+:mod:`openshell_core.errors` families in one place, :func:`_translate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlparse
+
+import grpc
+
+from openshell_core.errors import (
+    NotFoundError,
+    OpenShellError,
+    ReadinessTimeout,
+    StateError,
+    UsageError,
+)
+from openshell_core.gateway.metadata import MtlsFiles, read_active_gateway, read_metadata
+from openshell_core.protocol import (
+    DEFAULT_WORKSPACE,
+    HOST_PUBLIC_KEY_ANNOTATION,
+    pb,
+    phase_name,
+    stub,
+    workspace_selector,
+)
+
+DEFAULT_TIMEOUT: Final = 30.0
+
+
+class GatewayRpcError(OpenShellError):
+    """The gateway answered a call with an error, or could not be reached.
+
+    :param code: the gRPC status code name (``UNAVAILABLE``, ``INTERNAL``, ...).
+    """
+
+    def __init__(self, message: str, *, code: str, hint: str | None = None) -> None:
+        self.code = code
+        super().__init__(message, hint=hint)
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """A sandbox as the gateway reports it. ``phase`` is ``READY``, ``PROVISIONING``, ..."""
+
+    id: str
+    name: str
+    workspace: str
+    phase: str
+    reason: str = ""
+    image: str = ""
+    host_key_fingerprint: str = ""
+    #: The sandbox's SSH host public key line (what ``known_hosts`` needs).
+    host_public_key: str = ""
+    restart_count: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass(frozen=True)
+class SshSession:
+    """A token for ``CONNECT /connect/ssh``, and where to use it."""
+
+    token: str
+    sandbox_id: str
+    gateway_host: str
+    gateway_port: int
+    host_key_fingerprint: str
+    expires_at: float
+
+
+def active_gateway() -> str:
+    """The gateway commands use when none is named: ``$OPENSHELL_GATEWAY``, else the
+    ``active_gateway`` file (as the SDK decides)."""
+    named = os.environ.get("OPENSHELL_GATEWAY", "").strip() or read_active_gateway()
+    if not named:
+        raise UsageError(
+            "no active gateway",
+            hint="start one with `pytest-openshell gateway start`, or pass --gateway NAME",
+        )
+    return named
+
+
+def _target(endpoint: str) -> str:
+    """``https://127.0.0.1:8080`` -> ``127.0.0.1:8080`` (gRPC's target form)."""
+    parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+    host = parsed.hostname or "127.0.0.1"
+    port = parsed.port or 443
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_STATUS_FAMILIES: Final[Mapping[grpc.StatusCode, type[OpenShellError]]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: UsageError,
+    grpc.StatusCode.ALREADY_EXISTS: UsageError,
+    grpc.StatusCode.FAILED_PRECONDITION: StateError,
+}
+
+
+def _translate(exc: grpc.RpcError, what: str, *, target: str = "") -> OpenShellError:
+    """The one place where gRPC failures become our error families."""
+    code_of = getattr(exc, "code", None)
+    details_of = getattr(exc, "details", None)
+    code = code_of() if callable(code_of) else grpc.StatusCode.UNKNOWN
+    details = (details_of() if callable(details_of) else None) or str(exc)
+    if not isinstance(code, grpc.StatusCode):
+        code = grpc.StatusCode.UNKNOWN
+    if code is grpc.StatusCode.NOT_FOUND:
+        return NotFoundError("sandbox", target or what, hint="`sandbox list` shows what exists")
+    family = _STATUS_FAMILIES.get(code)
+    if family is not None:
+        return family(f"{what}: {details}")
+    hint = None
+    if code is grpc.StatusCode.UNAVAILABLE:
+        hint = "is the gateway running? `pytest-openshell gateway status` tells"
+    return GatewayRpcError(f"{what} failed ({code.name}): {details}", code=code.name, hint=hint)
+
+
+class GatewayClient:
+    """Calls on one gateway. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        ca: bytes,
+        cert: bytes | None,
+        key: bytes | None,
+        workspace: str = DEFAULT_WORKSPACE,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
+        self.endpoint = endpoint
+        self.workspace = workspace
+        self._timeout = timeout
+        self._channel = grpc.secure_channel(_target(endpoint), credentials)
+        self._stub = stub(self._channel)
+
+    @classmethod
+    def for_gateway(cls, name: str | None = None, **options: Any) -> GatewayClient:
+        """A client for the gateway ``name`` (default: the active one) from its host files."""
+        name = name or active_gateway()
+        metadata = read_metadata(name)
+        if metadata is None:
+            raise NotFoundError(
+                "gateway", name, hint="start it with `pytest-openshell gateway start`"
+            )
+        files = MtlsFiles.of(name)
+        try:
+            ca, cert, key = (
+                files.ca_cert.read_bytes(),
+                files.cert.read_bytes(),
+                files.key.read_bytes(),
+            )
+        except FileNotFoundError as exc:
+            raise StateError(
+                f"mTLS file {exc.filename} of gateway {name!r} is missing",
+                hint="`pytest-openshell gateway start` writes it again",
+            ) from None
+        return cls(metadata.gateway_endpoint, ca=ca, cert=cert, key=key, **options)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _calling(self, what: str, target: str = "") -> Iterator[None]:
+        try:
+            yield
+        except grpc.RpcError as exc:
+            raise _translate(exc, what, target=target) from exc
+
+    def _scope(self) -> Any:
+        return workspace_selector(self.workspace)
+
+    # -- gateway --
+
+    def health(self) -> str:
+        """The gateway's version when it reports healthy."""
+        with self._calling("health check"):
+            reply = self._stub.Health(pb.HealthRequest(), timeout=self._timeout)
+        if reply.status != pb.SERVICE_STATUS_HEALTHY:
+            raise GatewayRpcError(
+                f"gateway reports {pb.ServiceStatus.Name(reply.status)}", code="OK"
+            )
+        return str(reply.version)
+
+    # -- sandboxes --
+
+    def create_sandbox(
+        self,
+        name: str | None = None,
+        *,
+        environment: Mapping[str, str] | None = None,
+        image: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> SandboxInfo:
+        spec = pb.SandboxSpec(environment=dict(environment or {}))
+        if image:
+            spec.template.image = image
+        request = pb.CreateSandboxRequest(
+            workspace_scope=self._scope(), spec=spec, name=name or "", labels=dict(labels or {})
+        )
+        with self._calling("create sandbox", name or ""):
+            reply = self._stub.CreateSandbox(request, timeout=self._timeout)
+        return _info(reply.sandbox)
+
+    def get_sandbox(self, name: str) -> SandboxInfo:
+        request = pb.GetSandboxRequest(workspace_scope=self._scope(), name=name)
+        with self._calling("get sandbox", name):
+            reply = self._stub.GetSandbox(request, timeout=self._timeout)
+        return _info(reply.sandbox)
+
+    def list_sandboxes(self, *, all_workspaces: bool = False) -> list[SandboxInfo]:
+        scope = workspace_selector(None if all_workspaces else self.workspace)
+        found: list[SandboxInfo] = []
+        token = ""
+        while True:
+            request = pb.ListSandboxesRequest(workspace_scope=scope, page_token=token)
+            with self._calling("list sandboxes"):
+                reply = self._stub.ListSandboxes(request, timeout=self._timeout)
+            found.extend(_info(item) for item in reply.sandboxes)
+            token = str(reply.next_page_token)
+            if not token:
+                return found
+
+    def delete_sandbox(self, name: str, *, allow_missing: bool = False) -> bool:
+        """Delete a sandbox; False when it did not exist (and ``allow_missing``)."""
+        request = pb.DeleteSandboxRequest(
+            workspace_scope=self._scope(), name=name, allow_missing=allow_missing
+        )
+        with self._calling("delete sandbox", name):
+            reply = self._stub.DeleteSandbox(request, timeout=self._timeout)
+        return bool(reply.outcome != pb.DELETION_OUTCOME_ALREADY_ABSENT)
+
+    def stop_sandbox(self, name: str) -> SandboxInfo:
+        request = pb.StopSandboxRequest(workspace_scope=self._scope(), name=name)
+        with self._calling("stop sandbox", name):
+            reply = self._stub.StopSandbox(request, timeout=self._timeout)
+        return _info(reply.sandbox)
+
+    def start_sandbox(self, name: str) -> SandboxInfo:
+        request = pb.StartSandboxRequest(workspace_scope=self._scope(), name=name)
+        with self._calling("start sandbox", name):
+            reply = self._stub.StartSandbox(request, timeout=self._timeout)
+        return _info(reply.sandbox)
+
+    def wait_ready(self, name: str, *, timeout: float = 120.0, poll: float = 0.5) -> SandboxInfo:
+        """Wait until the sandbox is READY.
+
+        :raises ReadinessTimeout: on timeout, or at once when it is ERROR or STOPPED.
+        """
+        started = time.monotonic()
+        while True:
+            info = self.get_sandbox(name)
+            if info.phase == "READY":
+                return info
+            elapsed = time.monotonic() - started
+            if info.phase in {"ERROR", "STOPPED"}:
+                raise ReadinessTimeout(
+                    f"sandbox {name!r}", f"it is {info.phase}: {info.reason}", elapsed=elapsed
+                )
+            if elapsed > timeout:
+                raise ReadinessTimeout(
+                    f"sandbox {name!r}",
+                    f"still {info.phase} ({info.reason or 'no reason given'})",
+                    elapsed=elapsed,
+                )
+            time.sleep(poll)
+
+    def exec(
+        self,
+        name: str,
+        command: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        environment: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run ``command`` in the sandbox; returns its exit code and output."""
+        request = pb.ExecSandboxRequest(
+            workspace_scope=self._scope(),
+            sandbox=name,
+            command=list(command),
+            environment=dict(environment or {}),
+            workdir=workdir or "",
+            stdin=stdin or b"",
+        )
+        if timeout:
+            request.execution_timeout.FromNanoseconds(int(timeout * 1e9))
+        deadline = max(self._timeout, (timeout or 0) + 10)
+        stdout: list[bytes] = []
+        stderr: list[bytes] = []
+        exit_code: int | None = None
+        with self._calling("exec in sandbox", name):
+            for event in self._stub.ExecSandbox(request, timeout=deadline):
+                which = event.WhichOneof("payload")
+                if which == "stdout":
+                    stdout.append(bytes(event.stdout.data))
+                elif which == "stderr":
+                    stderr.append(bytes(event.stderr.data))
+                elif which == "exit":
+                    exit_code = int(event.exit.exit_code)
+        if exit_code is None:
+            raise GatewayRpcError(
+                f"exec in sandbox {name!r}: the stream ended without an exit code", code="OK"
+            )
+        return ExecResult(exit_code, b"".join(stdout), b"".join(stderr))
+
+    # -- SSH sessions --
+
+    def create_ssh_session(self, name: str) -> SshSession:
+        request = pb.CreateSshSessionRequest(workspace_scope=self._scope(), sandbox=name)
+        with self._calling("create SSH session", name):
+            reply = self._stub.CreateSshSession(request, timeout=self._timeout)
+        expires = (
+            reply.expiration_time.ToNanoseconds() / 1e9 if reply.HasField("expiration_time") else 0
+        )
+        return SshSession(
+            token=str(reply.token),
+            sandbox_id=str(reply.sandbox_id),
+            gateway_host=str(reply.gateway_host),
+            gateway_port=int(reply.gateway_port),
+            host_key_fingerprint=str(reply.host_key_fingerprint),
+            expires_at=float(expires),
+        )
+
+    def revoke_ssh_session(self, token: str, *, allow_missing: bool = True) -> bool:
+        """Revoke a session token; False when it was unknown or already revoked."""
+        request = pb.RevokeSshSessionRequest(token=token, allow_missing=allow_missing)
+        with self._calling("revoke SSH session"):
+            reply = self._stub.RevokeSshSession(request, timeout=self._timeout)
+        return bool(reply.outcome == pb.DELETION_OUTCOME_COMPLETED)
+
+
+def _info(sandbox: Any) -> SandboxInfo:
+    status = sandbox.status
+    reason = ""
+    for condition in status.conditions:
+        if condition.type == "Ready":
+            reason = str(condition.message)
+    return SandboxInfo(
+        id=str(sandbox.metadata.id),
+        name=str(sandbox.metadata.name),
+        workspace=str(sandbox.metadata.workspace),
+        phase=phase_name(int(status.phase)),
+        reason=reason,
+        image=str(sandbox.spec.template.image),
+        host_key_fingerprint=str(sandbox.host_key_fingerprint),
+        host_public_key=str(sandbox.metadata.annotations.get(HOST_PUBLIC_KEY_ANNOTATION, "")),
+        restart_count=int(status.restart_count),
+        labels=dict(sandbox.metadata.labels),
+    )

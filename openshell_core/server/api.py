@@ -1,0 +1,305 @@
+"""The gateway's gRPC servicer for ``openshell.v1.OpenShell`` (the sandbox lifecycle subset).
+
+Implemented: Health, GetGatewayInfo, CreateSandbox, GetSandbox, ListSandboxes, DeleteSandbox,
+StopSandbox, StartSandbox, ExecSandbox, CreateSshSession, RevokeSshSession. Every other method is
+the SDK's generated default, which answers UNIMPLEMENTED. Errors of :mod:`openshell_core.errors`
+become gRPC status codes in one place, :func:`_status_of`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Final, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
+from openshell_core.protocol import (
+    HOST_PUBLIC_KEY_ANNOTATION,
+    Servicer,
+    dm,
+    pb,
+    phase_value,
+    selected_workspace,
+)
+from openshell_core.sandbox.protocol import exec_in_sandbox
+from openshell_core.server.model import Phase, SandboxRecord
+from openshell_core.server.sandboxes import SandboxService
+from openshell_core.server.store import StoreConflict
+
+log = logging.getLogger("openshell.server.api")
+
+DRIVER_NAME: Final = "docker"
+_Response = TypeVar("_Response")
+_Method = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[_Response]]
+
+
+def _status_of(exc: OpenShellError) -> grpc.StatusCode:
+    """The one place where our error families become gRPC status codes."""
+    if isinstance(exc, NotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, StoreConflict):
+        return grpc.StatusCode.ALREADY_EXISTS
+    if isinstance(exc, UsageError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, StateError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL
+
+
+def _translated(method: _Method[_Response]) -> _Method[_Response]:
+    @functools.wraps(method)
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> _Response:
+        try:
+            return await method(self, request, context)
+        except OpenShellError as exc:
+            await context.abort(_status_of(exc), exc.message)
+
+    return wrapper
+
+
+class GatewayServicer(Servicer):
+    """Sandbox lifecycle over gRPC, backed by :class:`SandboxService`."""
+
+    def __init__(self, service: SandboxService, *, version: str, gateway_port: int) -> None:
+        self._service = service
+        self._version = version
+        self._gateway_port = gateway_port
+
+    # -- gateway --
+
+    async def Health(
+        self, request: pb.HealthRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.HealthResponse:
+        return pb.HealthResponse(status=pb.SERVICE_STATUS_HEALTHY, version=self._version)
+
+    async def GetGatewayInfo(
+        self, request: pb.GetGatewayInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetGatewayInfoResponse:
+        return pb.GetGatewayInfoResponse(
+            status=pb.SERVICE_STATUS_HEALTHY,
+            gateway_version=self._version,
+            compute_drivers=[pb.ComputeDriverInfo(name=DRIVER_NAME)],
+        )
+
+    # -- sandboxes --
+
+    @_translated
+    async def CreateSandbox(
+        self, request: pb.CreateSandboxRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SandboxResponse:
+        workspace = _one_workspace(request.workspace_scope)
+        if request.workload_template:
+            raise UsageError("workload templates are not supported by the reference gateway")
+        spec = request.spec
+        environment = {**dict(spec.template.environment), **dict(spec.environment)}
+        record = await self._service.create(
+            workspace=workspace,
+            name=request.name,
+            image=spec.template.image,
+            environment=environment,
+            labels=dict(request.labels),
+        )
+        return pb.SandboxResponse(sandbox=_sandbox(record))
+
+    @_translated
+    async def GetSandbox(
+        self, request: pb.GetSandboxRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SandboxResponse:
+        record = self._service.find(_one_workspace(request.workspace_scope), request.name)
+        return pb.SandboxResponse(sandbox=_sandbox(record))
+
+    @_translated
+    async def ListSandboxes(
+        self, request: pb.ListSandboxesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListSandboxesResponse:
+        selector = _parse_selector(request.label_selector)
+        records = [
+            record
+            for record in self._service.list(selected_workspace(request.workspace_scope))
+            if all(record.labels.get(key) == value for key, value in selector.items())
+        ]
+        try:
+            start = int(request.page_token or 0)
+        except ValueError:
+            raise UsageError(f"invalid page token {request.page_token!r}") from None
+        size = request.page_size if request.page_size > 0 else 100
+        page = records[start : start + size]
+        following = str(start + size) if start + size < len(records) else ""
+        return pb.ListSandboxesResponse(
+            sandboxes=[_sandbox(record) for record in page], next_page_token=following
+        )
+
+    @_translated
+    async def DeleteSandbox(
+        self, request: pb.DeleteSandboxRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteSandboxResponse:
+        try:
+            record = self._service.find(_one_workspace(request.workspace_scope), request.name)
+        except NotFoundError:
+            if request.allow_missing:
+                return pb.DeleteSandboxResponse(outcome=pb.DELETION_OUTCOME_ALREADY_ABSENT)
+            raise
+        await self._service.delete(record)
+        return pb.DeleteSandboxResponse(outcome=pb.DELETION_OUTCOME_COMPLETED, sandbox_id=record.id)
+
+    @_translated
+    async def StopSandbox(
+        self, request: pb.StopSandboxRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SandboxResponse:
+        record = self._service.find(_one_workspace(request.workspace_scope), request.name)
+        return pb.SandboxResponse(sandbox=_sandbox(await self._service.stop(record)))
+
+    @_translated
+    async def StartSandbox(
+        self, request: pb.StartSandboxRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SandboxResponse:
+        record = self._service.find(_one_workspace(request.workspace_scope), request.name)
+        return pb.SandboxResponse(sandbox=_sandbox(await self._service.start(record)))
+
+    # -- commands and sessions --
+
+    async def ExecSandbox(
+        self, request: pb.ExecSandboxRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ExecSandboxEvent]:
+        try:
+            record = self._ready(_one_workspace(request.workspace_scope), request.sandbox)
+            if not request.command:
+                raise UsageError("command must not be empty")
+        except OpenShellError as exc:
+            await context.abort(_status_of(exc), exc.message)
+        host, port = self._service.driver.address(record.id)
+        timeout = request.execution_timeout.ToTimedelta().total_seconds() or None
+        events = exec_in_sandbox(
+            host,
+            port,
+            self._service.secret,
+            list(request.command),
+            env=dict(request.environment) or None,
+            workdir=request.workdir or None,
+            stdin=bytes(request.stdin) if request.stdin else None,
+            token=str(uuid.uuid4()),
+        )
+        exit_code: int | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                async for event in events:
+                    if event.kind == "stdout":
+                        yield pb.ExecSandboxEvent(stdout=pb.ExecSandboxStdout(data=event.data))
+                    elif event.kind == "stderr":
+                        yield pb.ExecSandboxEvent(stderr=pb.ExecSandboxStderr(data=event.data))
+                    elif event.kind == "exit":
+                        exit_code = event.exit_code
+        except TimeoutError:
+            exit_code = 124
+        except OpenShellError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+        if exit_code is None:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the sandbox closed the command stream early"
+            )
+        yield pb.ExecSandboxEvent(exit=pb.ExecSandboxExit(exit_code=exit_code))
+
+    @_translated
+    async def CreateSshSession(
+        self, request: pb.CreateSshSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateSshSessionResponse:
+        record = self._service.find(_one_workspace(request.workspace_scope), request.sandbox)
+        session = self._service.open_session(record)
+        response = pb.CreateSshSessionResponse(
+            sandbox_id=record.id,
+            token=session.token,
+            gateway_host="127.0.0.1",
+            gateway_port=self._gateway_port,
+            gateway_scheme="https",
+            host_key_fingerprint=record.host_key_fingerprint,
+        )
+        if session.expires_at > 0:
+            response.expiration_time.CopyFrom(_timestamp(session.expires_at))
+        return response
+
+    @_translated
+    async def RevokeSshSession(
+        self, request: pb.RevokeSshSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RevokeSshSessionResponse:
+        before = self._service.store.revoke_session(request.token)
+        if before is None:
+            if request.allow_missing:
+                return pb.RevokeSshSessionResponse(outcome=pb.DELETION_OUTCOME_ALREADY_ABSENT)
+            raise NotFoundError("ssh session", "(token)")
+        outcome = (
+            pb.DELETION_OUTCOME_ALREADY_ABSENT if before.revoked else pb.DELETION_OUTCOME_COMPLETED
+        )
+        return pb.RevokeSshSessionResponse(outcome=outcome)
+
+    def _ready(self, workspace: str, name: str) -> SandboxRecord:
+        record = self._service.find(workspace, name)
+        if record.phase is not Phase.READY:
+            raise StateError(f"sandbox {name!r} is not ready ({record.phase.value})")
+        return record
+
+
+def _one_workspace(selector: dm.WorkspaceSelector) -> str:
+    workspace = selected_workspace(selector)
+    if workspace is None:
+        raise UsageError("this call needs one workspace, not all of them")
+    return workspace
+
+
+def _parse_selector(text: str) -> Mapping[str, str]:
+    """``"a=b,c=d"`` -> ``{"a": "b", "c": "d"}`` (equality selectors only)."""
+    selector: dict[str, str] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"invalid label selector {text!r}", hint="use key=value[,key=value]")
+        selector[key.strip()] = value.strip().removeprefix("=")
+    return selector
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _sandbox(record: SandboxRecord) -> pb.Sandbox:
+    """A store record as the API's ``Sandbox`` message."""
+    ready = record.phase is Phase.READY
+    condition = pb.SandboxCondition(
+        type="Ready",
+        status="True" if ready else "False",
+        reason="" if ready else record.phase.value.title(),
+        message=record.reason,
+    )
+    condition.transition_time.CopyFrom(_timestamp(record.updated_at))
+    metadata = dm.ObjectMeta(
+        id=record.id,
+        name=record.name,
+        workspace=record.workspace,
+        labels=dict(record.labels),
+        annotations={HOST_PUBLIC_KEY_ANNOTATION: record.host_key_public},
+    )
+    metadata.created_time.CopyFrom(_timestamp(record.created_at))
+    return pb.Sandbox(
+        metadata=metadata,
+        spec=pb.SandboxSpec(
+            environment=dict(record.environment),
+            template=pb.SandboxTemplate(image=record.image),
+        ),
+        status=pb.SandboxStatus(
+            phase=phase_value(record.phase.value),  # type: ignore[arg-type]
+            conditions=[condition],
+            restart_count=record.restart_count,
+        ),
+        host_key_fingerprint=record.host_key_fingerprint,
+    )

@@ -1,0 +1,72 @@
+"""What the gateway knows about a sandbox and an SSH session, independent of storage and wire."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class Phase(enum.StrEnum):
+    """A sandbox's observed phase (names as in the API's ``SandboxPhase``)."""
+
+    PROVISIONING = "PROVISIONING"
+    READY = "READY"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    ERROR = "ERROR"
+    DELETING = "DELETING"
+
+
+class Desired(enum.StrEnum):
+    """What the user asked for last."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    """One sandbox as the gateway remembers it.
+
+    ``environment`` is what the creating request asked for; ``container_env`` is the complete
+    environment frozen into the sandbox's container at creation (handshake secret and host key
+    included), reused unchanged whenever the container has to be made again.
+    ``workspace_created`` records that the sandbox's workspace volume was made, so that a volume
+    found missing later is a loss, not a sandbox still to be provisioned.
+    """
+
+    id: str
+    name: str
+    workspace: str
+    image: str
+    environment: Mapping[str, str]
+    labels: Mapping[str, str]
+    container_env: Mapping[str, str]
+    host_key_public: str
+    host_key_fingerprint: str
+    desired: Desired = Desired.RUNNING
+    phase: Phase = Phase.PROVISIONING
+    reason: str = ""
+    workspace_created: bool = False
+    restart_count: int = 0
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class SshSessionRecord:
+    """A token that lets its holder open SSH tunnels into one sandbox."""
+
+    token: str
+    sandbox_id: str
+    created_at: float
+    expires_at: float
+    revoked: bool = False
+
+    def usable(self, now: float | None = None) -> bool:
+        """True when the token is neither revoked nor expired (``expires_at <= 0``: never)."""
+        now = time.time() if now is None else now
+        return not self.revoked and (self.expires_at <= 0 or now < self.expires_at)

@@ -1,0 +1,347 @@
+"""The sandbox lifecycle: what the API asks for (create, stop, start, delete) and how one sandbox
+is brought to what the user asked for (:meth:`SandboxService.reconcile`).
+
+Every change to one sandbox happens under that sandbox's lock, on the event loop; engine calls run
+in worker threads. The rules:
+
+- a sandbox's container or workspace volume is removed only by :meth:`SandboxService.delete`;
+- a sandbox the user stopped stays stopped; one that should run and whose container stopped or
+  vanished is started or made again, with its workspace volume and its frozen environment;
+- a sandbox whose workspace volume was made and is now gone goes to ERROR with the reason, and
+  stays there (making a fresh, empty workspace would hide the loss).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import Coroutine, Mapping
+from typing import Any, Final
+
+from openshell_core import pki
+from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
+from openshell_core.faults import Fault
+from openshell_core.server.compute import ComputeDriver, ContainerSpec, Observed, volume_name
+from openshell_core.server.config import SANDBOX_SSH_PORT, ServerConfig
+from openshell_core.server.model import Desired, Phase, SandboxRecord, SshSessionRecord
+from openshell_core.server.store import Store
+
+log = logging.getLogger("openshell.server.sandboxes")
+
+_NAME: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+#: Seconds to wait for a freshly started supervisor before leaving it to the next pass.
+SUPERVISOR_WAIT: Final = 10.0
+HANDSHAKE_SKEW_SECS: Final = 300
+
+
+class SandboxService:
+    """The gateway's sandboxes: store records plus their compute objects."""
+
+    def __init__(
+        self, store: Store, driver: ComputeDriver, config: ServerConfig, *, secret: str
+    ) -> None:
+        self.store = store
+        self.driver = driver
+        self.config = config
+        self.secret = secret
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lookups --
+
+    def find(self, workspace: str, name: str) -> SandboxRecord:
+        record = self.store.find_sandbox(workspace, name)
+        if record is None or record.desired is Desired.DELETED:
+            raise NotFoundError(
+                "sandbox", name, hint=f"`sandbox list` shows the sandboxes of {workspace!r}"
+            )
+        return record
+
+    def get(self, sandbox_id: str) -> SandboxRecord | None:
+        return self.store.get_sandbox(sandbox_id)
+
+    def list(self, workspace: str | None) -> list[SandboxRecord]:
+        return [r for r in self.store.list_sandboxes(workspace) if r.desired is not Desired.DELETED]
+
+    def lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    # -- API verbs --
+
+    async def create(
+        self,
+        *,
+        workspace: str,
+        name: str,
+        image: str,
+        environment: Mapping[str, str],
+        labels: Mapping[str, str],
+    ) -> SandboxRecord:
+        """Record a new sandbox and start provisioning it in the background."""
+        name = name or f"sandbox-{secrets.token_hex(4)}"
+        if not _NAME.match(name):
+            raise UsageError(
+                f"invalid sandbox name {name!r}",
+                hint="use 1-63 lowercase letters, digits and '-', starting and ending with a "
+                "letter or digit",
+            )
+        sandbox_id = str(uuid.uuid4())
+        private_key, public_key = await asyncio.to_thread(pki.generate_ssh_host_key)
+        record = SandboxRecord(
+            id=sandbox_id,
+            name=name,
+            workspace=workspace,
+            image=image or self.config.sandbox_image,
+            environment=dict(environment),
+            labels=dict(labels),
+            container_env=self._container_env(
+                sandbox_id, name, private_key, environment, self.secret
+            ),
+            host_key_public=public_key,
+            host_key_fingerprint=pki.ssh_fingerprint(public_key),
+        )
+        self.store.insert_sandbox(record)
+        log.info("sandbox %s (%s) created in workspace %s", name, sandbox_id, workspace)
+        self.spawn(self.reconcile(sandbox_id))
+        return record
+
+    async def stop(self, record: SandboxRecord) -> SandboxRecord:
+        async with self.lock(record.id):
+            self._update(record.id, desired=Desired.STOPPED, phase=Phase.STOPPING, reason="")
+            with contextlib.suppress(NotFoundError):
+                await asyncio.to_thread(self.driver.stop, record.id)
+            return self._update(record.id, phase=Phase.STOPPED, reason="stopped by the user")
+
+    async def start(self, record: SandboxRecord) -> SandboxRecord:
+        async with self.lock(record.id):
+            current = self._require(record.id)
+            if current.desired is Desired.RUNNING and current.phase is Phase.READY:
+                return current
+            if current.phase is Phase.ERROR:
+                raise StateError(
+                    f"sandbox {record.name!r} is in error: {current.reason}",
+                    hint="delete it and create a new one",
+                )
+            updated = self._update(
+                record.id, desired=Desired.RUNNING, phase=Phase.PROVISIONING, reason="starting"
+            )
+            try:
+                if self.config.has(Fault.RESEED_WORKSPACE):
+                    await asyncio.to_thread(self.driver.provision, self._spec(current))
+                else:
+                    await asyncio.to_thread(self.driver.start, record.id)
+            except NotFoundError:
+                pass  # the container is gone: the reconciliation below makes it again
+        self.spawn(self.reconcile(record.id))
+        return updated
+
+    async def delete(self, record: SandboxRecord) -> None:
+        """Remove the sandbox's container and workspace, then forget it."""
+        async with self.lock(record.id):
+            self._update(record.id, desired=Desired.DELETED, phase=Phase.DELETING, reason="")
+            await self._remove(record.id)
+
+    async def _remove(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(self.driver.remove, sandbox_id, workspace=True)
+        self.store.delete_sandbox(sandbox_id)
+        self._locks.pop(sandbox_id, None)
+        log.info("sandbox %s deleted", sandbox_id)
+
+    def open_session(self, record: SandboxRecord) -> SshSessionRecord:
+        if record.phase is not Phase.READY:
+            raise StateError(f"sandbox {record.name!r} is not ready ({record.phase.value})")
+        now = time.time()
+        ttl = self.config.session_ttl
+        session = SshSessionRecord(
+            token=secrets.token_urlsafe(32),
+            sandbox_id=record.id,
+            created_at=now,
+            expires_at=now + ttl if ttl > 0 else 0,
+        )
+        self.store.insert_session(session)
+        return session
+
+    # -- reconciliation --
+
+    async def reconcile(self, sandbox_id: str, *, observed: Observed | None = None) -> None:
+        """Bring one sandbox towards what the user asked for (one step; safe to repeat).
+
+        :param observed: what a listing said about it; used only when it shows a healthy running
+            container, since anything calling for action is looked at again, under the lock.
+        """
+        async with self.lock(sandbox_id):
+            record = self.store.get_sandbox(sandbox_id)
+            if record is None:
+                return
+            if record.desired is Desired.DELETED:
+                await self._remove(sandbox_id)
+                return
+            if observed is None or not (observed.running and observed.attached):
+                observed = await asyncio.to_thread(self.driver.observe, sandbox_id)
+            if record.desired is Desired.STOPPED:
+                await self._keep_stopped(record, observed)
+            elif record.phase is not Phase.ERROR:
+                await self._keep_running(record, observed)
+
+    async def _keep_stopped(self, record: SandboxRecord, observed: Observed) -> None:
+        if observed.running:
+            await asyncio.to_thread(self.driver.stop, record.id)
+        if record.phase is not Phase.STOPPED:
+            self._update(record.id, phase=Phase.STOPPED, reason="stopped by the user")
+
+    async def _keep_running(self, record: SandboxRecord, observed: Observed) -> None:
+        uses_volume = not self.config.has(Fault.NO_WORKSPACE_VOLUME)
+        if uses_volume and record.workspace_created and not observed.workspace_volume:
+            self._fail(
+                record,
+                f"workspace volume {volume_name(record.id)} is gone; the sandbox's files cannot "
+                "be recovered",
+            )
+            return
+        try:
+            if observed.state is None:
+                why = "container missing" if record.workspace_created else "creating"
+                await self._provision(record, why)
+            elif not observed.running:
+                if self.config.has(Fault.ERROR_IS_TERMINAL):
+                    self._fail(record, f"sandbox container stopped unexpectedly ({observed.state})")
+                    return
+                await self._restart(record, observed)
+            elif not observed.attached:
+                log.info("sandbox %s is off the gateway network: attaching it again", record.id)
+                await asyncio.to_thread(self.driver.start, record.id)
+        except OpenShellError as exc:
+            self._update(record.id, phase=Phase.PROVISIONING, reason=exc.message)
+            log.warning("sandbox %s: %s", record.id, exc.message)
+            return
+        await self._settle(record.id)
+
+    async def _provision(self, record: SandboxRecord, why: str) -> None:
+        log.info("provisioning sandbox %s (%s)", record.id, why)
+        self._update(record.id, phase=Phase.PROVISIONING, reason=why)
+        await asyncio.to_thread(self.driver.provision, self._spec(record))
+        if not self.config.has(Fault.NO_WORKSPACE_VOLUME):
+            self._update(record.id, workspace_created=True)
+
+    async def _restart(self, record: SandboxRecord, observed: Observed) -> None:
+        log.info("starting sandbox %s again (its container was %s)", record.id, observed.state)
+        self._update(
+            record.id,
+            phase=Phase.PROVISIONING,
+            reason=f"container was {observed.state}",
+            restart_count=record.restart_count + 1,
+        )
+        if self.config.has(Fault.RESEED_WORKSPACE):
+            await asyncio.to_thread(self.driver.provision, self._spec(record))
+        else:
+            await asyncio.to_thread(self.driver.start, record.id)
+
+    async def reseed(self, record: SandboxRecord) -> None:
+        """Run the workspace init step for a running sandbox (a no-op thanks to the sentinel;
+        with the ``reseed-workspace`` fault it overwrites the user's changes)."""
+        async with self.lock(record.id):
+            try:
+                await asyncio.to_thread(self.driver.provision, self._spec(record))
+            except OpenShellError as exc:
+                log.warning("sandbox %s: workspace check failed: %s", record.id, exc.message)
+
+    async def _settle(self, sandbox_id: str) -> None:
+        """READY once the supervisor accepts connections; otherwise PROVISIONING."""
+        host, port = self.driver.address(sandbox_id)
+        deadline = time.monotonic() + SUPERVISOR_WAIT
+        while True:
+            if await _accepts(host, port):
+                current = self._require(sandbox_id)
+                if current.phase is not Phase.READY:
+                    log.info("sandbox %s is ready", sandbox_id)
+                    self._update(sandbox_id, phase=Phase.READY, reason="")
+                return
+            if time.monotonic() >= deadline:
+                self._update(
+                    sandbox_id, phase=Phase.PROVISIONING, reason="waiting for the supervisor"
+                )
+                return
+            await asyncio.sleep(0.2)
+
+    def _fail(self, record: SandboxRecord, reason: str) -> None:
+        log.error("sandbox %s failed: %s", record.id, reason)
+        self._update(record.id, phase=Phase.ERROR, reason=reason)
+
+    # -- helpers --
+
+    def _spec(self, record: SandboxRecord) -> ContainerSpec:
+        return ContainerSpec(
+            sandbox_id=record.id,
+            image=record.image,
+            environment=record.container_env,
+            workspace_volume=not self.config.has(Fault.NO_WORKSPACE_VOLUME),
+            reseed=self.config.has(Fault.RESEED_WORKSPACE),
+        )
+
+    @staticmethod
+    def _container_env(
+        sandbox_id: str, name: str, host_key: str, requested: Mapping[str, str], secret: str
+    ) -> dict[str, str]:
+        """The environment frozen into the sandbox at creation (as upstream: the handshake
+        secret too, which is why a regenerated secret locks old sandboxes out)."""
+        return {
+            **requested,
+            "OPENSHELL_SANDBOX_ID": sandbox_id,
+            "OPENSHELL_SANDBOX": name,
+            "OPENSHELL_SSH_HANDSHAKE_SECRET": secret,
+            "OPENSHELL_SSH_HANDSHAKE_SKEW_SECS": str(HANDSHAKE_SKEW_SECS),
+            "OPENSHELL_SSH_LISTEN_ADDR": f"0.0.0.0:{SANDBOX_SSH_PORT}",
+            "OPENSHELL_SSH_HOST_KEY": host_key,
+            "OPENSHELL_SSH_AUTHORIZED_KEYS": requested.get("OPENSHELL_SSH_AUTHORIZED_KEYS", ""),
+        }
+
+    def _require(self, sandbox_id: str) -> SandboxRecord:
+        record = self.store.get_sandbox(sandbox_id)
+        if record is None:
+            raise NotFoundError("sandbox", sandbox_id)
+        return record
+
+    def _update(self, sandbox_id: str, **changes: Any) -> SandboxRecord:
+        updated = self.store.update_sandbox(sandbox_id, **changes)
+        if updated is None:
+            raise NotFoundError("sandbox", sandbox_id)
+        return updated
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, keeping a reference and logging its failure."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed: %r", task.exception())
+
+    async def idle(self) -> None:
+        """Wait until the background work started so far has finished."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _accepts(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a TCP connection to ``host:port`` succeeds."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError, socket.gaierror):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

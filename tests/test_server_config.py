@@ -1,0 +1,84 @@
+"""The gateway's configuration from its container environment."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from openshell_core.errors import UsageError
+from openshell_core.faults import Fault
+from openshell_core.server.config import ServerConfig
+
+BASE = {
+    "OPENSHELL_GATEWAY_NAME": "demo",
+    "DOCKER_HOST": "unix:///run/openshell-engine/docker.sock",
+}
+
+
+def test_the_environment_contract_is_read():
+    config = ServerConfig.from_env(
+        {
+            **BASE,
+            "OPENSHELL_NODE_NAME": "openshell-demo",
+            "OPENSHELL_NETWORK": "openshell-cluster-demo",
+            "OPENSHELL_SANDBOX_IMAGE": "openshell-sandbox:v1",
+            "OPENSHELL_EXTRA_SANS": "gw.example, 10.0.0.5",
+            "OPENSHELL_GATEWAY_PORT": "8080",
+            "OPENSHELL_RUN_ID": "abc",
+            "OPENSHELL_GATEWAY_VARIANT": "v2",
+        }
+    )
+    assert (config.node_name, config.node_name_source) == ("openshell-demo", "env")
+    assert config.gateway_port == 8080
+    assert config.run_id == "abc"
+    assert config.schema == 2
+    assert config.server_sans == (
+        "openshell-cluster-demo",
+        "openshell-demo",
+        "gw.example",
+        "10.0.0.5",
+    )
+    assert str(config.store_path) == "/var/lib/openshell/openshell.db"
+
+
+def test_without_a_pinned_node_name_the_hostname_is_the_identity():
+    config = ServerConfig.from_env(BASE)
+    assert (config.node_name, config.node_name_source) == (socket.gethostname(), "hostname")
+
+
+def test_fault_container_id_hostname_prefers_the_hostname_to_the_pinned_name():
+    config = ServerConfig.from_env(
+        {
+            **BASE,
+            "OPENSHELL_NODE_NAME": "openshell-demo",
+            "OPENSHELL_FAULTS": "container-id-hostname",
+        }
+    )
+    assert config.node_name == socket.gethostname()
+
+
+def test_fault_forget_sandboxes_on_start_keeps_the_store_off_the_volume():
+    config = ServerConfig.from_env({**BASE, "OPENSHELL_FAULTS": "forget-sandboxes-on-start"})
+    assert not config.store_path.is_relative_to(config.state_dir)
+
+
+def test_fault_relabel_on_upgrade_only_bites_in_the_upgrade_image():
+    env = {**BASE, "OPENSHELL_FAULTS": "relabel-on-upgrade"}
+    assert not ServerConfig.from_env(env).has(Fault.RELABEL_ON_UPGRADE)
+    upgraded = ServerConfig.from_env({**env, "OPENSHELL_GATEWAY_VARIANT": "v2"})
+    assert upgraded.has(Fault.RELABEL_ON_UPGRADE)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"OPENSHELL_GATEWAY_NAME": ""}, "OPENSHELL_GATEWAY_NAME"),
+        ({"DOCKER_HOST": ""}, "DOCKER_HOST"),
+        ({"OPENSHELL_GATEWAY_PORT": "http"}, "not a port"),
+        ({"OPENSHELL_FAULTS": "no-such-fault"}, "unknown fault"),
+    ],
+)
+def test_a_broken_environment_is_refused_with_what_is_wrong(change, message):
+    with pytest.raises(UsageError, match=message):
+        ServerConfig.from_env({**BASE, **change})
