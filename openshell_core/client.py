@@ -154,15 +154,20 @@ class GatewayClient:
         self._stub = stub(self._channel)
 
     @classmethod
-    def for_gateway(cls, name: str | None = None, **options: Any) -> GatewayClient:
-        """A client for the gateway ``name`` (default: the active one) from its host files."""
+    def for_gateway(
+        cls, name: str | None = None, *, env: Mapping[str, str] | None = None, **options: Any
+    ) -> GatewayClient:
+        """A client for the gateway ``name`` (default: the active one) from its host files.
+
+        :param env: where the host files live (``XDG_CONFIG_HOME``); default this process's.
+        """
         name = name or active_gateway()
-        metadata = read_metadata(name)
+        metadata = read_metadata(name, env)
         if metadata is None:
             raise NotFoundError(
                 "gateway", name, hint="start it with `pytest-openshell gateway start`"
             )
-        files = MtlsFiles.of(name)
+        files = MtlsFiles.of(name, env)
         try:
             ca, cert, key = (
                 files.ca_cert.read_bytes(),

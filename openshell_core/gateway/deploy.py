@@ -118,6 +118,9 @@ class DeployOptions:
     faults: frozenset[Fault] = field(default_factory=active_faults)
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     api_timeout: float = DEFAULT_API_TIMEOUT
+    #: where host-side files live (``XDG_CONFIG_HOME``); None means this process's environment.
+    #: Test runs pass their own, so they never touch the user's ``~/.config/openshell``.
+    config_env: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,13 +166,14 @@ def deploy(
     if options.port is not None and not 1 <= options.port <= 65535:
         raise UsageError(f"port {options.port} is not a TCP port (1-65535)")
     started = time.monotonic()
-    with gateway_lock(name):
+    env = options.config_env
+    with gateway_lock(name, env):
         log.info("Checking gateway %s", name)
         facts = detect_state(engine, name)
         facts.refuse_foreign("start")
         if not options.recreate and facts.state is GatewayState.RUNNING:
             return _already_running(engine, facts, options, started)
-        metadata = None if options.recreate else read_metadata(name)
+        metadata = None if options.recreate else read_metadata(name, env)
         if not options.recreate and facts.state is GatewayState.CONTAINER_ONLY:
             raise StateError(
                 f"gateway {name!r} has a container but no volume {volume_name(name)!r}: its "
@@ -181,7 +185,7 @@ def deploy(
         if options.recreate and facts.state is not GatewayState.NONE:
             log.info("Removing existing gateway")
             remove_gateway_objects(engine, name)
-        had_files = gateway_dir(name).exists()
+        had_files = gateway_dir(name, env).exists()
         try:
             return _bring_up(engine, options, facts, plan, probe=probe, started=started)
         except BaseException as exc:
@@ -195,7 +199,7 @@ def deploy(
                     else "the container was removed"
                 )
             else:
-                _cleanup_failed_fresh(engine, name, remove_files=not had_files)
+                _cleanup_failed_fresh(engine, name, remove_files=not had_files, env=env)
                 after = "everything this deploy created was removed"
             if isinstance(exc, ReadinessTimeout):
                 exc.hint = after  # its log is in the message; the container it named is gone
@@ -299,12 +303,12 @@ def _bring_up(
     engine.start_container(container)
     log.info("Waiting for the gateway's health check")
     health = wait_healthy(engine, container, timeout=options.health_timeout)
-    mtls = fetch_mtls(engine, name)
+    mtls = fetch_mtls(engine, name, options.config_env)
     log.info("Waiting for the gateway API on 127.0.0.1:%d", port)
     target = ApiTarget("127.0.0.1", port, mtls.ca_cert, mtls.cert, mtls.key)
     api = wait_api(engine, container, target, probe, timeout=options.api_timeout)
     metadata = GatewayMetadata.local(name, port, plan.gateway_host)
-    write_metadata(metadata)
+    write_metadata(metadata, options.config_env)
     total = time.monotonic() - started
     log.info("Gateway %s ready (%s) in %.1f s", name, mode.value, total)
     return DeployOutcome(
@@ -326,25 +330,25 @@ def _already_running(
     """RUNNING: no Docker change at all. Host-side files that are missing are restored from the
     running gateway (read-only), so that a deleted metadata directory does not strand it; a
     corrupt metadata file is reported and left for a person to look at."""
-    name = facts.name
+    name, env = facts.name, options.config_env
     log.info("Gateway is already running")
     try:
-        metadata = read_metadata(name)
+        metadata = read_metadata(name, env)
         restore = metadata is None
     except MetadataError as exc:
         log.warning("%s", exc)
         metadata, restore = None, False
     port = facts.host_port or _wanted_port(options, metadata)
-    mtls = MtlsFiles.of(name)
+    mtls = MtlsFiles.of(name, env)
     if not mtls.exist():
         try:
-            mtls = fetch_mtls(engine, name)
+            mtls = fetch_mtls(engine, name, env)
         except NotFoundError as exc:
             log.warning("could not restore the mTLS files of gateway %s: %s", name, exc)
     if metadata is None:
         metadata = GatewayMetadata.local(name, port, options.gateway_host)
         if restore:
-            write_metadata(metadata)
+            write_metadata(metadata, env)
     return DeployOutcome(
         name=name,
         mode=DeployMode.ALREADY_RUNNING,
@@ -358,14 +362,16 @@ def _already_running(
     )
 
 
-def fetch_mtls(engine: Engine, name: str) -> MtlsFiles:
+def fetch_mtls(engine: Engine, name: str, env: Mapping[str, str] | None = None) -> MtlsFiles:
     """Copy the client's PKI files out of the gateway container into the host ``mtls/`` dir."""
     container = container_name(name)
     found = {
         host: engine.read_container_file(container, f"{STATE_DIR}/pki/{inside}")
         for inside, host in _CLIENT_PKI.items()
     }
-    return write_mtls(name, ca_cert=found["ca.crt"], cert=found["tls.crt"], key=found["tls.key"])
+    return write_mtls(
+        name, ca_cert=found["ca.crt"], cert=found["tls.crt"], key=found["tls.key"], env=env
+    )
 
 
 def _simulated_pull(image: str) -> None:
@@ -404,7 +410,9 @@ def _cleanup_failed_resume(engine: Engine, name: str, faults: frozenset[Fault]) 
     return not wipe
 
 
-def _cleanup_failed_fresh(engine: Engine, name: str, *, remove_files: bool) -> None:
+def _cleanup_failed_fresh(
+    engine: Engine, name: str, *, remove_files: bool, env: Mapping[str, str] | None
+) -> None:
     """A failed fresh deploy: everything it made goes."""
     log.info("deploy failed, removing what it created for '%s'", name)
     try:
@@ -412,7 +420,7 @@ def _cleanup_failed_fresh(engine: Engine, name: str, *, remove_files: bool) -> N
         remove_network_if_unused(engine, network_name(name))
         remove_volume_if_ours(engine, volume_name(name))
         if remove_files:
-            remove_gateway_files(name)
+            remove_gateway_files(name, env)
     except (OpenShellError, OSError) as exc:
         _cleanup_warning(name, exc)
 

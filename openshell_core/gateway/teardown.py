@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from openshell_core import labels
@@ -45,14 +46,16 @@ class DestroyOutcome:
     active_cleared: bool
 
 
-def stop(engine: Engine, name: str, *, timeout: int = 10) -> StopOutcome:
+def stop(
+    engine: Engine, name: str, *, timeout: int = 10, env: Mapping[str, str] | None = None
+) -> StopOutcome:
     """Stop gateway ``name``'s container; volume, network and metadata stay.
 
     With ``unless-stopped``, a stopped gateway stays stopped across a daemon restart. A gateway
     with no running container is left as it is.
     """
     validate_name(name)
-    with gateway_lock(name):
+    with gateway_lock(name, env):
         facts = detect_state(engine, name)
         facts.refuse_foreign("stop")
         running = facts.container_exists and facts.container_status in ("running", "restarting")
@@ -65,7 +68,7 @@ def stop(engine: Engine, name: str, *, timeout: int = 10) -> StopOutcome:
     return StopOutcome(name, facts.state, after.state, stopped=running)
 
 
-def destroy(engine: Engine, name: str) -> DestroyOutcome:
+def destroy(engine: Engine, name: str, *, env: Mapping[str, str] | None = None) -> DestroyOutcome:
     """Remove gateway ``name`` for good: its container, its sandboxes, volume and network, and the
     host-side metadata; ``active_gateway`` is cleared when it named this gateway.
 
@@ -74,13 +77,13 @@ def destroy(engine: Engine, name: str) -> DestroyOutcome:
     and built offline, and nothing here would bring one back.
     """
     validate_name(name)
-    with gateway_lock(name):
+    with gateway_lock(name, env):
         facts = detect_state(engine, name)
         facts.refuse_foreign("destroy")
         log.info("Destroying gateway %s", name)
         removed = remove_gateway_objects(engine, name)
-        files = remove_gateway_files(name)
-        active = clear_active_gateway(name)
+        files = remove_gateway_files(name, env)
+        active = clear_active_gateway(name, env)
     return DestroyOutcome(name, facts.state, tuple(removed), files, active)
 
 
