@@ -1,0 +1,212 @@
+"""Gateway drivers: how the plugin deploys and operates the gateway under test.
+
+A driver does what a user of that gateway does (``gateway start``, ``stop``, ``destroy``), so a
+scenario exercises the gateway's real recovery paths. The built-in :class:`ReferenceDriver` drives
+the embedded reference gateway through :mod:`openshell_core.gateway`; a downstream project registers
+its own through the ``pytest_openshell_gateway_driver`` hook, for example one that runs a different
+gateway CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from openshell_core import labels
+from openshell_core.engine import Engine
+from openshell_core.errors import OpenShellError
+from openshell_core.faults import Fault, format_faults
+from openshell_core.gateway import DeployOptions, deploy, destroy, names, stop
+from openshell_core.gateway.metadata import remove_gateway_files
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    """What a test asks for: one gateway, with a unique name and port."""
+
+    name: str
+    port: int
+    image: str
+    upgrade_image: str
+    sandbox_image: str
+    run_id: str
+    faults: frozenset[Fault] = frozenset()
+    health_timeout: float = 180.0
+    api_timeout: float = 90.0
+
+
+@dataclass
+class GatewayHandle:
+    """A deployed gateway: its names, where it answers, and where its host-side files are."""
+
+    spec: GatewaySpec
+    config_home: Path
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def port(self) -> int:
+        return self.spec.port
+
+    @property
+    def upgrade_image(self) -> str:
+        return self.spec.upgrade_image
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.spec.port}"
+
+    @property
+    def container_name(self) -> str:
+        return names.container_name(self.spec.name)
+
+    @property
+    def volume_name(self) -> str:
+        return names.volume_name(self.spec.name)
+
+    @property
+    def network_name(self) -> str:
+        return names.network_name(self.spec.name)
+
+    @property
+    def node_name(self) -> str:
+        return names.node_name(self.spec.name)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment entries that point openshell tools at this gateway's host-side files."""
+        return {"XDG_CONFIG_HOME": str(self.config_home)}
+
+
+@runtime_checkable
+class GatewayDriver(Protocol):
+    """Operates gateways the way their users do. Four verbs; scenarios need nothing else."""
+
+    def deploy(self, spec: GatewaySpec) -> GatewayHandle:
+        """Deploy a fresh gateway and wait until its API answers."""
+
+    def start(self, gateway: GatewayHandle, *, image: str | None = None) -> None:
+        """``gateway start``: resume from whatever Docker holds (``image`` for a new container)."""
+
+    def stop(self, gateway: GatewayHandle) -> None:
+        """``gateway stop``: keep the volume, the network and the host-side files."""
+
+    def destroy(self, gateway: GatewayHandle) -> None:
+        """``gateway destroy``: remove everything, host-side files included."""
+
+
+class ReferenceDriver:
+    """Drives the embedded reference gateway in-process, through :mod:`openshell_core.gateway`.
+
+    Host-side files go under the run's own config home (never the user's ``~/.config``), passed
+    explicitly rather than through this process's environment.
+    """
+
+    def __init__(self, engine: Engine, config_home: Path) -> None:
+        self.engine = engine
+        self.config_home = config_home
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"XDG_CONFIG_HOME": str(self.config_home)}
+
+    def _options(self, spec: GatewaySpec, **changes: Any) -> DeployOptions:
+        values: dict[str, Any] = {
+            "name": spec.name,
+            "image": spec.image,
+            "port": spec.port,
+            "sandbox_image": spec.sandbox_image,
+            "run_id": spec.run_id,
+            "faults": spec.faults,
+            "health_timeout": spec.health_timeout,
+            "api_timeout": spec.api_timeout,
+            "config_env": self.env,
+        }
+        values.update(changes)
+        return DeployOptions(**values)
+
+    def deploy(self, spec: GatewaySpec) -> GatewayHandle:
+        deploy(self.engine, self._options(spec))
+        return GatewayHandle(spec, self.config_home)
+
+    def start(self, gateway: GatewayHandle, *, image: str | None = None) -> None:
+        # A user's bare `gateway start`: the port comes from the gateway's metadata.
+        deploy(
+            self.engine, self._options(gateway.spec, port=None, image=image or gateway.spec.image)
+        )
+
+    def stop(self, gateway: GatewayHandle) -> None:
+        stop(self.engine, gateway.name, env=self.env)
+
+    def destroy(self, gateway: GatewayHandle) -> None:
+        destroy(self.engine, gateway.name, env=self.env)
+
+    # -- what some scenarios need beyond the four verbs ------------------------------------------
+
+    def recreate(self, gateway: GatewayHandle) -> None:
+        """``gateway start --recreate``: wipe and start fresh under the same name and port."""
+        deploy(self.engine, self._options(gateway.spec, recreate=True))
+
+    def start_failing(self, gateway: GatewayHandle) -> None:
+        """A resume that fails: its health deadline cannot be met."""
+        deploy(self.engine, self._options(gateway.spec, port=None, health_timeout=0.01))
+
+    def forget(self, gateway: GatewayHandle) -> None:
+        """Delete the gateway's host-side metadata, as a user wiping ``~/.config`` would."""
+        remove_gateway_files(gateway.name, self.env)
+
+    def auto_bootstrap(self, gateway: GatewayHandle) -> None:
+        """``sandbox create`` with no resolvable gateway: the CLI must resume it, never wipe it."""
+        env = {
+            **os.environ,
+            **self.env,
+            "DOCKER_HOST": self.engine.host,
+            "OPENSHELL_FAULTS": format_faults(gateway.spec.faults),
+        }
+        result = subprocess.run(
+            [
+                cli_path(),
+                "-q",
+                "sandbox",
+                "create",
+                "--gateway",
+                gateway.name,
+                "--no-wait",
+                f"boot-{gateway.name[-6:]}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        if result.returncode != 0:
+            raise OpenShellError(
+                f"sandbox create (auto-bootstrap) failed with exit code "
+                f"{result.returncode}:\n{result.stderr[-2000:]}"
+            )
+        gateway.extra["bootstrap_sandbox"] = result.stdout.split("\t", 1)[0].strip()
+
+    def sandbox_containers(self, gateway: GatewayHandle) -> list[str]:
+        """The names of the gateway's sandbox containers, found by their labels."""
+        found = self.engine.list_containers(
+            label_filters=[
+                f"{labels.MANAGED_BY}={labels.MANAGER}",
+                f"{labels.GATEWAY}={gateway.name}",
+                f"{labels.ROLE}=sandbox",
+            ]
+        )
+        return sorted(str(c["Names"][0]).lstrip("/") for c in found)
+
+
+def cli_path() -> str:
+    """The ``pytest-openshell`` script of this interpreter's environment."""
+    beside = Path(sys.executable).with_name("pytest-openshell")
+    return str(beside) if beside.exists() else "pytest-openshell"

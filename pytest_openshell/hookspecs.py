@@ -1,0 +1,71 @@
+"""Hooks for projects that extend pytest-openshell.
+
+Implement them in a ``conftest.py`` or a plugin. Every hook is called with keyword arguments, and an
+implementation may accept any subset of them, so specs can grow without breaking implementations.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_openshell.drivers import GatewayDriver
+    from pytest_openshell.scenarios import Scenario, ScenarioRun
+
+
+# -- providers (the first non-None answer wins) -----------------------------------------------
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_openshell_gateway_driver(config: pytest.Config, target: str) -> GatewayDriver | None:
+    """Provide the driver that deploys and operates the gateway under test.
+
+    Called once per session with the ``--openshell-gateway=TARGET`` value. Return a driver for a
+    target you know (``None`` otherwise); the built-in driver answers ``reference``.
+
+    :param config: the pytest config.
+    :param target: the requested target name.
+
+    Use in conftest plugins: yes (a ``conftest.py`` at the root of the tests).
+    """
+
+
+# -- contributions (every answer is used) -----------------------------------------------------
+
+
+@pytest.hookspec
+def pytest_openshell_scenarios(config: pytest.Config) -> list[Scenario] | None:
+    """Contribute extra lifecycle scenarios.
+
+    Their keys become selectable with ``--openshell-scenarios`` and parametrise the
+    ``openshell_scenario`` fixture. A key that clashes with an existing one is a usage error.
+
+    :param config: the pytest config.
+
+    Use in conftest plugins: yes.
+    """
+
+
+# -- notifications ----------------------------------------------------------------------------
+
+
+@pytest.hookspec
+def pytest_openshell_disrupted(run: ScenarioRun) -> None:
+    """Called after a scenario disrupted a gateway, before recovery starts.
+
+    :param run: the scenario run (its scenario, gateway and timings so far).
+
+    Use in conftest plugins: yes.
+    """
+
+
+@pytest.hookspec
+def pytest_openshell_recovered(run: ScenarioRun) -> None:
+    """Called after a scenario's recovery finished; ``run.recovery_seconds`` is set.
+
+    :param run: the scenario run.
+
+    Use in conftest plugins: yes.
+    """

@@ -1,0 +1,216 @@
+"""The plugin's options: one table, three sources.
+
+Each option has a command-line flag ``--openshell-X``, an ini key ``openshell_X`` and an
+environment variable ``PYTEST_OPENSHELL_X`` (prefixed, because upstream's CLI already reads
+``OPENSHELL_GATEWAY`` with another meaning). The command line wins over the environment, which wins
+over the ini file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from openshell_core.engine import EngineMode
+from openshell_core.errors import UsageError
+from openshell_core.faults import Fault, parse_faults
+from openshell_core.images import ImageSet
+
+GROUP = "openshell"
+REFERENCE_TARGET = "reference"
+
+
+@dataclass(frozen=True)
+class _Option:
+    name: str  # the part after --openshell-
+    help: str
+    default: str | None = None
+    metavar: str = "VALUE"
+    flag: bool = False
+
+    @property
+    def dest(self) -> str:
+        return "openshell_" + self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return "PYTEST_OPENSHELL_" + self.name.replace("-", "_").upper()
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option(
+        "engine",
+        "Docker engine: auto (one that answers, else a private dockerd), host "
+        "(DOCKER_HOST / context / default socket) or private",
+        "auto",
+        "MODE",
+    ),
+    _Option("image", "gateway image to deploy", ImageSet().gateway, "REF"),
+    _Option(
+        "upgrade-image",
+        "gateway image the image-upgrade scenario moves to",
+        ImageSet().gateway_upgrade,
+        "REF",
+    ),
+    _Option("sandbox-image", "sandbox image the gateway runs", ImageSet().sandbox, "REF"),
+    _Option(
+        "scenarios",
+        "comma-separated scenario keys to run, or 'core' (the five of CONFORMANCE.md) or 'all'",
+        "core",
+        "KEYS",
+    ),
+    _Option(
+        "faults", "fault switches to turn on in the reference gateway (testing aid)", "", "NAMES"
+    ),
+    _Option(
+        "artifacts",
+        "directory for failure artefacts (logs, inspect output, events)",
+        "openshell-artifacts",
+        "DIR",
+    ),
+    _Option(
+        "keep",
+        "leave the run's gateways and sandboxes up at the end, and print how to reach them",
+        None,
+        flag=True,
+    ),
+    _Option(
+        "build", "build missing images before the run (off: a missing image fails)", "yes", "yes|no"
+    ),
+    _Option("health-timeout", "seconds to wait for a gateway's Docker health", "180", "SECONDS"),
+    _Option("api-timeout", "seconds to wait for a gateway's API", "90", "SECONDS"),
+    _Option(
+        "recovery-timeout",
+        "seconds a scenario's recovery may take before it fails",
+        "300",
+        "SECONDS",
+    ),
+    _Option(
+        "settle",
+        "seconds to keep re-checking a recovered state ('Ready, then Error two "
+        "seconds later' is a failure)",
+        "5",
+        "SECONDS",
+    ),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup(
+        GROUP,
+        "openshell: prove a gateway comes back and loses nothing (pytest-openshell). Every "
+        "option is also an ini key openshell_* and an environment variable PYTEST_OPENSHELL_*",
+    )
+    group.addoption(
+        "--openshell-gateway",
+        dest="openshell_gateway",
+        nargs="?",
+        const=REFERENCE_TARGET,
+        default=None,
+        metavar="TARGET",
+        help="enable the plugin against TARGET: the embedded reference gateway (default) or a "
+        "gateway driver registered with the pytest_openshell_gateway_driver hook. Without it "
+        "the plugin does nothing and its tests skip.",
+    )
+    parser.addini("openshell_gateway", "gateway target (see --openshell-gateway)", default=None)
+    for option in OPTIONS:
+        default_text = f" (default: {option.default})" if option.default else ""
+        if option.flag:
+            group.addoption(
+                f"--openshell-{option.name}",
+                dest=option.dest,
+                action="store_true",
+                default=None,
+                help=option.help,
+            )
+            parser.addini(option.dest, option.help, type="bool", default=False)
+        else:
+            group.addoption(
+                f"--openshell-{option.name}",
+                dest=option.dest,
+                default=None,
+                metavar=option.metavar,
+                help=option.help + default_text,
+            )
+            parser.addini(option.dest, option.help, default=option.default)
+
+
+def _raw(config: pytest.Config, dest: str, env_name: str, env: Mapping[str, str]) -> object:
+    value = config.getoption(dest)
+    if value is not None:
+        return value
+    if env.get(env_name):
+        return env[env_name]
+    return config.getini(dest)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved options of one run."""
+
+    target: str | None
+    engine: EngineMode
+    images: ImageSet
+    scenarios: str
+    faults: frozenset[Fault]
+    artifacts: Path
+    keep: bool
+    build: bool
+    health_timeout: float
+    api_timeout: float
+    recovery_timeout: float
+    settle: float
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return self.target is not None
+
+
+def _number(name: str, value: object) -> float:
+    try:
+        number = float(str(value))
+    except ValueError:
+        raise UsageError(f"--openshell-{name} takes a number of seconds, not {value!r}") from None
+    if number <= 0:
+        raise UsageError(f"--openshell-{name} must be positive, not {value!r}")
+    return number
+
+
+def _truthy(value: object) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Settings:
+    """Read every option from the command line, the environment and the ini file.
+
+    :raises pytest.UsageError: naming the flag, when a value is invalid.
+    """
+    env = os.environ if env is None else env
+    values = {option.name: _raw(config, option.dest, option.env, env) for option in OPTIONS}
+    target = _raw(config, "openshell_gateway", "PYTEST_OPENSHELL_GATEWAY", env)
+    try:
+        return Settings(
+            target=str(target) if target else None,
+            engine=EngineMode.parse(str(values["engine"])),
+            images=ImageSet(
+                gateway=str(values["image"]),
+                gateway_upgrade=str(values["upgrade-image"]),
+                sandbox=str(values["sandbox-image"]),
+            ),
+            scenarios=str(values["scenarios"]),
+            faults=parse_faults(str(values["faults"] or "")),
+            artifacts=Path(str(values["artifacts"])),
+            keep=_truthy(values["keep"]),
+            build=_truthy(values["build"]),
+            health_timeout=_number("health-timeout", values["health-timeout"]),
+            api_timeout=_number("api-timeout", values["api-timeout"]),
+            recovery_timeout=_number("recovery-timeout", values["recovery-timeout"]),
+            settle=_number("settle", values["settle"]) if str(values["settle"]) != "0" else 0.0,
+        )
+    except UsageError as exc:
+        raise pytest.UsageError(f"openshell: {exc}") from exc

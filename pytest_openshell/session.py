@@ -1,0 +1,253 @@
+"""Per-process state of the plugin: settings, run identity, engine, driver and scenarios.
+
+One :class:`OpenShellSession` lives in each pytest process (the xdist controller and each worker),
+stored in ``config.stash``. The run id is made by the controller (or the only process) and handed
+to workers, so every object of one run carries the same label. The controller does the once-a-run
+work: it holds the engine and the run lease, sweeps what dead runs left, builds images, and removes
+the run's objects at the end (also after a failed setup or Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openshell_core import runs
+from openshell_core.client import GatewayClient
+from openshell_core.engine import Engine, EngineMode, PrivateEngine, open_engine
+from openshell_core.engine.private import DEFAULT_NAME, engines_dir
+from openshell_core.errors import OpenShellError
+from openshell_core.images import ensure_images
+from pytest_openshell.drivers import GatewayDriver, GatewayHandle, GatewaySpec
+from pytest_openshell.engine_access import EngineAccess
+from pytest_openshell.options import REFERENCE_TARGET, Settings
+from pytest_openshell.scenarios import BUILTIN, Scenario, select
+from pytest_openshell.summary import RunSummary
+
+log = logging.getLogger("openshell.plugin")
+
+WORKER_INPUT_KEY = "openshell_run_id"
+
+
+def worker_id(config: pytest.Config) -> str:
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    return str(workerinput["workerid"]) if workerinput else "main"
+
+
+def is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@dataclass
+class OpenShellSession:
+    config: pytest.Config
+    settings: Settings
+    run_id: str
+    summary: RunSummary = field(default_factory=RunSummary)
+    _engine: Engine | None = None
+    _access: EngineAccess | None = None
+    _driver: GatewayDriver | None = None
+    _scenarios: dict[str, Scenario] | None = None
+    _exit: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    _names: int = 0
+    _names_lock: threading.Lock = field(default_factory=threading.Lock)
+    prepared: bool = False
+    setup_error: str | None = None
+
+    @property
+    def worker(self) -> str:
+        return worker_id(self.config)
+
+    # -- engine --------------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._open_engine()
+        return self._engine
+
+    def _open_engine(self) -> Engine:
+        mode = self.settings.engine
+        if mode is EngineMode.PRIVATE or (
+            mode is EngineMode.AUTO and PrivateEngine(DEFAULT_NAME).is_running()
+        ):
+            private = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
+            self._exit.enter_context(private.lease())
+            engine = private.connect()
+        else:
+            engine = open_engine(mode)
+            if engine.private is not None:
+                self._exit.enter_context(engine.private.lease())
+        self._exit.callback(engine.close)
+        log.info("openshell: engine %s (%s)", engine.host, engine.source)
+        return engine
+
+    @property
+    def access(self) -> EngineAccess:
+        if self._access is None:
+            self._access = EngineAccess(self.engine)
+        return self._access
+
+    # -- driver and scenarios -----------------------------------------------------------------
+
+    @property
+    def driver(self) -> GatewayDriver:
+        if self._driver is None:
+            target = self.settings.target or REFERENCE_TARGET
+            found = self.config.hook.pytest_openshell_gateway_driver(
+                config=self.config, target=target
+            )
+            if found is None:
+                raise pytest.UsageError(
+                    f"--openshell-gateway={target}: no gateway driver answers to {target!r}; "
+                    "use 'reference' or register a driver with the "
+                    "pytest_openshell_gateway_driver hook"
+                )
+            self._driver = found
+            if not isinstance(found, GatewayDriver):
+                raise pytest.UsageError(
+                    f"openshell: the driver for {target!r} ({type(found).__name__}) lacks "
+                    "deploy/start/stop/destroy"
+                )
+        return self._driver
+
+    @property
+    def scenarios(self) -> dict[str, Scenario]:
+        if self._scenarios is None:
+            available = {scenario.key: scenario for scenario in BUILTIN}
+            for contributed in self.config.hook.pytest_openshell_scenarios(config=self.config):
+                for scenario in contributed or []:
+                    if scenario.key in available:
+                        raise pytest.UsageError(
+                            f"openshell: scenario key {scenario.key!r} is registered twice"
+                        )
+                    available[scenario.key] = scenario
+            self._scenarios = available
+        return self._scenarios
+
+    def selected_scenarios(self) -> list[Scenario]:
+        try:
+            return select(self.scenarios, self.settings.scenarios)
+        except KeyError as exc:
+            raise pytest.UsageError(f"--openshell-scenarios: {exc.args[0]}") from None
+
+    def client(self, gateway: GatewayHandle) -> GatewayClient:
+        """A gRPC client of ``gateway`` through its host-side files (close it after use)."""
+        return GatewayClient.for_gateway(gateway.name, env=gateway.env)
+
+    def user_key(self) -> Path:
+        """The run's SSH key (made once with ssh-keygen): sandboxes of the run accept it."""
+        key = self.config_home.parent / "ssh" / "id_ed25519"
+        with self._names_lock:
+            if not key.exists():
+                key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                subprocess.run(
+                    [
+                        "ssh-keygen",
+                        "-q",
+                        "-t",
+                        "ed25519",
+                        "-N",
+                        "",
+                        "-C",
+                        f"pytest-openshell-run-{self.run_id}",
+                        "-f",
+                        str(key),
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
+        return key
+
+    def user_public_key(self) -> str:
+        return self.user_key().with_suffix(".pub").read_text().strip()
+
+    def driver_ready(self, gateway: GatewayHandle) -> bool:
+        """True when the gateway's API reports healthy."""
+        try:
+            with GatewayClient.for_gateway(gateway.name, env=gateway.env, timeout=3) as client:
+                client.health()
+        except OpenShellError:
+            return False
+        return True
+
+    # -- names ---------------------------------------------------------------------------------
+
+    @property
+    def config_home(self) -> Path:
+        """The host-side config dir of this run's gateways (never the user's own ~/.config)."""
+        path = Path(tempfile.gettempdir()) / f"pytest-openshell-{self.run_id}" / "config"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def gateway_spec(self, label: str = "gw", **overrides: Any) -> GatewaySpec:
+        """A spec with a name and port no other worker or run uses."""
+        with self._names_lock:
+            self._names += 1
+            number = self._names
+        worker = self.worker.replace("gw", "w")
+        name = f"os{self.run_id[:8]}-{worker}-{label}{number}"
+        values: dict[str, Any] = {
+            "name": name,
+            "port": free_port(),
+            "image": self.settings.images.gateway,
+            "upgrade_image": self.settings.images.gateway_upgrade,
+            "sandbox_image": self.settings.images.sandbox,
+            "run_id": self.run_id,
+            "faults": self.settings.faults,
+            "health_timeout": self.settings.health_timeout,
+            "api_timeout": self.settings.api_timeout,
+        }
+        values.update(overrides)
+        return GatewaySpec(**values)
+
+    # -- once a run (controller) ---------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Controller: run lease, sweep of dead runs, images. Records a setup error, never raises
+        (every test then fails with it)."""
+        if self.prepared:
+            return
+        self.prepared = True
+        try:
+            directory = runs.runs_dir()
+            self._exit.enter_context(runs.RunLease(self.run_id, directory).held())
+            self._exit.callback(self._remove_run_objects)
+            runs.sweep_dead_runs(self.engine, directory, current=self.run_id)
+            if (
+                self.settings.build
+                and (self.settings.target or REFERENCE_TARGET) == REFERENCE_TARGET
+            ):
+                ensure_images(self.engine, self.settings.images)
+        except OpenShellError as exc:
+            self.setup_error = str(exc)
+
+    def _remove_run_objects(self) -> None:
+        if self.settings.keep:
+            return
+        try:
+            report = runs.remove_run_objects(self.engine, {self.run_id})
+        except OpenShellError as exc:
+            log.warning("openshell: could not remove this run's objects: %s", exc)
+            return
+        if report.total:
+            log.info("openshell: removed %d objects of run %s", report.total, self.run_id)
+
+    def close(self) -> None:
+        self._exit.close()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

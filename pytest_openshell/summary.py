@@ -1,0 +1,119 @@
+"""The run summary: a scenario x property table in the terminal, and the same data as JSON.
+
+Each conformance test reports its scenario key, property number and the scenario's recovery time as
+``user_properties`` (``openshell.scenario``, ``openshell.property``,
+``openshell.recovery_seconds``). Those travel with the reports from xdist workers to the controller
+and land in JUnit XML as properties, so one source feeds all three outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+SCENARIO = "openshell.scenario"
+PROPERTY = "openshell.property"
+RECOVERY = "openshell.recovery_seconds"
+SUMMARY_FILE = "openshell-summary.json"
+
+_RANK = {"failed": 3, "error": 3, "passed": 1, "skipped": 0}
+
+
+@dataclass
+class Cell:
+    outcomes: dict[str, str] = field(default_factory=dict)  # nodeid -> outcome
+
+    @property
+    def outcome(self) -> str:
+        if not self.outcomes:
+            return ""
+        return max(self.outcomes.values(), key=lambda outcome: _RANK.get(outcome, 0))
+
+
+@dataclass
+class RunSummary:
+    """Collects conformance outcomes from test reports."""
+
+    cells: dict[tuple[str, int], Cell] = field(default_factory=lambda: defaultdict(Cell))
+    recovery: dict[str, float] = field(default_factory=dict)
+    skip_reasons: dict[str, str] = field(default_factory=dict)
+
+    def add(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        scenario = props.get(SCENARIO)
+        number = props.get(PROPERTY)
+        if scenario is None or number is None:
+            return
+        if RECOVERY in props and props[RECOVERY] is not None:
+            self.recovery[str(scenario)] = float(props[RECOVERY])  # type: ignore[arg-type]
+        outcome: str = report.outcome
+        if report.when != "call" and outcome == "passed":
+            return  # setup/teardown passing says nothing; the call report decides
+        if report.when != "call" and outcome == "failed":
+            outcome = "error"
+        cell = self.cells[(str(scenario), int(number))]  # type: ignore[call-overload]
+        if outcome == "skipped" and isinstance(report.longrepr, tuple):
+            self.skip_reasons[str(scenario)] = str(report.longrepr[2])
+        previous = cell.outcomes.get(report.nodeid)
+        if previous is None or _RANK.get(outcome, 0) >= _RANK.get(previous, 0):
+            cell.outcomes[report.nodeid] = outcome
+
+    @property
+    def empty(self) -> bool:
+        return not self.cells
+
+    def scenarios(self) -> list[str]:
+        return sorted({scenario for scenario, _ in self.cells})
+
+    def properties(self) -> list[int]:
+        return sorted({number for _, number in self.cells})
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "scenarios": {
+                scenario: {
+                    "recovery_seconds": self.recovery.get(scenario),
+                    "skip_reason": self.skip_reasons.get(scenario),
+                    "properties": {
+                        str(number): {
+                            "outcome": self.cells[(scenario, number)].outcome,
+                            "tests": self.cells[(scenario, number)].outcomes,
+                        }
+                        for number in self.properties()
+                        if (scenario, number) in self.cells
+                    },
+                }
+                for scenario in self.scenarios()
+            }
+        }
+
+    def write_json(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / SUMMARY_FILE
+        target.write_text(json.dumps(self.as_json(), indent=2, sort_keys=True) + "\n")
+        return target
+
+    def table(self) -> list[str]:
+        symbols = {"passed": "pass", "failed": "FAIL", "error": "ERR", "skipped": "skip", "": "-"}
+        numbers = self.properties()
+        header = ["scenario", *[f"P{n}" for n in numbers], "recovery s"]
+        rows = [header]
+        for scenario in self.scenarios():
+            row = [scenario]
+            for number in numbers:
+                cell = self.cells.get((scenario, number))
+                row.append(symbols.get(cell.outcome if cell else "", "?"))
+            seconds = self.recovery.get(scenario)
+            row.append(f"{seconds:.1f}" if seconds is not None else "-")
+            rows.append(row)
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = ["  ".join(value.ljust(widths[i]) for i, value in enumerate(row)) for row in rows]
+        skipped = [
+            f"  {scenario}: skipped: {reason}"
+            for scenario, reason in sorted(self.skip_reasons.items())
+        ]
+        return [*lines, *skipped]
