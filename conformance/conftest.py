@@ -1,1 +1,64 @@
-"""The conformance suite: what ``pytest --openshell-gateway`` proves about a gateway."""
+"""The conformance suite's fixtures: one scenario run, shared by every property test of it.
+
+``lifecycle`` is parametrised (session scope) with the selected scenario keys that apply to each
+test, so pytest runs each scenario once and then all the tests that check its outcome. Under
+``pytest -n N --dist loadgroup`` the tests of one scenario stay on one worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from pytest_openshell import OpenShellSession, ScenarioFixture, parametrize_scenarios
+from pytest_openshell.fixtures import GatewayFactory, SandboxFactory, SshHelper
+
+from ._support import DAEMON, Outcome, Workload
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "lifecycle" in metafunc.fixturenames:
+        parametrize_scenarios(metafunc, "lifecycle", scope="session")
+
+
+@pytest.fixture(scope="session")
+def lifecycle(
+    openshell: OpenShellSession,
+    openshell_gateway_factory: GatewayFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Outcome]:
+    """A gateway with the conformance workload on it, disrupted and recovered by one scenario."""
+    key = request.param
+    scenario = openshell.scenarios[key]
+    missing = scenario.missing_capabilities(openshell.engine, openshell.driver)
+    if missing:
+        pytest.skip("; ".join(missing))
+    sandboxes = SandboxFactory(openshell)
+    ssh = SshHelper(openshell)
+    with openshell.engine_use(scenario):
+        gateway = openshell_gateway_factory.deploy(label=key.replace("-", "")[:6])
+        sibling = None
+        workload = None
+        try:
+            workload = Workload(openshell, gateway, sandboxes, ssh)
+            workload.prepare()
+            workload.make_foreign()
+            if key in DAEMON:
+                # A gateway its user stopped must stay stopped across the daemon's restart.
+                sibling = openshell_gateway_factory.deploy(label="stopped")
+                openshell.driver.stop(sibling)
+            runner = ScenarioFixture(openshell, scenario)
+            run = runner.disrupt(gateway)
+            runner.recover(run)
+            outcome = Outcome(key, gateway, workload, run, runner, stopped_sibling=sibling)
+            outcome.held_alive_after = workload.held.alive if workload.held else None
+            yield outcome
+        finally:
+            ssh.close()
+            if workload is not None:
+                workload.remove_foreign()
+            failed = key in openshell.failed_scenarios
+            for made in (sibling, gateway):
+                if made is not None:
+                    openshell_gateway_factory.destroy(made, failed=failed)

@@ -1,0 +1,31 @@
+"""pytest-openshell: lifecycle scenarios for OpenShell gateways as pytest fixtures.
+
+Enable it with ``pytest --openshell-gateway``. The names below are what tests, conftest files and
+downstream drivers use; everything else in the package may change.
+"""
+
+from __future__ import annotations
+
+from pytest_openshell.drivers import GatewayDriver, GatewayHandle, GatewaySpec, ReferenceDriver
+from pytest_openshell.fixtures import HeldSession, ScenarioFixture
+from pytest_openshell.plugin import parametrize_scenarios
+from pytest_openshell.scenarios import Capability, Scenario, ScenarioRun
+from pytest_openshell.session import OpenShellSession
+from pytest_openshell.survival import SurvivalRecord, SurvivalViolation, Terminal
+
+__all__ = [
+    "Capability",
+    "GatewayDriver",
+    "GatewayHandle",
+    "GatewaySpec",
+    "HeldSession",
+    "OpenShellSession",
+    "ReferenceDriver",
+    "Scenario",
+    "ScenarioFixture",
+    "ScenarioRun",
+    "SurvivalRecord",
+    "SurvivalViolation",
+    "Terminal",
+    "parametrize_scenarios",
+]

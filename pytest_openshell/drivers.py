@@ -9,6 +9,7 @@ gateway CLI.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -21,7 +22,20 @@ from openshell_core.engine import Engine
 from openshell_core.errors import OpenShellError
 from openshell_core.faults import Fault, format_faults
 from openshell_core.gateway import DeployOptions, deploy, destroy, names, stop
+from openshell_core.gateway.deploy import RUN_ID_ENV
 from openshell_core.gateway.metadata import remove_gateway_files
+from openshell_core.gateway.reconcile import STATE_DIR
+
+#: The gateway's persistent secret state, relative to its state directory on the volume.
+STATE_FILES = (
+    "secrets/ssh-handshake",
+    "pki/ca.crt",
+    "pki/ca.key",
+    "pki/server.crt",
+    "pki/server.key",
+    "pki/client.crt",
+    "pki/client.key",
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +101,18 @@ class GatewayHandle:
 
 @runtime_checkable
 class GatewayDriver(Protocol):
-    """Operates gateways the way their users do. Four verbs; scenarios need nothing else."""
+    """Operates gateways the way their users do. Four verbs; the core scenarios need nothing else.
+
+    A driver may offer more, found by name and used when present (a scenario or check that needs
+    one of them is skipped with the reason when the driver lacks it):
+
+    - ``recreate(gateway)``, ``start_failing(gateway)``, ``forget(gateway)``,
+      ``auto_bootstrap(gateway)``, ``sandbox_containers(gateway)``: the extra scenarios;
+    - ``state_digests(gateway) -> dict[str, str]``: a digest of each piece of the gateway's
+      persistent secret state (handshake secret, CA, certificates), never the values;
+    - ``down_reason(gateway) -> str | None``: why the gateway is down for good (None while it may
+      still come back), so that waits end early instead of at their deadline.
+    """
 
     def deploy(self, spec: GatewaySpec) -> GatewayHandle:
         """Deploy a fresh gateway and wait until its API answers."""
@@ -158,17 +183,23 @@ class ReferenceDriver:
         """A resume that fails: its health deadline cannot be met."""
         deploy(self.engine, self._options(gateway.spec, port=None, health_timeout=0.01))
 
+    def deploy_failing(self, spec: GatewaySpec) -> None:
+        """A fresh deploy that fails: its health deadline cannot be met."""
+        deploy(self.engine, self._options(spec, health_timeout=0.01))
+
     def forget(self, gateway: GatewayHandle) -> None:
         """Delete the gateway's host-side metadata, as a user wiping ``~/.config`` would."""
         remove_gateway_files(gateway.name, self.env)
 
-    def auto_bootstrap(self, gateway: GatewayHandle) -> None:
-        """``sandbox create`` with no resolvable gateway: the CLI must resume it, never wipe it."""
+    def auto_bootstrap(self, gateway: GatewayHandle) -> str:
+        """``sandbox create`` with no resolvable gateway: the CLI must resume it, never wipe it.
+        Returns the name of the sandbox it created."""
         env = {
             **os.environ,
             **self.env,
             "DOCKER_HOST": self.engine.host,
             "OPENSHELL_FAULTS": format_faults(gateway.spec.faults),
+            RUN_ID_ENV: gateway.spec.run_id,
         }
         result = subprocess.run(
             [
@@ -192,16 +223,47 @@ class ReferenceDriver:
                 f"sandbox create (auto-bootstrap) failed with exit code "
                 f"{result.returncode}:\n{result.stderr[-2000:]}"
             )
-        gateway.extra["bootstrap_sandbox"] = result.stdout.split("\t", 1)[0].strip()
+        return result.stdout.split("\t", 1)[0].strip()
 
-    def sandbox_containers(self, gateway: GatewayHandle) -> list[str]:
-        """The names of the gateway's sandbox containers, found by their labels."""
+    def state_digests(self, gateway: GatewayHandle) -> dict[str, str]:
+        """SHA-256 of the handshake secret and of every PKI file on the gateway's volume, read
+        through the engine from its container (running or stopped)."""
+        container = gateway.container_name
+        return {
+            name: hashlib.sha256(
+                self.engine.read_container_file(container, f"{STATE_DIR}/{name}")
+            ).hexdigest()
+            for name in STATE_FILES
+        }
+
+    def down_reason(self, gateway: GatewayHandle) -> str | None:
+        """Why the gateway container is down with nothing to bring it back (None: it runs, or
+        Docker may still restart it)."""
+        found = self.engine.inspect_container(gateway.container_name)
+        if found is None:
+            return f"the gateway container {gateway.container_name} does not exist"
+        state = found.get("State") or {}
+        if state.get("Running") or state.get("Restarting"):
+            return None
+        policy = ((found.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "no"
+        if policy != "no":
+            return None  # Docker may still start it (inspect does not say whether it will)
+        return (
+            f"the gateway container {gateway.container_name} is {state.get('Status')} "
+            f"(exit code {state.get('ExitCode')}) and its restart policy {policy!r} will not "
+            "start it again"
+        )
+
+    def sandbox_containers(self, gateway: GatewayHandle, *, running: bool = False) -> list[str]:
+        """The names of the gateway's sandbox containers (only running ones with ``running``),
+        found by their labels."""
         found = self.engine.list_containers(
             label_filters=[
                 f"{labels.MANAGED_BY}={labels.MANAGER}",
                 f"{labels.GATEWAY}={gateway.name}",
                 f"{labels.ROLE}=sandbox",
-            ]
+            ],
+            all=not running,
         )
         return sorted(str(c["Names"][0]).lstrip("/") for c in found)
 

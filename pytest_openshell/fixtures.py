@@ -4,23 +4,22 @@ per-test scenario handle. Each works without pytest too (a script can drive them
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import pytest
+from typing import IO, TYPE_CHECKING, Any
 
 from openshell_core import sshproxy
 from openshell_core.client import SandboxInfo
 from openshell_core.sandbox.supervisor import AUTHORIZED_KEYS_ENV
-from pytest_openshell.artefacts import ARTEFACTS_KEY, Artefacts
+from pytest_openshell.artefacts import Artefacts
 from pytest_openshell.drivers import GatewayHandle
-from pytest_openshell.scenarios import Scenario, ScenarioRun, execute
-from pytest_openshell.summary import RECOVERY
+from pytest_openshell.scenarios import Scenario, ScenarioRun, disrupt, recover
 
 if TYPE_CHECKING:
     from pytest_openshell.session import OpenShellSession
@@ -47,15 +46,21 @@ class GatewayFactory:
         if handle in self.made:
             self.made.remove(handle)
 
+    def destroy(self, handle: GatewayHandle, *, failed: bool = False) -> None:
+        """Destroy one gateway now; kept instead under ``--openshell-keep=always``, and under
+        ``--openshell-keep`` (``failed``) when the test that used it ``failed``."""
+        self.forget(handle)
+        keep = self.session.settings.keep
+        if keep == "always" or (keep == "failed" and failed):
+            self.session.note_kept(handle)
+            return
+        with self.session.access.shared():
+            self.session.driver.destroy(handle)
+
     def destroy_all(self) -> None:
-        if self.session.settings.keep:
+        if self.session.keeps():
             for handle in self.made:
-                log.warning(
-                    "openshell: kept gateway %s at %s (config home %s)",
-                    handle.name,
-                    handle.endpoint,
-                    handle.config_home,
-                )
+                self.session.note_kept(handle)
             return
         with self.session.access.shared():
             for handle in self.made:
@@ -68,41 +73,62 @@ class GatewayFactory:
 
 @dataclass
 class ScenarioFixture:
-    """One scenario bound to one test: ``run(gateway)`` disrupts, recovers and times it."""
+    """One scenario, ready to be run against gateways.
+
+    ``run(gateway)`` disrupts, recovers and times it; ``disrupt(gateway)`` and ``recover()`` do the
+    two halves, for a test that looks at the gateway while it is down (or holds a session across
+    it). Each run is kept in :attr:`runs`; the last one is reported with the test.
+    """
 
     session: OpenShellSession
     scenario: Scenario
-    node: pytest.Item
     runs: list[ScenarioRun] = field(default_factory=list)
 
     @property
     def key(self) -> str:
         return self.scenario.key
 
-    def run(self, gateway: GatewayHandle, *, deadline: float | None = None) -> ScenarioRun:
-        """Disrupt ``gateway``, recover it the way a user would, and wait for its API.
+    @property
+    def last(self) -> ScenarioRun | None:
+        return self.runs[-1] if self.runs else None
 
-        :param deadline: seconds the recovery may take (default: ``--openshell-recovery-timeout``).
-        """
+    def disrupt(self, gateway: GatewayHandle) -> ScenarioRun:
+        """Disrupt ``gateway`` (plain engine and driver operations); returns the run."""
         artefacts = Artefacts(self.session.engine, gateway.name)
-        self.node.stash.setdefault(ARTEFACTS_KEY, []).append(artefacts)
+        self.session.artefacts_of(self.key).append(artefacts)
         run = ScenarioRun(
             self.scenario, gateway, self.session.driver, self.session.engine, artefacts
         )
+        self.runs.append(run)
+        self.session.record_run(run)
         hook = self.session.config.hook
-        execute(
+        disrupt(run, on_disrupted=lambda current: hook.pytest_openshell_disrupted(run=current))
+        return run
+
+    def recover(
+        self, run: ScenarioRun | None = None, *, deadline: float | None = None
+    ) -> ScenarioRun:
+        """Recover the way a user would, and wait for the gateway's API.
+
+        :param deadline: seconds the recovery may take (default: ``--openshell-recovery-timeout``).
+        """
+        run = run or self.last
+        if run is None:
+            raise RuntimeError(f"scenario {self.key}: recover() before disrupt()")
+        driver, gateway = self.session.driver, run.gateway
+        down_reason = getattr(driver, "down_reason", None)
+        recover(
             run,
             api_ready=lambda: self.session.driver_ready(gateway),
             deadline=deadline or self.session.settings.recovery_timeout,
-            on_disrupted=lambda current: hook.pytest_openshell_disrupted(run=current),
+            down_reason=(lambda: down_reason(gateway)) if callable(down_reason) else lambda: None,
         )
-        hook.pytest_openshell_recovered(run=run)
-        self.runs.append(run)
+        self.session.config.hook.pytest_openshell_recovered(run=run)
         return run
 
-    def report(self) -> None:
-        for run in self.runs:
-            self.node.user_properties.append((RECOVERY, run.recovery_seconds))
+    def run(self, gateway: GatewayHandle, *, deadline: float | None = None) -> ScenarioRun:
+        """Disrupt ``gateway``, then recover it; returns the run (``recovered``, timings)."""
+        return self.recover(self.disrupt(gateway), deadline=deadline)
 
 
 @dataclass
@@ -143,10 +169,10 @@ class SandboxFactory:
 
 @dataclass
 class SshHelper:
-    """Real OpenSSH through the gateway's tunnel."""
+    """Real OpenSSH through the gateway's tunnel: one-off commands, and sessions held open."""
 
     session: OpenShellSession
-    held: list[Any] = field(default_factory=list)
+    held: list[HeldSession] = field(default_factory=list)
 
     def argv(self, gateway: GatewayHandle, sandbox: str, remote: Sequence[str] = ()) -> list[str]:
         """The ``ssh`` command line into ``sandbox`` (a fresh session token each time)."""
@@ -183,10 +209,128 @@ class SshHelper:
             check=False,
         )
 
+    def hold(self, gateway: GatewayHandle, sandbox: str, command: str) -> HeldSession:
+        """Start ``command`` in ``sandbox`` over SSH and keep the session open (closed at the end
+        of the test). Its stdin and stdout stay connected: :meth:`HeldSession.send`,
+        :meth:`HeldSession.output`."""
+        process = subprocess.Popen(
+            self.argv(gateway, sandbox, [command]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **gateway.env},
+        )
+        held = HeldSession(process)
+        self.held.append(held)
+        return held
+
     def close(self) -> None:
-        deadline = time.monotonic() + 5
-        for process in self.held:
-            with contextlib.suppress(Exception):
-                process.terminate()
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for held in self.held:
+            held.close()
         self.held.clear()
+
+
+class HeldSession:
+    """An SSH session kept open: its output is collected as it comes, with arrival times."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self._lock = threading.Lock()
+        self._stdout = bytearray()
+        self._stderr = bytearray()
+        #: (time.monotonic(), bytes so far) at each arrival: when output stalled, and for how long
+        self.arrivals: list[tuple[float, int]] = []
+        self._readers = [
+            threading.Thread(target=self._collect, args=(process.stdout, self._stdout, True)),
+            threading.Thread(target=self._collect, args=(process.stderr, self._stderr, False)),
+        ]
+        for reader in self._readers:
+            reader.daemon = True
+            reader.start()
+
+    def _collect(self, stream: IO[bytes] | None, sink: bytearray, timed: bool) -> None:
+        if stream is None:
+            return
+        while chunk := stream.read1(65536):  # type: ignore[attr-defined]
+            with self._lock:
+                sink.extend(chunk)
+                if timed:
+                    self.arrivals.append((time.monotonic(), len(sink)))
+
+    @property
+    def output(self) -> bytes:
+        with self._lock:
+            return bytes(self._stdout)
+
+    @property
+    def errors(self) -> str:
+        with self._lock:
+            return self._stderr.decode(errors="replace")
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def send(self, data: bytes) -> None:
+        """Write to the remote command's stdin (``BrokenPipeError`` once the session ended)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def wait_for(self, predicate: Callable[[bytes], bool], *, timeout: float) -> bytes:
+        """Wait until ``predicate(output)`` holds; fails fast when the session has ended.
+
+        :raises AssertionError: at the deadline or when the session ended first, with its stderr.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            output = self.output
+            if predicate(output):
+                return output
+            if not self.alive:
+                for reader in self._readers:
+                    reader.join(timeout=2)
+                if predicate(self.output):
+                    return self.output
+                raise AssertionError(
+                    f"the SSH session ended (exit code {self.process.returncode}) before its "
+                    f"output showed what was awaited; stderr: {self.errors.strip()[-500:]!r}"
+                )
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"the SSH session's output did not show what was awaited within "
+                    f"{timeout:.0f} s; last output: {output[-200:]!r}"
+                )
+            time.sleep(0.05)
+
+    def wait_end(self, *, timeout: float) -> int | None:
+        """Wait for the session to end; its exit code, or None if it is still open."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        for reader in self._readers:
+            reader.join(timeout=2)
+        return code
+
+    def longest_stall(self, after: float = 0.0) -> float:
+        """The longest gap between two arrivals of output after ``after`` (monotonic seconds)."""
+        with self._lock:
+            times = [at for at, _ in self.arrivals if at >= after]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        if self.alive:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()

@@ -13,20 +13,26 @@ import pytest
 if TYPE_CHECKING:
     from pytest_openshell.drivers import GatewayDriver
     from pytest_openshell.scenarios import Scenario, ScenarioRun
+    from pytest_openshell.session import OpenShellSession
 
 
 # -- providers (the first non-None answer wins) -----------------------------------------------
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_openshell_gateway_driver(config: pytest.Config, target: str) -> GatewayDriver | None:
+def pytest_openshell_gateway_driver(
+    config: pytest.Config, target: str, session: OpenShellSession
+) -> GatewayDriver | None:
     """Provide the driver that deploys and operates the gateway under test.
 
-    Called once per session with the ``--openshell-gateway=TARGET`` value. Return a driver for a
+    Called once per process with the ``--openshell-gateway=TARGET`` value. Return a driver for a
     target you know (``None`` otherwise); the built-in driver answers ``reference``.
 
     :param config: the pytest config.
     :param target: the requested target name.
+    :param session: the plugin's state: ``session.engine`` (the Docker engine of the run),
+        ``session.run_id`` (label what you create with it), ``session.config_home`` (where
+        host-side files of the run's gateways belong), ``session.settings``.
 
     Use in conftest plugins: yes (a ``conftest.py`` at the root of the tests).
     """

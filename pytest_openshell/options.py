@@ -30,7 +30,8 @@ class _Option:
     help: str
     default: str | None = None
     metavar: str = "VALUE"
-    flag: bool = False
+    #: the value of the bare flag, for an option whose value may be left out
+    optional: str | None = None
 
     @property
     def dest(self) -> str:
@@ -74,9 +75,11 @@ OPTIONS: tuple[_Option, ...] = (
     ),
     _Option(
         "keep",
-        "leave the run's gateways and sandboxes up at the end, and print how to reach them",
-        None,
-        flag=True,
+        "leave the run's gateways and sandboxes up at the end and print how to reach them: "
+        "'failed' (what a bare --openshell-keep means) when a test failed, 'always', or 'never'",
+        "never",
+        "WHEN",
+        optional="failed",
     ),
     _Option(
         "build", "build missing images before the run (off: a missing image fails)", "yes", "yes|no"
@@ -119,24 +122,18 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("openshell_gateway", "gateway target (see --openshell-gateway)", default=None)
     for option in OPTIONS:
         default_text = f" (default: {option.default})" if option.default else ""
-        if option.flag:
-            group.addoption(
-                f"--openshell-{option.name}",
-                dest=option.dest,
-                action="store_true",
-                default=None,
-                help=option.help,
-            )
-            parser.addini(option.dest, option.help, type="bool", default=False)
-        else:
-            group.addoption(
-                f"--openshell-{option.name}",
-                dest=option.dest,
-                default=None,
-                metavar=option.metavar,
-                help=option.help + default_text,
-            )
-            parser.addini(option.dest, option.help, default=option.default)
+        extra: dict[str, object] = (
+            {"nargs": "?", "const": option.optional} if option.optional else {}
+        )
+        group.addoption(
+            f"--openshell-{option.name}",
+            dest=option.dest,
+            default=None,
+            metavar=option.metavar,
+            help=option.help + default_text,
+            **extra,
+        )
+        parser.addini(option.dest, option.help, default=option.default)
 
 
 def _raw(config: pytest.Config, dest: str, env_name: str, env: Mapping[str, str]) -> object:
@@ -158,7 +155,7 @@ class Settings:
     scenarios: str
     faults: frozenset[Fault]
     artifacts: Path
-    keep: bool
+    keep: str
     build: bool
     health_timeout: float
     api_timeout: float
@@ -179,6 +176,18 @@ def _number(name: str, value: object) -> float:
     if number <= 0:
         raise UsageError(f"--openshell-{name} must be positive, not {value!r}")
     return number
+
+
+KEEP_CHOICES = ("never", "failed", "always")
+
+
+def _keep(value: object) -> str:
+    text = str(value).strip().lower()
+    aliases = {"": "never", "no": "never", "false": "never", "yes": "failed", "true": "failed"}
+    text = aliases.get(text, text)
+    if text not in KEEP_CHOICES:
+        raise UsageError(f"--openshell-keep takes never, failed or always, not {value!r}")
+    return text
 
 
 def _truthy(value: object) -> bool:
@@ -205,7 +214,7 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
             scenarios=str(values["scenarios"]),
             faults=parse_faults(str(values["faults"] or "")),
             artifacts=Path(str(values["artifacts"])),
-            keep=_truthy(values["keep"]),
+            keep=_keep(values["keep"]),
             build=_truthy(values["build"]),
             health_timeout=_number("health-timeout", values["health-timeout"]),
             api_timeout=_number("api-timeout", values["api-timeout"]),

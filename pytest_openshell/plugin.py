@@ -25,10 +25,12 @@ from pytest_openshell.fixtures import (
 )
 from pytest_openshell.options import REFERENCE_TARGET, add_options, resolve
 from pytest_openshell.session import WORKER_INPUT_KEY, OpenShellSession, is_worker
-from pytest_openshell.summary import PROPERTY, SCENARIO
+from pytest_openshell.summary import DOWNTIME, PROPERTY, RECOVERY, SCENARIO
 from pytest_openshell.survival import SurvivalRecord
 
 SESSION_KEY = pytest.StashKey[OpenShellSession]()
+#: Set on a test item whose setup or call failed (what ``--openshell-keep=failed`` keeps).
+FAILED_KEY = pytest.StashKey[bool]()
 DISABLED = (
     "pytest-openshell is off: pass --openshell-gateway (or set PYTEST_OPENSHELL_GATEWAY) "
     "to run this test"
@@ -38,6 +40,7 @@ MARKERS = (
     "openshell_scenarios(*keys): run this test only with these lifecycle scenarios",
     "openshell_exclude_scenarios(*keys): never run this test with these scenarios",
     "openshell_property(number): the CONFORMANCE.md property this test checks (run summary)",
+    "openshell_no_scenario: none of the selected scenarios applies (deselected)",
 )
 
 
@@ -88,21 +91,28 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_openshell_gateway_driver(config: pytest.Config, target: str) -> GatewayDriver | None:
+def pytest_openshell_gateway_driver(target: str, session: OpenShellSession) -> GatewayDriver | None:
     """The built-in driver: the embedded reference gateway."""
     if target != REFERENCE_TARGET:
         return None
-    state = config.stash[SESSION_KEY]
-    return ReferenceDriver(state.engine, state.config_home)
+    return ReferenceDriver(session.engine, session.config_home)
 
 
 # -- scenario parametrisation --------------------------------------------------------------------
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "openshell_scenario" not in metafunc.fixturenames:
-        return
+def parametrize_scenarios(
+    metafunc: pytest.Metafunc, argname: str = "openshell_scenario", *, scope: str = "function"
+) -> None:
+    """Parametrise fixture ``argname`` with the scenario keys that apply to this test: the ones
+    selected by ``--openshell-scenarios``, narrowed by the test's ``openshell_scenarios`` and
+    ``openshell_exclude_scenarios`` markers. With none left the test is skipped with the reason.
+
+    Call it from a ``pytest_generate_tests`` hook to drive a fixture of your own, e.g. one with
+    ``scope="session"`` that runs each scenario once for many tests (the conformance suite does).
+    """
     state = metafunc.config.stash[SESSION_KEY]
+    state.scenario_argnames.add(argname)
     keys = [scenario.key for scenario in state.selected_scenarios()]
     wanted = metafunc.definition.get_closest_marker("openshell_scenarios")
     if wanted is not None:
@@ -111,15 +121,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if excluded is not None:
         keys = [key for key in keys if key not in excluded.args]
     if not keys:
-        reason = "no selected scenario applies to this test (see --openshell-scenarios)"
+        # Deselected at collection (pytest_collection_modifyitems): not a skip that looks like
+        # coverage, and not an error either.
         metafunc.parametrize(
-            "openshell_scenario",
-            [pytest.param(None, marks=pytest.mark.skip(reason=reason))],
+            argname,
+            [pytest.param(None, marks=pytest.mark.openshell_no_scenario)],
             indirect=True,
             ids=["no-scenario"],
+            scope=scope,  # type: ignore[arg-type]
         )
         return
-    metafunc.parametrize("openshell_scenario", keys, indirect=True, ids=keys)
+    metafunc.parametrize(argname, keys, indirect=True, ids=keys, scope=scope)  # type: ignore[arg-type]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "openshell_scenario" in metafunc.fixturenames:
+        parametrize_scenarios(metafunc, "openshell_scenario")
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -156,8 +173,20 @@ def openshell_gateway_factory(openshell: OpenShellSession) -> Iterator[GatewayFa
 
 @pytest.fixture(scope="session")
 def openshell_gateway(openshell_gateway_factory: GatewayFactory) -> GatewayHandle:
-    """A deployed gateway shared by the tests of this worker that do not disrupt it."""
+    """A deployed gateway shared by the tests of this worker that do not disrupt it (session
+    scope; ``openshell_fresh_gateway`` gives a test one of its own)."""
     return openshell_gateway_factory.deploy(label="shared")
+
+
+@pytest.fixture
+def openshell_fresh_gateway(
+    openshell_gateway_factory: GatewayFactory, request: pytest.FixtureRequest
+) -> Iterator[GatewayHandle]:
+    """A gateway deployed for this test alone and destroyed after it: for tests that disrupt it.
+    Other scopes: make your own fixture from ``openshell_gateway_factory``."""
+    gateway = openshell_gateway_factory.deploy(label="f")
+    yield gateway
+    openshell_gateway_factory.destroy(gateway, failed=request.node.stash.get(FAILED_KEY, False))
 
 
 @pytest.fixture
@@ -188,21 +217,16 @@ def openshell_record(openshell: OpenShellSession) -> SurvivalRecord:
 def openshell_scenario(
     openshell: OpenShellSession, request: pytest.FixtureRequest
 ) -> Iterator[ScenarioFixture]:
-    """One lifecycle scenario (parametrised over the selected keys): ``run(gateway)`` disrupts
-    and recovers a gateway and measures the recovery."""
-    key = request.param
-    scenario = openshell.scenarios[key]
+    """One lifecycle scenario, parametrised over the selected keys (``--openshell-scenarios``,
+    markers ``openshell_scenarios`` / ``openshell_exclude_scenarios``). ``run(gateway)`` disrupts
+    and recovers a gateway and times the recovery; ``disrupt(gateway)`` and ``recover()`` do the
+    two halves. A scenario the engine or driver cannot perform is skipped with the reason."""
+    scenario = openshell.scenarios[request.param]
     missing = scenario.missing_capabilities(openshell.engine, openshell.driver)
     if missing:
         pytest.skip("; ".join(missing))
-    request.node.user_properties.append((SCENARIO, key))
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(
-            openshell.access.exclusive() if scenario.exclusive else openshell.access.shared()
-        )
-        fixture = ScenarioFixture(openshell, scenario, request.node)
-        yield fixture
-        fixture.report()
+    with openshell.engine_use(scenario):
+        yield ScenarioFixture(openshell, scenario)
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -210,10 +234,21 @@ def openshell_scenario(
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash[SESSION_KEY]
+    unselected = [item for item in items if item.get_closest_marker("openshell_no_scenario")]
+    if unselected:
+        config.hook.pytest_deselected(items=unselected)
+        items[:] = [item for item in items if not item.get_closest_marker("openshell_no_scenario")]
     for item in items:
         marker = item.get_closest_marker("openshell_property")
         if marker is not None and marker.args:
             item.user_properties.append((PROPERTY, int(marker.args[0])))
+        key = state.scenario_of(item)
+        if key is not None:
+            item.user_properties.append((SCENARIO, key))
+            # Under `pytest -n N --dist loadgroup`, the tests of one scenario share a worker, so a
+            # scenario fixture of wider scope runs once for all of them.
+            item.add_marker(pytest.mark.xdist_group(f"openshell-{key}"))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -222,8 +257,18 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     state = item.config.stash[SESSION_KEY]
-    collected = item.stash.get(ARTEFACTS_KEY, [])
-    if report.failed and collected:
+    key = state.scenario_of(item)
+    run = state.runs.get(key) if key else None
+    if run is not None and report.when == "call":
+        timings = [(RECOVERY, run.recovery_seconds), (DOWNTIME, run.downtime_seconds)]
+        report.user_properties.extend(timings)
+        item.user_properties.extend(timings)  # junitxml reads them from the teardown report
+    if report.failed:
+        state.failed = True
+        item.stash[FAILED_KEY] = True
+        if key:
+            state.failed_scenarios.add(key)
+        collected = [*item.stash.get(ARTEFACTS_KEY, []), *(state.artefacts_of(key) if key else [])]
         for artefacts in collected:
             written = None
             with contextlib.suppress(OSError):
@@ -244,8 +289,15 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         reports.extend(
             r for r in terminalreporter.stats.get(key, []) if isinstance(r, pytest.TestReport)
         )
+    if any(r.failed for r in reports):
+        state.failed = True
     for report in reports:
         state.summary.add(report)
+    kept = state.kept_lines()
+    if kept:
+        terminalreporter.section("openshell: kept (--openshell-keep)")
+        for line in kept:
+            terminalreporter.write_line(line)
     if state.summary.empty:
         return
     terminalreporter.section("openshell: scenario x property")

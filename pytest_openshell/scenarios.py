@@ -44,10 +44,33 @@ class ScenarioRun:
     artefacts: Artefacts | None = None
     #: free-form facts the steps record (old container id, errors they expected, ...)
     notes: dict[str, Any] = field(default_factory=dict)
+    #: ``time.monotonic()`` when the disruption began, when it ended, when the API answered again
+    started_at: float | None = None
     disrupted_at: float | None = None
-    recovery_seconds: float | None = None
-    #: the error a recovery step raised when the scenario expects recovery to fail
+    recovered_at: float | None = None
+    #: the error a recovery step raised (tests decide whether that is a failure)
     recovery_error: Exception | None = None
+    #: why the wait for the API stopped early (the gateway is down and nothing will bring it back)
+    gave_up: str | None = None
+
+    @property
+    def recovery_seconds(self) -> float | None:
+        """From the end of the disruption until the API answered (None: it did not)."""
+        if self.recovered_at is None or self.disrupted_at is None:
+            return None
+        return self.recovered_at - self.disrupted_at
+
+    @property
+    def downtime_seconds(self) -> float | None:
+        """From the start of the disruption until the API answered: for daemon scenarios, whose
+        disruption is also their recovery, this is the figure to compare with the floor."""
+        if self.recovered_at is None or self.started_at is None:
+            return None
+        return self.recovered_at - self.started_at
+
+    @property
+    def recovered(self) -> bool:
+        return self.recovered_at is not None
 
 
 Step = Callable[[ScenarioRun], None]
@@ -143,8 +166,8 @@ def _start_while_running(run: ScenarioRun) -> None:
 
 
 def _reschedule_sandboxes(run: ScenarioRun) -> None:
-    """Behind the gateway's back: remove one sandbox's container, stop another's."""
-    sandboxes = list(run.driver.sandbox_containers(run.gateway))  # type: ignore[attr-defined]
+    """Behind the gateway's back: remove one running sandbox's container, stop another's."""
+    sandboxes = list(run.driver.sandbox_containers(run.gateway, running=True))  # type: ignore[attr-defined]
     removed, stopped = [*sandboxes, None, None][:2]
     if removed:
         run.engine.remove_container(removed, force=True)
@@ -160,7 +183,8 @@ def _forget_host_metadata(run: ScenarioRun) -> None:
 
 
 def _auto_bootstrap(run: ScenarioRun) -> None:
-    run.driver.auto_bootstrap(run.gateway)  # type: ignore[attr-defined]
+    created = run.driver.auto_bootstrap(run.gateway)  # type: ignore[attr-defined]
+    run.notes.setdefault("created_sandboxes", []).append(created)
 
 
 def _failing_resume(run: ScenarioRun) -> None:
@@ -289,39 +313,73 @@ def select(available: dict[str, Scenario], selection: str) -> list[Scenario]:
     return chosen
 
 
-def execute(
-    run: ScenarioRun,
-    *,
-    api_ready: Callable[[], bool],
-    deadline: float,
-    on_disrupted: Callable[[ScenarioRun], None] = lambda run: None,
-) -> None:
-    """Disrupt, recover, and wait for the API; sets ``run.recovery_seconds``.
+#: Seconds a gateway may look down for good before the wait gives up on it: a daemon that just
+#: came back may not have restarted its ``unless-stopped`` containers yet.
+DOWN_GRACE = 10.0
 
-    A recovery step that raises is recorded in ``run.recovery_error`` (tests decide whether that
-    is a failure); the wait for the API still runs, bounded by ``deadline`` seconds.
-    """
+
+def disrupt(
+    run: ScenarioRun, *, on_disrupted: Callable[[ScenarioRun], None] = lambda r: None
+) -> None:
+    """Run the scenario's disruption (artefacts are captured first: it may destroy logs)."""
     scenario = run.scenario
     if run.artefacts is not None:
         run.artefacts.capture(f"before {scenario.key}")
     log.info("scenario %s: disrupting gateway %s", scenario.key, run.gateway.name)
+    run.started_at = time.monotonic()
     scenario.disrupt(run)
     run.disrupted_at = time.monotonic()
     on_disrupted(run)
+
+
+def recover(
+    run: ScenarioRun,
+    *,
+    api_ready: Callable[[], bool],
+    deadline: float,
+    down_reason: Callable[[], str | None] = lambda: None,
+    poll: float = 0.25,
+) -> None:
+    """Run the scenario's recovery step, then wait until the API answers (``run.recovered_at``).
+
+    The wait ends early, with ``run.gave_up`` saying why, when waiting cannot help: the recovery
+    step failed, or ``down_reason`` has said for :data:`DOWN_GRACE` seconds that the gateway is
+    down and nothing will bring it back. Otherwise it lasts at most ``deadline`` seconds from the
+    end of the disruption.
+    """
+    scenario = run.scenario
+    if run.disrupted_at is None:
+        raise RuntimeError(f"scenario {scenario.key}: recover() before disrupt()")
     log.info("scenario %s: recovering", scenario.key)
     try:
         scenario.recover(run)
     except Exception as exc:
         run.recovery_error = exc
+        run.gave_up = f"the recovery step failed: {exc}"
         log.info("scenario %s: recovery step failed: %s", scenario.key, exc)
     end = run.disrupted_at + deadline
-    while time.monotonic() < end:
+    down_since: float | None = None
+    while run.gave_up is None:
         if api_ready():
-            run.recovery_seconds = time.monotonic() - run.disrupted_at
+            run.recovered_at = time.monotonic()
             log.info(
-                "scenario %s: gateway answers after %.1f s", scenario.key, run.recovery_seconds
+                "scenario %s: gateway answers %.1f s after the disruption",
+                scenario.key,
+                run.recovery_seconds,
             )
             break
-        time.sleep(0.25)
+        now = time.monotonic()
+        if now >= end:
+            run.gave_up = f"the gateway API did not answer within {deadline:.0f} s"
+            break
+        reason = down_reason()
+        if reason is None:
+            down_since = None
+        elif down_since is None:
+            down_since = now
+        elif now - down_since >= DOWN_GRACE:
+            run.gave_up = reason
+            break
+        time.sleep(poll)
     if run.artefacts is not None:
         run.artefacts.capture(f"after {scenario.key}")

@@ -27,10 +27,11 @@ from openshell_core.engine import Engine, EngineMode, PrivateEngine, open_engine
 from openshell_core.engine.private import DEFAULT_NAME, engines_dir
 from openshell_core.errors import OpenShellError
 from openshell_core.images import ensure_images
+from pytest_openshell.artefacts import Artefacts
 from pytest_openshell.drivers import GatewayDriver, GatewayHandle, GatewaySpec
 from pytest_openshell.engine_access import EngineAccess
 from pytest_openshell.options import REFERENCE_TARGET, Settings
-from pytest_openshell.scenarios import BUILTIN, Scenario, select
+from pytest_openshell.scenarios import BUILTIN, Scenario, ScenarioRun, select
 from pytest_openshell.summary import RunSummary
 
 log = logging.getLogger("openshell.plugin")
@@ -62,6 +63,15 @@ class OpenShellSession:
     _names_lock: threading.Lock = field(default_factory=threading.Lock)
     prepared: bool = False
     setup_error: str | None = None
+    #: the last run of each scenario key in this process, and the artefacts collected for it
+    runs: dict[str, ScenarioRun] = field(default_factory=dict)
+    _artefacts: dict[str, list[Artefacts]] = field(default_factory=dict)
+    #: names of the fixtures parametrised with scenario keys (to find a test's scenario)
+    scenario_argnames: set[str] = field(default_factory=set)
+    #: whether a test of this run failed (``--openshell-keep=failed`` keeps things up then),
+    #: and the scenario keys of the failed tests
+    failed: bool = False
+    failed_scenarios: set[str] = field(default_factory=set)
 
     @property
     def worker(self) -> str:
@@ -104,7 +114,7 @@ class OpenShellSession:
         if self._driver is None:
             target = self.settings.target or REFERENCE_TARGET
             found = self.config.hook.pytest_openshell_gateway_driver(
-                config=self.config, target=target
+                config=self.config, target=target, session=self
             )
             if found is None:
                 raise pytest.UsageError(
@@ -133,6 +143,55 @@ class OpenShellSession:
                     available[scenario.key] = scenario
             self._scenarios = available
         return self._scenarios
+
+    def engine_use(self, scenario: Scenario) -> contextlib.AbstractContextManager[float]:
+        """Hold the engine as ``scenario`` needs it: alone when it disturbs every gateway on it
+        (a daemon restart), else shared with the other workers and runs."""
+        return self.access.exclusive() if scenario.exclusive else self.access.shared()
+
+    def record_run(self, run: ScenarioRun) -> None:
+        self.runs[run.scenario.key] = run
+
+    def artefacts_of(self, key: str) -> list[Artefacts]:
+        """The artefacts collected by runs of scenario ``key`` (written when a test of it fails)."""
+        return self._artefacts.setdefault(key, [])
+
+    def scenario_of(self, item: pytest.Item) -> str | None:
+        """The scenario key ``item`` is parametrised with, if any."""
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        for argname in self.scenario_argnames:
+            if isinstance(params.get(argname), str):
+                return str(params[argname])
+        return None
+
+    @property
+    def run_dir(self) -> Path:
+        """This run's host-side directory, shared by the controller and its workers."""
+        path = Path(tempfile.gettempdir()) / f"pytest-openshell-{self.run_id}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def note_kept(self, gateway: GatewayHandle) -> None:
+        """Say how to reach a gateway left up by ``--openshell-keep`` (printed at the end)."""
+        lines = [
+            f"gateway {gateway.name} at {gateway.endpoint}: reach it with",
+            f"  export DOCKER_HOST={self.engine.host} XDG_CONFIG_HOME={gateway.config_home}",
+            f"  pytest-openshell gateway status --name {gateway.name}",
+            f"  pytest-openshell sandbox list --gateway {gateway.name}",
+            f"  pytest-openshell gateway destroy --name {gateway.name}   # when done",
+        ]
+        with (self.run_dir / "kept.txt").open("a") as kept:
+            kept.write("\n".join(lines) + "\n")
+
+    def kept_lines(self) -> list[str]:
+        try:
+            return (self.run_dir / "kept.txt").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def keeps(self) -> bool:
+        """Whether the run's gateways stay up at the end (``--openshell-keep``)."""
+        return self.settings.keep == "always" or (self.settings.keep == "failed" and self.failed)
 
     def selected_scenarios(self) -> list[Scenario]:
         try:
@@ -185,7 +244,7 @@ class OpenShellSession:
     @property
     def config_home(self) -> Path:
         """The host-side config dir of this run's gateways (never the user's own ~/.config)."""
-        path = Path(tempfile.gettempdir()) / f"pytest-openshell-{self.run_id}" / "config"
+        path = self.run_dir / "config"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -232,7 +291,7 @@ class OpenShellSession:
             self.setup_error = str(exc)
 
     def _remove_run_objects(self) -> None:
-        if self.settings.keep:
+        if self.keeps():
             return
         try:
             report = runs.remove_run_objects(self.engine, {self.run_id})

@@ -1,9 +1,10 @@
 """The run summary: a scenario x property table in the terminal, and the same data as JSON.
 
-Each conformance test reports its scenario key, property number and the scenario's recovery time as
+Each conformance test reports its scenario key, property number and the scenario's timings as
 ``user_properties`` (``openshell.scenario``, ``openshell.property``,
-``openshell.recovery_seconds``). Those travel with the reports from xdist workers to the controller
-and land in JUnit XML as properties, so one source feeds all three outputs.
+``openshell.recovery_seconds``, ``openshell.downtime_seconds``). Those travel with the reports
+from xdist workers to the controller and land in JUnit XML as properties, so one source feeds all
+three outputs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import pytest
 SCENARIO = "openshell.scenario"
 PROPERTY = "openshell.property"
 RECOVERY = "openshell.recovery_seconds"
+DOWNTIME = "openshell.downtime_seconds"
 SUMMARY_FILE = "openshell-summary.json"
+#: The column of scenario tests that name no property.
+OTHER = 0
 
 _RANK = {"failed": 3, "error": 3, "passed": 1, "skipped": 0}
 
@@ -40,16 +44,18 @@ class RunSummary:
 
     cells: dict[tuple[str, int], Cell] = field(default_factory=lambda: defaultdict(Cell))
     recovery: dict[str, float] = field(default_factory=dict)
+    downtime: dict[str, float] = field(default_factory=dict)
     skip_reasons: dict[str, str] = field(default_factory=dict)
 
     def add(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
         scenario = props.get(SCENARIO)
-        number = props.get(PROPERTY)
-        if scenario is None or number is None:
+        if scenario is None:
             return
-        if RECOVERY in props and props[RECOVERY] is not None:
-            self.recovery[str(scenario)] = float(props[RECOVERY])  # type: ignore[arg-type]
+        number = props.get(PROPERTY, OTHER)  # a scenario test that names no property
+        for key, sink in ((RECOVERY, self.recovery), (DOWNTIME, self.downtime)):
+            if props.get(key) is not None:
+                sink[str(scenario)] = float(props[key])  # type: ignore[arg-type]
         outcome: str = report.outcome
         if report.when != "call" and outcome == "passed":
             return  # setup/teardown passing says nothing; the call report decides
@@ -77,9 +83,10 @@ class RunSummary:
             "scenarios": {
                 scenario: {
                     "recovery_seconds": self.recovery.get(scenario),
+                    "downtime_seconds": self.downtime.get(scenario),
                     "skip_reason": self.skip_reasons.get(scenario),
                     "properties": {
-                        str(number): {
+                        _label(number): {
                             "outcome": self.cells[(scenario, number)].outcome,
                             "tests": self.cells[(scenario, number)].outcomes,
                         }
@@ -100,15 +107,16 @@ class RunSummary:
     def table(self) -> list[str]:
         symbols = {"passed": "pass", "failed": "FAIL", "error": "ERR", "skipped": "skip", "": "-"}
         numbers = self.properties()
-        header = ["scenario", *[f"P{n}" for n in numbers], "recovery s"]
+        header = ["scenario", *[_label(n, prefix="P") for n in numbers], "recovery s", "downtime s"]
         rows = [header]
         for scenario in self.scenarios():
             row = [scenario]
             for number in numbers:
                 cell = self.cells.get((scenario, number))
                 row.append(symbols.get(cell.outcome if cell else "", "?"))
-            seconds = self.recovery.get(scenario)
-            row.append(f"{seconds:.1f}" if seconds is not None else "-")
+            for timings in (self.recovery, self.downtime):
+                seconds = timings.get(scenario)
+                row.append(f"{seconds:.1f}" if seconds is not None else "-")
             rows.append(row)
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(value.ljust(widths[i]) for i, value in enumerate(row)) for row in rows]
@@ -117,3 +125,7 @@ class RunSummary:
             for scenario, reason in sorted(self.skip_reasons.items())
         ]
         return [*lines, *skipped]
+
+
+def _label(number: int, *, prefix: str = "") -> str:
+    return f"{prefix}{number}" if number != OTHER else "other"

@@ -4,7 +4,8 @@ A test *tracks* a fact with a probe (a callable returning a comparable value): t
 once and its value is the expectation. After the scenario, :meth:`SurvivalRecord.verify` re-runs the
 probe until it matches (within the recovery deadline) and then keeps re-running it for the settle
 window: a state that is right and then goes wrong ("Ready, then Error two seconds later") fails.
-Probes that raise count as "not yet" while waiting and as a failure once settled.
+Probes that raise count as "not yet" while waiting and as a failure once settled; a probe that
+raises :class:`Terminal` ends the wait at once (the fact cannot come back).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ Probe = Callable[[], Any]
 
 class SurvivalViolation(AssertionError):
     """A tracked fact did not survive; the message says what was expected and what was seen."""
+
+
+class Terminal(Exception):
+    """Raised by a probe when the fact can never come back (a sandbox in ERROR, a gateway that
+    is gone): the wait ends at once instead of at its deadline."""
 
 
 @dataclass
@@ -46,6 +52,15 @@ class SurvivalRecord:
         value = probe()
         self.facts[name] = _Fact(name, probe, value, describe)
         return value
+
+    def expect(
+        self, name: str, probe: Probe, expected: Any, *, describe: Callable[[Any], str] = repr
+    ) -> None:
+        """Remember ``expected`` (acknowledged earlier, by other means) as what ``probe`` must
+        return after the scenario."""
+        if name in self.facts:
+            raise ValueError(f"fact {name!r} is already tracked")
+        self.facts[name] = _Fact(name, probe, expected, describe)
 
     def expected(self, name: str) -> Any:
         return self.facts[name].expected
@@ -84,6 +99,11 @@ class SurvivalRecord:
                 seen, error = _observe(fact)
                 if error is None and seen == fact.expected:
                     continue
+                if isinstance(error, Terminal):
+                    raise SurvivalViolation(
+                        f"{fact.name}: cannot come back ({error})\n  expected: "
+                        f"{fact.describe(fact.expected)}"
+                    )
                 pending.append(fact)
                 last[fact.name] = f"error: {error}" if error is not None else fact.describe(seen)
             if not pending:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from gateway_stub import StubImages, build_stub_images
 
-from openshell_core import labels
+from openshell_core import labels, runs
 from openshell_core.cli import main
 from openshell_core.engine import Engine
 from openshell_core.errors import (
@@ -230,10 +230,12 @@ class Lab:
 @pytest.fixture
 def lab(engine: Engine, stub: StubImages, base_image: str, unique_name: str) -> Iterator[Lab]:
     made = Lab(engine, stub, base_image, unique_name)
-    try:
-        yield made
-    finally:
-        made.cleanup()
+    # A lease like a real run's, so that a plugin run sweeping dead runs meanwhile spares it.
+    with runs.RunLease(made.run_id, runs.runs_dir()).held():
+        try:
+            yield made
+        finally:
+            made.cleanup()
 
 
 def leftovers(engine: Engine, name: str) -> list[str]:

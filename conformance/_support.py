@@ -1,0 +1,475 @@
+"""What the conformance tests share: which scenarios each property applies to, the workload put on
+a gateway before a scenario, and the outcome the tests check after it.
+
+One :class:`Outcome` per scenario (a session-scoped fixture in ``conftest.py``): a gateway is
+deployed, the :class:`Workload` creates sandboxes, writes markers, starts a process, holds an SSH
+session open and records what the gateway acknowledged; the scenario disrupts and recovers the
+gateway; then every property test checks its part of the record. Probes read the gateway only the
+way a user can (its API, SSH through it, ``docker inspect`` of the objects named after it), plus the
+optional facts a driver offers (``state_digests``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import hashlib
+import secrets
+import shutil
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from openshell_core.client import GatewayClient, SandboxInfo
+from openshell_core.errors import NotFoundError, OpenShellError
+from openshell_core.gateway.metadata import MtlsFiles
+from pytest_openshell.drivers import GatewayHandle
+from pytest_openshell.fixtures import HeldSession, SandboxFactory, ScenarioFixture, SshHelper
+from pytest_openshell.scenarios import ScenarioRun
+from pytest_openshell.session import OpenShellSession
+from pytest_openshell.survival import SurvivalRecord, Terminal
+
+CORE = ("stop-start", "kill", "remove-keep-volume", "image-upgrade", "docker-restart")
+GATEWAY_ONLY = (
+    "stop-start",
+    "kill",
+    "remove-keep-volume",
+    "image-upgrade",
+    "start-while-running",
+    "auto-bootstrap",
+    "resume-failure",
+)
+DAEMON = ("docker-restart", "docker-crash")
+#: Every scenario after which state must survive (the negative controls are the others).
+SURVIVING = (*CORE, "docker-crash", "sandbox-reschedule", "start-while-running", "auto-bootstrap",
+             "resume-failure")  # fmt: skip
+NEGATIVE = ("recreate", "destroy")
+#: Scenarios that end with a gateway container made anew (volume-only resumes; a failed resume
+#: removes the container, so the next start makes one).
+NEW_CONTAINER = ("remove-keep-volume", "image-upgrade", "resume-failure")
+#: Scenarios that resume the stopped container (the image is never looked up).
+SAME_CONTAINER = ("stop-start", "kill", "auto-bootstrap", "start-while-running")
+#: Seconds a fact that cannot change any more once the gateway answers (its container, its
+#: certificates) is given anyway, for the engine to settle.
+SETTLED = 5.0
+#: Seconds a Ready sandbox may be refused its tunnel (502) before that counts as final: long
+#: enough for a re-created network to be joined again, short enough for a fault run to end soon.
+REFUSED_FOR_GOOD = 20.0
+
+#: The remote command of the session held open across a scenario: a counter, one line each 0.2 s.
+COUNTER = 'i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.2; done'
+#: Image-provided workspace files the workload changes and deletes (the sandbox image's own).
+IMAGE_FILE_CHANGED = "/sandbox/README.md"
+IMAGE_FILE_DELETED = "/sandbox/.config/seed"
+SENTINEL = "/sandbox/.workspace-initialized"
+OUTSIDE_FILE = "/var/tmp/openshell-conformance-outside"
+#: The one label on the foreign objects: deliberately not in our namespace.
+FOREIGN_LABEL = "org.example.owner"
+
+
+class Fate(enum.Enum):
+    """What a scenario does to a sandbox's container (the documented rule for files outside
+    ``/sandbox`` and for processes): they survive with the container and only with it."""
+
+    KEPT = "kept"  # the container keeps running: processes and its own files survive
+    RESTARTED = "restarted"  # the container restarts: its files survive, processes do not
+    RECREATED = "recreated"  # a new container on the same workspace: only /sandbox survives
+
+
+def fate(run: ScenarioRun, sandbox_container: str | None) -> Fate | None:
+    """The documented fate of a sandbox's container in ``run`` (None: a scenario this suite does
+    not know, whose rule it cannot state)."""
+    key = run.scenario.key
+    if key in GATEWAY_ONLY:
+        return Fate.KEPT
+    if key in DAEMON:
+        return Fate.RESTARTED
+    if key == "sandbox-reschedule":
+        if sandbox_container and sandbox_container == run.notes.get("removed_sandbox_container"):
+            return Fate.RECREATED
+        if sandbox_container and sandbox_container == run.notes.get("stopped_sandbox_container"):
+            return Fate.RESTARTED
+        return Fate.KEPT
+    return None
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Marker:
+    """A file the workload wrote under ``/sandbox``: its path, mode and digest."""
+
+    path: str
+    mode: str
+    digest: str
+
+
+@dataclass
+class SandboxState:
+    """One sandbox of the workload, as acknowledged before the scenario."""
+
+    name: str
+    id: str
+    running: bool
+    host_public_key: str
+    container: str | None = None
+    container_id: str | None = None
+    markers: list[Marker] = field(default_factory=list)
+    image_file_digest: str = ""
+    pid1_start: str = ""
+    process: int = 0
+
+
+@dataclass
+class Workload:
+    """What the conformance suite puts on a gateway before a scenario, and how it reads it back."""
+
+    session: OpenShellSession
+    gateway: GatewayHandle
+    sandboxes: SandboxFactory
+    ssh: SshHelper
+    record: SurvivalRecord = field(default_factory=SurvivalRecord)
+    states: dict[str, SandboxState] = field(default_factory=dict)
+    held: HeldSession | None = None
+    held_sandbox: str = ""
+    #: copies of the host-side mTLS files as they were before the scenario
+    old_mtls: MtlsFiles | None = None
+    #: ids of the objects made by :meth:`make_foreign`
+    foreign: dict[str, str] = field(default_factory=dict)
+    #: when the gateway began to refuse tunnels to each Ready sandbox (cleared by a success)
+    _refused_since: dict[str, float] = field(default_factory=dict)
+
+    # -- reading the gateway, the way a user can --
+
+    def client(self) -> GatewayClient:
+        return self.session.client(self.gateway)
+
+    def listed(self) -> list[SandboxInfo]:
+        with self.client() as client:
+            return client.list_sandboxes()
+
+    def info(self, name: str) -> SandboxInfo:
+        with self.client() as client:
+            return client.get_sandbox(name)
+
+    def shell(self, name: str, command: str, *, stdin: bytes | None = None) -> bytes:
+        """Run ``command`` over SSH; its stdout.
+
+        :raises Terminal: the sandbox is in ERROR, or the gateway has refused the tunnel to a
+            Ready sandbox (502: unreachable or handshake rejected) for :data:`REFUSED_FOR_GOOD`
+            seconds, which no wait mends.
+        """
+        result = self.ssh.run(self.gateway, name, command, stdin=stdin)
+        if result.returncode == 0:
+            self._refused_since.pop(name, None)
+            return result.stdout
+        stderr = result.stderr.decode(errors="replace").strip()
+        with contextlib.suppress(OpenShellError):
+            info = self.info(name)
+            if info.phase == "ERROR":
+                raise Terminal(f"sandbox {name} is in ERROR: {info.reason}")
+            if info.phase == "READY" and "status 502" in stderr:
+                since = self._refused_since.setdefault(name, time.monotonic())
+                if time.monotonic() - since >= REFUSED_FOR_GOOD:
+                    raise Terminal(
+                        f"the gateway has refused every tunnel to the Ready sandbox {name} for "
+                        f"{REFUSED_FOR_GOOD:.0f} s: {stderr[-300:]}"
+                    )
+        raise OSError(f"ssh into {name} exited with {result.returncode}: {stderr[-400:]}")
+
+    def host_key(self, name: str) -> str:
+        return self.info(name).host_public_key
+
+    def phase(self, name: str) -> str:
+        info = self.info(name)
+        if info.phase == "ERROR":
+            raise Terminal(f"sandbox {name} is in ERROR: {info.reason}")
+        return info.phase
+
+    def inspect_gateway(self) -> dict[str, Any]:
+        found = self.session.engine.inspect_container(self.gateway.container_name)
+        if found is None:
+            raise NotFoundError("container", self.gateway.container_name)
+        return found
+
+    # -- the workload --
+
+    def prepare(self) -> None:
+        """Create the sandboxes and put the recorded state on them."""
+        key = secrets.token_hex(2)
+        running = [f"run-{key}-a", f"run-{key}-b"]
+        stopped = f"stop-{key}"
+        for name in [*running, stopped]:
+            info = self.sandboxes.create(self.gateway, name)
+            self.states[name] = SandboxState(
+                name=name, id=info.id, running=True, host_public_key=info.host_public_key
+            )
+        containers = self._sandbox_containers()
+        for state in self.states.values():
+            state.container = containers.get(state.id)
+            if state.container:
+                state.container_id = self.container_id(state.container)
+        for name in running:
+            self._write_markers(self.states[name])
+        # The user stops one sandbox: it must stay stopped, and still start on request.
+        with self.client() as client:
+            client.stop_sandbox(stopped)
+        self.states[stopped].running = False
+        self.held_sandbox = running[0]
+        self.held = self.ssh.hold(self.gateway, running[0], COUNTER)
+        self.held.wait_for(lambda out: b"tick 2\n" in out, timeout=60)
+        self._record()
+
+    def _sandbox_containers(self) -> dict[str, str]:
+        """Sandbox id -> container name, when the driver can say (reference gateway)."""
+        lister = getattr(self.session.driver, "sandbox_containers", None)
+        if not callable(lister):
+            return {}
+        return {name.removeprefix("openshell-sandbox-"): name for name in lister(self.gateway)}
+
+    def _write_markers(self, state: SandboxState) -> None:
+        payload = secrets.token_bytes(4096)
+        deep = "/sandbox/deep/er/marker.txt"
+        self.shell(
+            state.name,
+            f"set -e; cat > /sandbox/marker.bin; chmod 640 /sandbox/marker.bin; "
+            f"mkdir -p /sandbox/deep/er; printf '%s' {state.id} > {deep}; chmod 600 {deep}; "
+            f"printf 'changed by the user\\n' >> {IMAGE_FILE_CHANGED}; rm -f {IMAGE_FILE_DELETED}; "
+            f"echo outside > {OUTSIDE_FILE}",
+            stdin=payload,
+        )
+        state.markers = [
+            Marker("/sandbox/marker.bin", "640", sha256(payload)),
+            Marker(deep, "600", sha256(state.id.encode())),
+        ]
+        state.image_file_digest = (
+            self.shell(state.name, f"sha256sum {IMAGE_FILE_CHANGED}").split()[0].decode()
+        )
+        state.pid1_start = self.pid1_start(state.name)
+        state.process = int(
+            self.shell(
+                state.name, "setsid nohup sleep 86400 >/dev/null 2>&1 < /dev/null & echo $!"
+            ).strip()
+        )
+
+    def container_id(self, container: str) -> str | None:
+        found = self.session.engine.inspect_container(container)
+        return None if found is None else str(found["Id"])
+
+    # -- objects that are not ours, which nothing may touch --
+
+    def make_foreign(self) -> None:
+        """A container, a volume and a network with names like the gateway's and no label of
+        ours, as another tool on the same engine would leave them."""
+        engine, base = self.session.engine, f"{self.gateway.container_name}-foreign"
+        tag = {FOREIGN_LABEL: self.gateway.name}
+        image = str(self.inspect_gateway()["Image"])
+        network_id = engine.create_network(base, labels=tag)
+        engine.create_volume(base, labels=tag)
+        container_id = engine.create_container(
+            name=base, image=image, labels=tag, network=base, binds=[f"{base}:/data"]
+        )
+        self.foreign = {"container": container_id, "volume": base, "network": network_id}
+
+    def foreign_objects(self) -> dict[str, str | None]:
+        """The foreign objects as they are now (None: gone)."""
+        engine, base = self.session.engine, f"{self.gateway.container_name}-foreign"
+        container = engine.inspect_container(base)
+        volume = engine.inspect_volume(base)
+        network = engine.inspect_network(base)
+        return {
+            "container": None if container is None else str(container["Id"]),
+            "volume": None if volume is None else str(volume["Name"]),
+            "network": None if network is None else str(network["Id"]),
+        }
+
+    def remove_foreign(self) -> None:
+        """The suite made these objects, so it removes them, by the ids it was given."""
+        engine = self.session.engine
+        if not self.foreign:
+            return
+        with contextlib.suppress(OpenShellError):
+            engine.remove_container(str(self.foreign["container"]))
+        with contextlib.suppress(OpenShellError):
+            engine.remove_volume(str(self.foreign["volume"]))
+        with contextlib.suppress(OpenShellError):
+            engine.remove_network(str(self.foreign["network"]))
+
+    def pid1_start(self, name: str) -> str:
+        """When the sandbox's PID 1 started (clock ticks since boot): changes with a restart."""
+        return self.shell(name, "cut -d' ' -f22 /proc/1/stat").decode().strip()
+
+    def marker_facts(self, state: SandboxState) -> list[tuple[str, str]]:
+        """(mode, digest) of each marker, read now over SSH."""
+        found = []
+        for marker in state.markers:
+            out = self.shell(state.name, f"stat -c %a {marker.path}; sha256sum {marker.path}")
+            mode, digest = out.decode().split()[:2]
+            found.append((mode, digest))
+        return found
+
+    def _record(self) -> None:
+        record = self.record
+        for state in self.states.values():
+            want = "READY" if state.running else "STOPPED"
+            record.track(f"phase {state.name}", functools.partial(self.phase, state.name))
+            assert record.expected(f"phase {state.name}") == want, (
+                f"sandbox {state.name} was not {want} before the scenario"
+            )
+            record.track(f"host key {state.name}", functools.partial(self.host_key, state.name))
+        digests = getattr(self.session.driver, "state_digests", None)
+        if callable(digests):
+            record.track("state digests", lambda: digests(self.gateway))
+        record.track("server certificate", lambda: server_fingerprint(self.gateway))
+        mtls = MtlsFiles.of(self.gateway.name, self.gateway.env)
+        record.track(
+            "host mTLS files", lambda: [sha256(p.read_bytes()) for p in (mtls.ca_cert, mtls.cert)]
+        )
+        backup = self.session.run_dir / "mtls-before" / self.gateway.name
+        shutil.rmtree(backup, ignore_errors=True)
+        backup.mkdir(parents=True)
+        for path in (mtls.ca_cert, mtls.cert, mtls.key):
+            shutil.copy2(path, backup / path.name)
+        self.old_mtls = MtlsFiles(backup / "ca.crt", backup / "tls.crt", backup / "tls.key")
+        doc = self.inspect_gateway()
+        record.track("node identity", lambda: node_identity(self.inspect_gateway()))
+        record.track("gateway container", lambda: self.inspect_gateway()["Id"])
+        record.track("gateway image", lambda: self.inspect_gateway()["Image"])
+        self.gateway.extra["container_before"] = doc["Id"]
+
+    def running_states(self) -> list[SandboxState]:
+        return [state for state in self.states.values() if state.running]
+
+    def stopped_states(self) -> list[SandboxState]:
+        return [state for state in self.states.values() if not state.running]
+
+
+def node_identity(doc: dict[str, Any]) -> tuple[str, str]:
+    """The gateway container's hostname and its ``OPENSHELL_NODE_NAME``."""
+    config = doc.get("Config") or {}
+    env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+    return str(config.get("Hostname") or ""), env.get("OPENSHELL_NODE_NAME", "")
+
+
+def server_fingerprint(gateway: GatewayHandle) -> str:
+    """SHA-256 of the certificate the gateway presents on its port (no client certificate is
+    needed to see it)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        der = conn.getpeercert(binary_form=True)
+    if not der:
+        raise OSError("the gateway presented no certificate")
+    return sha256(der)
+
+
+@dataclass
+class Outcome:
+    """One scenario run against one gateway with the workload on it: what the tests check."""
+
+    key: str
+    gateway: GatewayHandle
+    workload: Workload
+    run: ScenarioRun
+    scenario: ScenarioFixture
+    #: a second gateway stopped before a daemon scenario (it must stay stopped)
+    stopped_sibling: GatewayHandle | None = None
+    #: how the held session looked right after the recovery
+    held_alive_after: bool | None = None
+
+    @property
+    def session(self) -> OpenShellSession:
+        return self.workload.session
+
+    @property
+    def within(self) -> float:
+        """Seconds a fact may take to come back once the gateway answers again."""
+        return self.session.settings.recovery_timeout
+
+    def require_recovered(self) -> None:
+        """Fail at once, with the reason, when the gateway never came back."""
+        if not self.run.recovered:
+            pytest.fail(
+                f"gateway {self.gateway.name} did not come back after {self.key}: "
+                f"{self.run.gave_up}",
+                pytrace=False,
+            )
+
+    def verify(self, *names: str, settle: float = 0.0, within: float | None = None) -> float:
+        """Check recorded facts once the gateway is back; ``within`` defaults to the recovery
+        budget (pass :data:`SETTLED` for facts that are final once it answers)."""
+        self.require_recovered()
+        return self.workload.record.verify(
+            *names, within=self.within if within is None else within, settle=settle
+        )
+
+
+def deadline_loop(timeout: float, poll: float = 0.5) -> Iterator[float]:
+    """Yield the seconds elapsed until ``timeout`` has passed (for waits with a fixed end)."""
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < timeout:
+        yield elapsed
+        time.sleep(poll)
+
+
+def eventually(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
+    """Call ``check`` until it returns without raising; its last error at the deadline. A check
+    that raises :class:`Terminal` fails at once."""
+    last: Exception | None = None
+    for _ in deadline_loop(timeout):
+        try:
+            return check()
+        except Terminal as exc:
+            pytest.fail(f"{what}: {exc}", pytrace=False)
+        except (OSError, OpenShellError, AssertionError) as exc:
+            last = exc
+    pytest.fail(f"{what}: not within {timeout:.0f} s: {last}", pytrace=False)
+
+
+# -- the checks that the negative controls must see fail (properties 2, 3 and 5) ---------------
+
+
+def check_sandboxes_listed(outcome: Outcome, *, within: float) -> None:
+    """Property 2: every acknowledged sandbox is listed with its id and name, none is duplicated,
+    and none appears that nobody created (the scenario's own creations aside)."""
+    workload = outcome.workload
+    created = set(outcome.run.notes.get("created_sandboxes", []))
+    expected = sorted((state.id, state.name) for state in workload.states.values())
+
+    def listed() -> list[tuple[str, str]]:
+        found = sorted((info.id, info.name) for info in workload.listed())
+        return [item for item in found if item[1] not in created]
+
+    record = SurvivalRecord()
+    record.expect("listed sandboxes", listed, expected)
+    record.verify(within=within, settle=0)
+
+
+def check_markers(outcome: Outcome, *, within: float) -> None:
+    """Property 3: marker files written under /sandbox have the same bytes and mode."""
+    workload = outcome.workload
+    record = SurvivalRecord(poll=1.0)
+    for state in workload.running_states():
+        record.expect(
+            f"markers of {state.name}",
+            functools.partial(workload.marker_facts, state),
+            [(marker.mode, marker.digest) for marker in state.markers],
+        )
+    record.verify(within=within, settle=0)
+
+
+def check_state_digests(outcome: Outcome, *, within: float = SETTLED) -> None:
+    """Property 5: the handshake secret and the PKI on the volume are the same (digests)."""
+    outcome.workload.record.verify("state digests", within=within, settle=0)

@@ -1,0 +1,36 @@
+"""Property 11: after ``recreate`` or ``destroy`` the checks of properties 2, 3 and 5 fail, as they
+must: proof that they can."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_openshell import SurvivalViolation
+
+from ._support import NEGATIVE, Outcome, check_markers, check_sandboxes_listed, check_state_digests
+
+pytestmark = [pytest.mark.openshell_property(11), pytest.mark.openshell_scenarios(*NEGATIVE)]
+
+#: The state is gone for good; a few seconds show that it does not come back.
+SHORT = 5.0
+
+
+def test_the_sandbox_check_fails(lifecycle: Outcome) -> None:
+    lifecycle.require_recovered()
+    with pytest.raises(SurvivalViolation):
+        check_sandboxes_listed(lifecycle, within=SHORT)
+
+
+def test_the_workspace_check_fails(lifecycle: Outcome) -> None:
+    lifecycle.require_recovered()
+    with pytest.raises(SurvivalViolation):
+        check_markers(lifecycle, within=SHORT)
+
+
+def test_the_secrets_check_fails(lifecycle: Outcome) -> None:
+    if "state digests" not in lifecycle.workload.record.facts:
+        driver = type(lifecycle.session.driver).__name__
+        pytest.skip(f"the gateway driver {driver} offers no state_digests()")
+    lifecycle.require_recovered()
+    with pytest.raises(SurvivalViolation):
+        check_state_digests(lifecycle, within=SHORT)

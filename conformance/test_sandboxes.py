@@ -1,0 +1,29 @@
+"""Property 2: sandboxes survive with their intent."""
+
+from __future__ import annotations
+
+import pytest
+
+from ._support import SURVIVING, Outcome, check_sandboxes_listed
+
+pytestmark = [pytest.mark.openshell_property(2), pytest.mark.openshell_scenarios(*SURVIVING)]
+
+
+def test_every_sandbox_is_listed_with_its_id_and_name_and_no_other(lifecycle: Outcome) -> None:
+    lifecycle.require_recovered()
+    check_sandboxes_listed(lifecycle, within=lifecycle.within)
+
+
+def test_a_running_sandbox_is_ready_again_and_stays_ready(lifecycle: Outcome) -> None:
+    names = [f"phase {state.name}" for state in lifecycle.workload.running_states()]
+    lifecycle.verify(*names, settle=lifecycle.session.settings.settle)
+
+
+def test_a_sandbox_its_user_stopped_stays_stopped_and_starts_on_request(lifecycle: Outcome) -> None:
+    workload = lifecycle.workload
+    for state in workload.stopped_states():
+        lifecycle.verify(f"phase {state.name}")
+        with workload.client() as client:
+            client.start_sandbox(state.name)
+            info = client.wait_ready(state.name, timeout=lifecycle.within)
+        assert info.id == state.id

@@ -1,0 +1,102 @@
+"""Property 4: SSH survives: new sessions into old sandboxes, with their old host keys; processes
+live as long as their container; a session held open across the scenario behaves as documented."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+
+from ._support import DAEMON, GATEWAY_ONLY, SURVIVING, Fate, Outcome, eventually, fate
+
+pytestmark = pytest.mark.openshell_property(4)
+
+#: Seconds a held session may take to end once its tunnel is gone (ssh's own keepalive bound).
+SESSION_END = 60.0
+
+
+def ticks(output: bytes) -> list[int]:
+    return [int(n) for n in re.findall(rb"^tick (\d+)$", output, flags=re.MULTILINE)]
+
+
+def assert_contiguous(numbers: list[int]) -> None:
+    """A counter read through the session: every number once, in order, none missing."""
+    assert numbers, "the held session printed nothing"
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), (
+        f"the counter read through the session has gaps or repeats: {numbers[:5]}...{numbers[-5:]}"
+    )
+
+
+@pytest.mark.openshell_scenarios(*SURVIVING)
+def test_a_new_ssh_session_reaches_every_old_sandbox_with_its_old_host_key(
+    lifecycle: Outcome,
+) -> None:
+    workload = lifecycle.workload
+    running = workload.running_states()
+    lifecycle.verify(*(f"host key {state.name}" for state in workload.states.values()))
+    for state in running:
+        # ssh checks the host key strictly against the one recorded before the scenario.
+        out = eventually(
+            functools.partial(workload.shell, state.name, "echo reached"),
+            timeout=lifecycle.within,
+            what=f"a new SSH session into {state.name}",
+        )
+        assert out.strip() == b"reached"
+
+
+@pytest.mark.openshell_scenarios(*GATEWAY_ONLY, *DAEMON)
+def test_a_process_started_before_lives_exactly_as_long_as_its_container(
+    lifecycle: Outcome,
+) -> None:
+    lifecycle.require_recovered()
+    workload = lifecycle.workload
+    for state in workload.running_states():
+        expected = fate(lifecycle.run, state.container)
+        pid1 = eventually(
+            functools.partial(workload.pid1_start, state.name),
+            timeout=lifecycle.within,
+            what=f"PID 1 of {state.name}",
+        )
+        if expected is Fate.KEPT:
+            alive = workload.shell(
+                state.name, f"kill -0 {state.process} 2>/dev/null && echo alive || echo gone"
+            ).strip()
+            assert pid1 == state.pid1_start, (
+                f"the container of {state.name} restarted, though {lifecycle.key} should not "
+                "touch sandboxes"
+            )
+            assert alive == b"alive", f"process {state.process} in {state.name} is gone"
+        else:
+            # A new PID 1 means a new process tree: nothing started before can be in it.
+            assert pid1 != state.pid1_start, (
+                f"the container of {state.name} did not restart across {lifecycle.key}"
+            )
+
+
+@pytest.mark.openshell_scenarios(*SURVIVING)
+def test_a_session_held_open_across_the_scenario_ends_cleanly_and_a_reconnect_works(
+    lifecycle: Outcome,
+) -> None:
+    workload = lifecycle.workload
+    held = workload.held
+    assert held is not None
+    if lifecycle.key == "start-while-running":
+        # Nothing was disrupted: the session must simply go on.
+        seen = len(ticks(held.output))
+        held.wait_for(lambda out: len(ticks(out)) > seen + 2, timeout=SESSION_END)
+        assert_contiguous(ticks(held.output))
+        return
+    code = held.wait_end(timeout=SESSION_END)
+    assert code is not None, (
+        f"the session held across {lifecycle.key} neither continued nor ended within "
+        f"{SESSION_END:.0f} s: it hangs"
+    )
+    assert_contiguous(ticks(held.output))
+    lifecycle.require_recovered()
+    out = eventually(
+        lambda: workload.shell(workload.held_sandbox, "echo again"),
+        timeout=lifecycle.within,
+        what=f"a new session into {workload.held_sandbox}",
+    )
+    assert out.strip() == b"again"

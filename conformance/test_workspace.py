@@ -1,0 +1,84 @@
+"""Property 3: the workspace survives, and is seeded once."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from ._support import (
+    IMAGE_FILE_CHANGED,
+    IMAGE_FILE_DELETED,
+    OUTSIDE_FILE,
+    SENTINEL,
+    SURVIVING,
+    Fate,
+    Outcome,
+    check_markers,
+    eventually,
+    fate,
+)
+
+pytestmark = [pytest.mark.openshell_property(3), pytest.mark.openshell_scenarios(*SURVIVING)]
+
+
+def test_marker_files_keep_their_bytes_and_mode(lifecycle: Outcome) -> None:
+    lifecycle.require_recovered()
+    check_markers(lifecycle, within=lifecycle.within)
+
+
+def test_the_workspace_sentinel_exists(lifecycle: Outcome) -> None:
+    lifecycle.require_recovered()
+    workload = lifecycle.workload
+    for state in workload.running_states():
+        eventually(
+            functools.partial(workload.shell, state.name, f"test -e {SENTINEL}"),
+            timeout=lifecycle.within,
+            what=f"{SENTINEL} in {state.name}",
+        )
+
+
+def test_image_files_the_user_changed_or_deleted_stay_so(lifecycle: Outcome) -> None:
+    lifecycle.require_recovered()
+    workload = lifecycle.workload
+    for state in workload.running_states():
+        out = eventually(
+            functools.partial(
+                workload.shell,
+                state.name,
+                f"sha256sum {IMAGE_FILE_CHANGED}; test ! -e {IMAGE_FILE_DELETED} && echo deleted",
+            ),
+            timeout=lifecycle.within,
+            what=f"the workspace of {state.name}",
+        ).decode()
+        assert out.split()[0] == state.image_file_digest, (
+            f"{IMAGE_FILE_CHANGED} in {state.name} was seeded again over the user's change"
+        )
+        assert out.strip().endswith("deleted"), (
+            f"{IMAGE_FILE_DELETED} in {state.name} came back after the user deleted it"
+        )
+
+
+def test_files_outside_the_workspace_live_exactly_as_long_as_the_container(
+    lifecycle: Outcome,
+) -> None:
+    """The documented rule: a file outside /sandbox is in the container's own layer, so it
+    survives a restart of the container and is lost when the container is made anew."""
+    lifecycle.require_recovered()
+    workload = lifecycle.workload
+    for state in workload.running_states():
+        expected = fate(lifecycle.run, state.container)
+        if expected is None:
+            pytest.skip(f"no documented rule for the sandboxes of scenario {lifecycle.key!r}")
+        present = eventually(
+            functools.partial(
+                workload.shell, state.name, f"test -e {OUTSIDE_FILE} && echo present || echo absent"
+            ),
+            timeout=lifecycle.within,
+            what=f"{OUTSIDE_FILE} in {state.name}",
+        ).strip()
+        want = b"absent" if expected is Fate.RECREATED else b"present"
+        assert present == want, (
+            f"{OUTSIDE_FILE} in {state.name} is {present.decode()}, but its container was "
+            f"{expected.value}"
+        )

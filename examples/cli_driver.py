@@ -1,0 +1,112 @@
+"""A worked example: run pytest-openshell against a gateway that a command line operates.
+
+A downstream project whose gateway has its own CLI writes a module like this one, then runs the
+conformance suite against it with one command::
+
+    pytest --pyargs pytest_openshell.conformance -p cli_driver --openshell-gateway=cli
+
+(``-p`` loads this module as a plugin; it must be importable, e.g. from the current directory
+with ``PYTHONPATH=.``). Here the CLI is this project's own ``pytest-openshell gateway ...``; point
+``GATEWAY_CLI`` at yours and adapt the argument lists. The module also adds one scenario of its
+own, ``container-restart``, to show the second hook.
+
+pytest-openshell's own tests run this file (``tests/test_plugin_extension.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_openshell import GatewayHandle, GatewaySpec, OpenShellSession, Scenario, ScenarioRun
+
+#: The command line that operates the gateway (default: the one installed beside this Python).
+_BESIDE = Path(sys.executable).with_name("pytest-openshell")
+GATEWAY_CLI = os.environ.get("GATEWAY_CLI") or (
+    str(_BESIDE) if _BESIDE.exists() else "pytest-openshell"
+)
+
+
+class CliDriver:
+    """Deploys, starts, stops and destroys gateways through ``GATEWAY_CLI gateway ...``: the
+    scenarios then exercise exactly what that CLI's users run."""
+
+    def __init__(self, session: OpenShellSession) -> None:
+        self.session = session
+        #: every command this driver ran, one per line (tests read it)
+        self.log = Path(os.environ.get("CLI_DRIVER_LOG") or session.run_dir / "cli-driver.log")
+
+    def _gateway(self, *args: str) -> None:
+        command = [GATEWAY_CLI, "-q", "gateway", *args]
+        env = {
+            **os.environ,
+            "DOCKER_HOST": self.session.engine.host,
+            # host-side files of the run's gateways, never the user's own ~/.config
+            "XDG_CONFIG_HOME": str(self.session.config_home),
+            # labels what the CLI creates, so the run (or a sweep) removes it
+            "OPENSHELL_RUN_ID": self.session.run_id,
+        }
+        with self.log.open("a") as log:
+            log.write(shlex.join(command) + "\n")
+        result = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"`{shlex.join(command)}` failed with exit code {result.returncode}:\n"
+                f"{result.stderr[-2000:]}"
+            )
+
+    def deploy(self, spec: GatewaySpec) -> GatewayHandle:
+        self._gateway(
+            "start",
+            "--name",
+            spec.name,
+            "--port",
+            str(spec.port),
+            "--image",
+            spec.image,
+            "--sandbox-image",
+            spec.sandbox_image,
+        )
+        return GatewayHandle(spec, self.session.config_home)
+
+    def start(self, gateway: GatewayHandle, *, image: str | None = None) -> None:
+        # A bare `gateway start`: the port comes from the gateway's own metadata.
+        self._gateway("start", "--name", gateway.name, "--image", image or gateway.spec.image)
+
+    def stop(self, gateway: GatewayHandle) -> None:
+        self._gateway("stop", "--name", gateway.name)
+
+    def destroy(self, gateway: GatewayHandle) -> None:
+        self._gateway("destroy", "--name", gateway.name)
+
+
+@pytest.hookimpl
+def pytest_openshell_gateway_driver(target: str, session: OpenShellSession) -> CliDriver | None:
+    return CliDriver(session) if target == "cli" else None
+
+
+def _stop_container(run: ScenarioRun) -> None:
+    run.engine.stop_container(run.gateway.container_name, timeout=10)
+
+
+def _start_container(run: ScenarioRun) -> None:
+    run.engine.start_container(run.gateway.container_name)
+
+
+@pytest.hookimpl
+def pytest_openshell_scenarios(config: pytest.Config) -> list[Scenario]:
+    return [
+        Scenario(
+            "container-restart",
+            "docker stop, then docker start, of the gateway container (no CLI at all)",
+            _stop_container,
+            _start_container,
+        )
+    ]
