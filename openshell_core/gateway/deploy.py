@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ from openshell_core.images import ImageSet
 log = logging.getLogger("openshell.gateway")
 
 DEFAULT_PORT = 8080
+#: The environment variable that puts a deploy's objects into a test run (see ``run_id``).
+RUN_ID_ENV = "OPENSHELL_RUN_ID"
 #: Files the host-side client needs, from the gateway's PKI on its volume, by their host name.
 _CLIENT_PKI = {"ca.crt": "ca.crt", "client.crt": "tls.crt", "client.key": "tls.key"}
 
@@ -114,7 +117,9 @@ class DeployOptions:
     gateway_host: str | None = None
     recreate: bool = False
     sandbox_image: str = field(default_factory=lambda: ImageSet().sandbox)
-    run_id: str | None = None
+    #: labels every object with this test run's id (default ``$OPENSHELL_RUN_ID``), so that the
+    #: run, or the sweep after a crashed one, finds and removes them
+    run_id: str | None = field(default_factory=lambda: os.environ.get(RUN_ID_ENV) or None)
     faults: frozenset[Fault] = field(default_factory=active_faults)
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     api_timeout: float = DEFAULT_API_TIMEOUT
