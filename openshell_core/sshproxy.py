@@ -304,15 +304,13 @@ def proxy_argv(gateway: str, sandbox_id: str, token: str) -> list[str]:
     else:
         head = [sys.executable, "-c", "import sys; from openshell_core.cli import main; "
                 "sys.exit(main(sys.argv[1:]))"]  # fmt: skip
+    # `--flag=value`: a token may begin with "-", which argparse would take for an option.
     return [
         *head,
         "ssh-proxy",
-        "--gateway",
-        gateway,
-        "--sandbox-id",
-        sandbox_id,
-        "--token",
-        token,
+        f"--gateway={gateway}",
+        f"--sandbox-id={sandbox_id}",
+        f"--token={token}",
     ]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from openshell_core import sshproxy
+from openshell_core.cli import build_parser
 from openshell_core.pki import generate_pki, generate_ssh_host_key, write_pki
 from openshell_core.sshproxy import (
     Attempt,
@@ -150,7 +151,7 @@ def test_ssh_command_pins_the_host_key_under_an_alias(tmp_path: Path) -> None:
     assert options["StrictHostKeyChecking"] == "yes"
     assert options["HostKeyAlias"] == "openshell-sbx-1"
     assert options["UserKnownHostsFile"] == str(known)
-    assert "ssh-proxy --gateway gw --sandbox-id sbx-1 --token tok" in options["ProxyCommand"]
+    assert "ssh-proxy --gateway=gw --sandbox-id=sbx-1 --token=tok" in options["ProxyCommand"]
 
 
 def test_ssh_accepts_the_command_line(tmp_path: Path) -> None:
@@ -172,7 +173,14 @@ def test_ssh_accepts_the_command_line(tmp_path: Path) -> None:
 def test_proxy_command_runs_this_installation() -> None:
     argv = sshproxy.proxy_argv("gw", "sbx", "tok")
     assert Path(argv[0]).parent == Path(sys.executable).parent
-    assert argv[-7:] == ["ssh-proxy", "--gateway", "gw", "--sandbox-id", "sbx", "--token", "tok"]
+    assert argv[-4:] == ["ssh-proxy", "--gateway=gw", "--sandbox-id=sbx", "--token=tok"]
+
+
+def test_a_token_that_begins_with_a_dash_reaches_ssh_proxy_intact() -> None:
+    """Session tokens are URL-safe base64, so one in 64 begins with "-"."""
+    argv = sshproxy.proxy_argv("gw", "sbx", "-Xy_z")
+    args = build_parser().parse_args(argv[argv.index("ssh-proxy") :])
+    assert (args.gateway, args.sandbox_id, args.token) == ("gw", "sbx", "-Xy_z")
 
 
 # -- a real run of the command against a tiny CONNECT server -----------------------------------
