@@ -95,6 +95,9 @@ class Liveness:
     dead_after: float = 5.0
 
 
+DEFAULT_LIVENESS: Final = Liveness()
+
+
 # -- frames ------------------------------------------------------------------------------------
 
 
@@ -630,7 +633,7 @@ class StreamEnd:
         local_writer: asyncio.StreamWriter,
         *,
         done: Callable[[StreamState], bool],
-        liveness: Liveness = Liveness(),
+        liveness: Liveness = DEFAULT_LIVENESS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = state
