@@ -295,6 +295,9 @@ class ResumableRelay:
     logged (the resume with how long the stream stalled). A sandbox that does not know the stream
     any more (it restarted) ends the session at once. A sandbox that does not speak OSRS1 at all
     gets a plain session.
+
+    The end of the local input means ssh is gone: it is passed on (so the supervisor ends sshd
+    and forgets the stream at once) but never resumed for.
     """
 
     sandbox_id: str
@@ -328,7 +331,9 @@ class ResumableRelay:
             state,
             local[0],
             local[1],
-            done=lambda stream: stream.peer_fin_acked,
+            # Done when the sandbox's side ended (and we said we have it all), or when ours did
+            # (ssh went away) and the supervisor has that.
+            done=lambda stream: stream.peer_fin_acked or stream.out.fin_acked,
             liveness=self.liveness,
             clock=self.clock,
         )
@@ -344,6 +349,10 @@ class ResumableRelay:
                 except StreamError as exc:
                     raise SessionLost(f"the SSH session's stream broke: {exc.message}") from exc
                 if outcome is Detach.COMPLETE:
+                    return
+                if state.out.finished:
+                    # ssh has gone (our input ended): nobody is left to resume the session for.
+                    log.info("tunnel to sandbox %s closed after ssh finished", self.sandbox_id)
                     return
                 stalled_since = end.last_heard
                 log.warning(

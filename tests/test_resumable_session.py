@@ -22,12 +22,15 @@ from openshell_core.errors import OpenShellError
 from openshell_core.handshake import generate_secret
 from openshell_core.sandbox.relay import close_writer
 from openshell_core.sandbox.resumable import (
+    Detach,
     Liveness,
     Opened,
     OpenRequest,
     Refusal,
     Refused,
     Resumed,
+    StreamEnd,
+    StreamState,
     parse_reply,
     read_line,
     resume_request,
@@ -432,8 +435,8 @@ def test_a_detached_stream_expires_and_its_process_ends() -> None:
             with contextlib.suppress(SessionLost):
                 await asyncio.wait_for(session.proxy, 10)
             await wait_until(lambda: not supervisor.streams)
-            await wait_until(lambda: held.process.returncode is not None)
-            assert not supervisor.children.running
+            await wait_until(lambda: not supervisor.children.running)
+            assert held.process.returncode is not None
         finally:
             await close_all(sessions)
             await gateway.close()
@@ -524,3 +527,62 @@ def test_a_stream_cannot_be_resumed_with_another_session_token(
 
     run(scenario)
     assert "opened with another session token" in caplog.text
+
+
+# -- the bound on what one end holds ---------------------------------------------------------------
+
+
+def test_a_peer_that_stops_acknowledging_throttles_the_local_side_instead_of_growing_memory() -> (
+    None
+):
+    limit, total = 64 * 1024, 1024 * 1024
+    payload = bytes(range(256)) * (total // 256)
+
+    async def scenario() -> None:
+        (local_reader, local_writer), (_, user_writer) = await local_pair()
+        (end_reader, end_writer), (peer_reader, peer_writer) = await local_pair()
+        end = StreamEnd(
+            StreamState(limit),
+            local_reader,
+            local_writer,
+            done=lambda state: state.out.fin_acked,
+            liveness=Liveness(ping_every=0.05, dead_after=30),
+        )
+        acking = asyncio.Event()
+        received = bytearray()
+        peer = StreamState()
+        peer.attach(0)
+
+        async def the_peer() -> None:
+            while data := await peer_reader.read(65536):
+                received.extend(peer.feed(data).data)
+                if acking.is_set() and (ack := peer.ack_frame()):
+                    peer_writer.write(ack)
+
+        async def the_user() -> None:
+            user_writer.write(payload)
+            await user_writer.drain()
+            user_writer.write_eof()
+
+        attached = asyncio.ensure_future(end.attach(end_reader, end_writer, 0))
+        peering, writing = asyncio.ensure_future(the_peer()), asyncio.ensure_future(the_user())
+        try:
+            await wait_until(lambda: end.state.out.room == 0)
+            await asyncio.sleep(0.2)
+            assert end.state.out.held <= limit
+            assert len(received) <= limit
+            assert not writing.done()  # the local source is held back, not read into memory
+            acking.set()
+            peer_writer.write(peer.ack_frame() or b"")
+            async with asyncio.timeout(20):
+                assert await attached is Detach.COMPLETE
+            assert bytes(received) == payload
+        finally:
+            for task in (attached, peering, writing):
+                task.cancel()
+            await asyncio.gather(attached, peering, writing, return_exceptions=True)
+            await end.close()
+            for writer in (user_writer, peer_writer, end_writer):
+                await close_writer(writer)
+
+    run(scenario)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import asdict
@@ -80,11 +81,13 @@ def _seconds(text: str) -> float:
 
 def _ssh_proxy(args: argparse.Namespace) -> int:
     tunnel = sshproxy.GatewayTunnel.for_gateway(args.gateway, args.sandbox_id, args.token)
-    relay: sshproxy.TunnelRelay = (
-        sshproxy.PlainRelay()
-        if args.no_resume
-        else sshproxy.ResumableRelay.for_tunnel(tunnel, resume_timeout=args.resume_timeout)
-    )
+    relay: sshproxy.TunnelRelay = sshproxy.PlainRelay()
+    if not args.no_resume:
+        relay = sshproxy.ResumableRelay.for_tunnel(tunnel, resume_timeout=args.resume_timeout)
+        # ssh hangs its ProxyCommand up as it exits; its closing our stdin says the same, and
+        # waiting for that lets the end of the stream reach the supervisor, which then forgets
+        # the stream at once instead of holding it for the resume timeout.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     asyncio.run(sshproxy.run_proxy(tunnel, relay_with=relay))
     return 0
 

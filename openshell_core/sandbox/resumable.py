@@ -714,6 +714,8 @@ class StreamEnd:
                 outcome = receiving.result()  # a StreamError is raised here
             elif sending in done and sending.exception() is None:
                 outcome = Detach.COMPLETE
+        except PeerError:
+            raise  # the peer knows why
         except StreamError as exc:
             await self.fail(writer, str(exc.message))
             raise

@@ -395,9 +395,10 @@ class Supervisor:
             StreamState(self.buffer_limit),
             process.stdout,
             process.stdin,
-            # Complete once everything sshd wrote, its end included, was acknowledged: sshd has
-            # exited then, and nothing the peer could still send has anywhere to go.
-            done=lambda state: state.out.fin_acked,
+            # Complete once everything sshd wrote, its end included, was acknowledged; or once
+            # the peer's input ended (ssh went away) and sshd has finished too: nobody will read
+            # the rest.
+            done=lambda state: state.out.fin_acked or (state.peer_finished and state.out.finished),
             liveness=self.liveness,
         )
         held = _HeldStream(
@@ -482,6 +483,10 @@ class Supervisor:
                 held.writer = None
         if outcome is Detach.COMPLETE:
             log.info("resumable stream %s complete", stream_id)
+            await self._finish(held)
+        elif outcome is not Detach.DROPPED and held.end.state.peer_finished:
+            # The peer's input ended (ssh went away) and it never resumes after that.
+            log.info("resumable stream %s complete (its peer had finished)", stream_id)
             await self._finish(held)
         elif outcome is not Detach.DROPPED and self.streams.get(stream_id) is held:
             log.info(
