@@ -350,9 +350,10 @@ class ResumableRelay:
                     raise SessionLost(f"the SSH session's stream broke: {exc.message}") from exc
                 if outcome is Detach.COMPLETE:
                     return
-                if state.out.finished:
-                    # ssh has gone (our input ended): nobody is left to resume the session for.
-                    log.info("tunnel to sandbox %s closed after ssh finished", self.sandbox_id)
+                if state.out.finished or state.peer_finished:
+                    # ssh has gone (our input ended), or the sandbox's side has ended and all of
+                    # it arrived: nothing is left to resume the session for.
+                    log.info("tunnel to sandbox %s closed as the session ended", self.sandbox_id)
                     return
                 stalled_since = end.last_heard
                 log.warning(
@@ -362,9 +363,11 @@ class ResumableRelay:
                     outcome.value,
                     self.resume_timeout,
                 )
-                reader, writer, peer_received, generation = await self._resume(
-                    dial, opened, state, generation
-                )
+                resumed = await self._resume(dial, opened, state, generation)
+                if resumed is None:
+                    log.info("ssh went away while the tunnel was down; not resuming")
+                    return
+                reader, writer, peer_received, generation = resumed
                 log.info(
                     "tunnel to sandbox %s resumed after %.1f s",
                     self.sandbox_id,
@@ -406,9 +409,9 @@ class ResumableRelay:
 
     async def _resume(
         self, dial: Dialer, opened: Opened, state: StreamState, generation: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int, int]:
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int, int] | None:
         """A new tunnel on which the stream was resumed, what the supervisor had received, and
-        the generation of the resume that worked.
+        the generation of the resume that worked; None when ssh went away meanwhile.
 
         :raises SessionLost: the time is up, or the gateway or the sandbox said no for good.
         """
@@ -416,6 +419,8 @@ class ResumableRelay:
         delays = backoff(RESUME_FIRST_BACKOFF, RESUME_MAX_BACKOFF)
         problem = "no attempt made"
         while True:
+            if state.out.finished:
+                return None
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise SessionLost(
@@ -441,7 +446,8 @@ class ResumableRelay:
             else:
                 generation += 1
                 request = resume_request(opened, self.token, generation, state.received)
-                reply = await self._ask(reader, writer, request.encode())
+                wait = min(REPLY_TIMEOUT, max(1.0, deadline - self.clock()))
+                reply = await self._ask(reader, writer, request.encode(), wait)
                 if isinstance(reply, Resumed):
                     try:
                         state.check_resume(reply.offset)
@@ -474,7 +480,11 @@ class ResumableRelay:
         )
 
     async def _ask(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: bytes,
+        timeout: float,
     ) -> Resumed | Refused | None:
         """Send a RESUME; the answer, or None when there was none (or a garbled one)."""
         try:
@@ -482,7 +492,7 @@ class ResumableRelay:
             await writer.drain()
         except OSError:
             return None
-        line = await read_line(reader, REPLY_TIMEOUT)
+        line = await read_line(reader, timeout)
         try:
             reply = parse_reply(line) if line else None
         except StreamProtocolError:

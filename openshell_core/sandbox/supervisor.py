@@ -435,10 +435,13 @@ class Supervisor:
                     request.stream_id,
                 )
                 await held.end.drop()
-            try:
-                held.end.state.check_resume(request.offset)
-            except OffsetOutOfRange as exc:
-                verdict = Refused(Refusal.OFFSET, exc.message)
+            if held.end.attached:  # another resume got in while the old tunnel was dropped
+                verdict = Refused(Refusal.BUSY, "the stream is attached to a live tunnel")
+            else:
+                try:
+                    held.end.state.check_resume(request.offset)
+                except OffsetOutOfRange as exc:
+                    verdict = Refused(Refusal.OFFSET, exc.message)
         if verdict is not None:
             log.warning(
                 "resumable stream %s: resume from %s refused (%s: %s)",
@@ -464,13 +467,16 @@ class Supervisor:
         peer_received: int,
         reply: bytes,
     ) -> None:
-        """Send the reply, run the stream over this connection, then keep or end the stream."""
+        """Send the reply, run the stream over this connection, then keep or end the stream.
+
+        Nothing is awaited between the caller's checks and the attach, so no other resume can
+        come in between.
+        """
         stream_id = held.ticket.stream_id
         held.writer = writer
         outcome = Detach.BROKEN
         try:
-            writer.write(reply)
-            await writer.drain()
+            writer.write(reply)  # flushed with the first frames
             outcome = await held.end.attach(reader, writer, peer_received)
         except StreamError as exc:
             log.warning("resumable stream %s ended: %s", stream_id, exc.message)
