@@ -5,16 +5,18 @@ It opens mutual TLS to the gateway with the host-side files of ``gateway_files(n
 Ready yet) after 1, 2, 4, 8, 8, ... seconds while less than 60 s have passed, fails at once on
 any other status, and then relays stdin/stdout to the tunnel.
 
-The relay is a :class:`TunnelRelay`: :class:`PlainRelay` dials once and ends with the tunnel.
-Issue 8 adds a resumable relay with the same ``run`` that re-dials (through the same
-:class:`GatewayTunnel`) when the tunnel breaks and resumes the stream where it stopped, so that a
-live SSH session survives a gateway restart; nothing else here changes for that.
+The relay is a :class:`TunnelRelay`: :class:`PlainRelay` dials once and ends with the tunnel;
+:class:`ResumableRelay` (the default of ``ssh-proxy``) opens an OSRS1 stream
+(:mod:`openshell_core.sandbox.resumable`), and when the tunnel breaks re-dials through the same
+:class:`GatewayTunnel` and resumes the stream where it stopped, so that a live SSH session survives
+a gateway restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import shlex
 import ssl
@@ -29,6 +31,27 @@ from urllib.parse import urlparse
 from openshell_core.errors import NotFoundError, OpenShellError
 from openshell_core.gateway.metadata import MtlsFiles, gateway_dir, read_metadata
 from openshell_core.sandbox.relay import EofPolicy, close_writer, relay, stdio_streams
+from openshell_core.sandbox.resumable import (
+    BUFFER_LIMIT,
+    DEFAULT_LIVENESS,
+    RESUME_TIMEOUT,
+    Detach,
+    Liveness,
+    OffsetOutOfRange,
+    Opened,
+    OpenRequest,
+    PeerError,
+    Refusal,
+    Refused,
+    Resumed,
+    StreamEnd,
+    StreamError,
+    StreamProtocolError,
+    StreamState,
+    parse_reply,
+    read_line,
+    resume_request,
+)
 
 log = logging.getLogger("openshell.sshproxy")
 
@@ -40,6 +63,15 @@ MAX_BACKOFF: Final = 8.0
 #: Largest response head read from the gateway.
 MAX_HEAD: Final = 8192
 CONNECT_TIMEOUT: Final = 30.0
+#: A resume attempt follows the last one after 0.25, 0.5, 1, 2, 2, ... seconds.
+RESUME_FIRST_BACKOFF: Final = 0.25
+RESUME_MAX_BACKOFF: Final = 2.0
+#: CONNECT statuses that end a resume at once: the token or the sandbox is gone for good.
+FINAL_STATUSES: Final = frozenset({400, 401, 404, 405})
+#: Seconds to wait for the supervisor's answer to an OSRS1 request.
+REPLY_TIMEOUT: Final = 15.0
+#: ssh's own keepalive: a probe after this many seconds of silence from the server.
+SERVER_ALIVE_INTERVAL: Final = 10
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Dialer = Callable[[], Awaitable[Streams]]
@@ -95,12 +127,12 @@ async def read_response_head(reader: asyncio.StreamReader) -> bytes:
         return b""
 
 
-def backoff() -> Iterator[float]:
-    """1, 2, 4, 8, 8, ... seconds."""
-    delay = FIRST_BACKOFF
+def backoff(first: float = FIRST_BACKOFF, most: float = MAX_BACKOFF) -> Iterator[float]:
+    """1, 2, 4, 8, 8, ... seconds (by default)."""
+    delay = first
     while True:
         yield delay
-        delay = min(delay * 2, MAX_BACKOFF)
+        delay = min(delay * 2, most)
 
 
 @dataclass(frozen=True)
@@ -249,6 +281,225 @@ class PlainRelay:
         await relay(local[0], local[1], remote[0], remote[1], a_eof=EofPolicy.WAIT)
 
 
+class SessionLost(OpenShellError):
+    """A resumable SSH session ended before its remote end finished it."""
+
+
+@dataclass
+class ResumableRelay:
+    """An OSRS1 stream through the tunnel, resumed through new tunnels when one breaks.
+
+    A break is noticed by the tunnel closing or by its silence (the supervisor pings every
+    second). Then ``dial`` is called again (0.25, 0.5, 1, 2, 2, ... s apart) until a new tunnel
+    resumes the stream, for at most ``resume_timeout`` seconds; each break and each resume is
+    logged (the resume with how long the stream stalled). A sandbox that does not know the stream
+    any more (it restarted) ends the session at once. A sandbox that does not speak OSRS1 at all
+    gets a plain session.
+
+    The end of the local input means ssh is gone: it is passed on (so the supervisor ends sshd
+    and forgets the stream at once) but never resumed for.
+    """
+
+    sandbox_id: str
+    token: str = field(repr=False)
+    resume_timeout: float = RESUME_TIMEOUT
+    liveness: Liveness = DEFAULT_LIVENESS
+    buffer_limit: int = BUFFER_LIMIT
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    @classmethod
+    def for_tunnel(
+        cls, tunnel: GatewayTunnel, *, resume_timeout: float = RESUME_TIMEOUT
+    ) -> ResumableRelay:
+        return cls(tunnel.sandbox_id, tunnel.token, resume_timeout=resume_timeout)
+
+    async def run(self, local: Streams, dial: Dialer) -> None:
+        """:raises SessionLost: the session could not go on (see the message)."""
+        reader, writer = await dial()
+        opened = await self._open(reader, writer)
+        if opened is None:
+            log.warning(
+                "sandbox %s does not offer resumable sessions: this one will not survive a "
+                "gateway restart",
+                self.sandbox_id,
+            )
+            await PlainRelay().run(local, dial)
+            return
+        state = StreamState(self.buffer_limit)
+        end = StreamEnd(
+            state,
+            local[0],
+            local[1],
+            # Done when the sandbox's side ended (and we said we have it all), or when ours did
+            # (ssh went away) and the supervisor has that.
+            done=lambda stream: stream.peer_fin_acked or stream.out.fin_acked,
+            liveness=self.liveness,
+            clock=self.clock,
+        )
+        peer_received, generation = 0, 0
+        try:
+            while True:
+                try:
+                    outcome = await end.attach(reader, writer, peer_received)
+                except PeerError as exc:
+                    raise SessionLost(
+                        f"sandbox {self.sandbox_id} ended the SSH session: {exc.message}"
+                    ) from exc
+                except StreamError as exc:
+                    raise SessionLost(f"the SSH session's stream broke: {exc.message}") from exc
+                if outcome is Detach.COMPLETE:
+                    return
+                if state.out.finished or state.peer_finished:
+                    # ssh has gone (our input ended), or the sandbox's side has ended and all of
+                    # it arrived: nothing is left to resume the session for.
+                    log.info("tunnel to sandbox %s closed as the session ended", self.sandbox_id)
+                    return
+                stalled_since = end.last_heard
+                log.warning(
+                    "tunnel to sandbox %s broke (%s); reconnecting through the gateway "
+                    "(for up to %g s)",
+                    self.sandbox_id,
+                    outcome.value,
+                    self.resume_timeout,
+                )
+                resumed = await self._resume(dial, opened, state, generation)
+                if resumed is None:
+                    log.info("ssh went away while the tunnel was down; not resuming")
+                    return
+                reader, writer, peer_received, generation = resumed
+                log.info(
+                    "tunnel to sandbox %s resumed after %.1f s",
+                    self.sandbox_id,
+                    self.clock() - stalled_since,
+                )
+        finally:
+            await end.close()
+
+    async def _open(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Opened | None:
+        """The supervisor's OPENED; None when it closed instead (it predates OSRS1)."""
+        try:
+            writer.write(OpenRequest(self.resume_timeout).encode())
+            await writer.drain()
+        except OSError:
+            pass
+        line = await read_line(reader, REPLY_TIMEOUT)
+        if not line:
+            await close_writer(writer)
+            return None
+        try:
+            reply = parse_reply(line)
+        except StreamProtocolError as exc:
+            await close_writer(writer)
+            raise SessionLost(
+                f"sandbox {self.sandbox_id} answered the resumable-session request with "
+                f"something else: {exc.message}",
+                hint="`--no-resume` opens a plain session",
+            ) from exc
+        if isinstance(reply, Opened):
+            return reply
+        await close_writer(writer)
+        detail = f"{reply.code.value}: {reply.message}" if isinstance(reply, Refused) else "?"
+        raise SessionLost(
+            f"sandbox {self.sandbox_id} refused a resumable session ({detail})",
+            hint="`--no-resume` opens a plain session",
+        )
+
+    async def _resume(
+        self, dial: Dialer, opened: Opened, state: StreamState, generation: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int, int] | None:
+        """A new tunnel on which the stream was resumed, what the supervisor had received, and
+        the generation of the resume that worked; None when ssh went away meanwhile.
+
+        :raises SessionLost: the time is up, or the gateway or the sandbox said no for good.
+        """
+        deadline = self.clock() + self.resume_timeout
+        delays = backoff(RESUME_FIRST_BACKOFF, RESUME_MAX_BACKOFF)
+        problem = "no attempt made"
+        while True:
+            if state.out.finished:
+                return None
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise SessionLost(
+                    f"tunnel to sandbox {self.sandbox_id} could not be resumed within "
+                    f"{self.resume_timeout:g} s (last: {problem}); the SSH session is lost",
+                    hint="bring the gateway back (`pytest-openshell gateway start`), then "
+                    "connect again",
+                )
+            try:
+                reader, writer = await asyncio.wait_for(dial(), remaining)
+            except ConnectFailed as exc:
+                if exc.status in FINAL_STATUSES:
+                    raise SessionLost(
+                        f"the gateway refused to resume the tunnel to sandbox "
+                        f"{self.sandbox_id}: {exc.message}",
+                        hint=exc.hint,
+                    ) from exc
+                problem = exc.message
+            except TimeoutError:
+                problem = "the gateway did not answer in time"
+            except OpenShellError as exc:
+                problem = exc.message
+            else:
+                generation += 1
+                request = resume_request(opened, self.token, generation, state.received)
+                wait = min(REPLY_TIMEOUT, max(1.0, deadline - self.clock()))
+                reply = await self._ask(reader, writer, request.encode(), wait)
+                if isinstance(reply, Resumed):
+                    try:
+                        state.check_resume(reply.offset)
+                    except OffsetOutOfRange as exc:
+                        await close_writer(writer)
+                        raise SessionLost(
+                            f"sandbox {self.sandbox_id} resumed at an offset this end no longer "
+                            f"holds: {exc.message}"
+                        ) from exc
+                    return reader, writer, reply.offset, generation
+                await close_writer(writer)
+                problem = self._judge_refusal(reply)
+            await self.sleep(min(next(delays), max(0.0, deadline - self.clock())))
+
+    def _judge_refusal(self, reply: Refused | None) -> str:
+        """What to retry on (returned as the problem to report); :raises SessionLost: else."""
+        if reply is None:
+            return "no answer from the sandbox"
+        if reply.code is Refusal.BUSY:
+            return "the sandbox still holds the old tunnel"
+        if reply.code is Refusal.UNKNOWN:
+            raise SessionLost(
+                f"the SSH session in sandbox {self.sandbox_id} is gone: the sandbox restarted "
+                "(or gave the session up) while the tunnel was down",
+                hint="connect again for a new session",
+            )
+        raise SessionLost(
+            f"sandbox {self.sandbox_id} refused to resume the SSH session "
+            f"({reply.code.value}: {reply.message})"
+        )
+
+    async def _ask(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: bytes,
+        timeout: float,
+    ) -> Resumed | Refused | None:
+        """Send a RESUME; the answer, or None when there was none (or a garbled one)."""
+        try:
+            writer.write(request)
+            await writer.drain()
+        except OSError:
+            return None
+        line = await read_line(reader, timeout)
+        try:
+            reply = parse_reply(line) if line else None
+        except StreamProtocolError:
+            return None
+        return reply if isinstance(reply, Resumed | Refused) else None
+
+
 async def run_proxy(
     tunnel: GatewayTunnel,
     *,
@@ -283,6 +534,14 @@ async def run_proxy(
 # -- the ssh command line ------------------------------------------------------------------------
 
 
+def server_alive_count(resume_timeout: float) -> int:
+    """Unanswered keepalives after which ssh gives up: 3 (30 s) for a plain session; for a
+    resumable one enough to outlast the proxy's own wait (plus noticing the break and
+    reconnecting)."""
+    slack = DEFAULT_LIVENESS.dead_after + 25
+    return max(3, math.ceil((resume_timeout + slack) / SERVER_ALIVE_INTERVAL))
+
+
 def host_alias(sandbox_id: str) -> str:
     """The name ssh knows a sandbox by (its known_hosts entry and HostKeyAlias)."""
     return f"openshell-{sandbox_id}"
@@ -296,18 +555,34 @@ def known_hosts_line(sandbox_id: str, host_public_key: str) -> str:
     return f"{host_alias(sandbox_id)} {parts[0]} {parts[1]}"
 
 
-def proxy_argv(gateway: str, sandbox_id: str, token: str) -> list[str]:
-    """How ssh runs ``ssh-proxy``: the console script next to this Python, else ``-c``."""
+def proxy_argv(
+    gateway: str,
+    sandbox_id: str,
+    token: str,
+    *,
+    resume: bool = True,
+    resume_timeout: float = RESUME_TIMEOUT,
+) -> list[str]:
+    """How ssh runs ``ssh-proxy``: the console script next to this Python, else ``-c``.
+
+    The resume options are only spelled out when they differ from the defaults.
+    """
     script = Path(sys.executable).parent / "pytest-openshell"
     if script.is_file() and os.access(script, os.X_OK):
         head = [str(script)]
     else:
         head = [sys.executable, "-c", "import sys; from openshell_core.cli import main; "
                 "sys.exit(main(sys.argv[1:]))"]  # fmt: skip
+    options = []
+    if not resume:
+        options.append("--no-resume")
+    elif resume_timeout != RESUME_TIMEOUT:
+        options.append(f"--resume-timeout={resume_timeout:g}")
     # `--flag=value`: a token may begin with "-", which argparse would take for an option.
     return [
         *head,
         "ssh-proxy",
+        *options,
         f"--gateway={gateway}",
         f"--sandbox-id={sandbox_id}",
         f"--token={token}",
@@ -324,8 +599,14 @@ def ssh_command(  # noqa: PLR0917 (positional, as `sandbox connect` calls it)
     *,
     known_hosts_file: Path | str | None = None,
     user: str = "root",
+    resume: bool = True,
+    resume_timeout: float = RESUME_TIMEOUT,
 ) -> list[str]:
     """The ``ssh`` command line that reaches a sandbox through its gateway.
+
+    With ``resume`` the proxy keeps the session across tunnel breaks for up to ``resume_timeout``
+    seconds, so ssh's own keepalive is made to wait longer than that (and no longer: a hung
+    proxy still ends the session).
 
     The sandbox's host key is written (alone) into ``known_hosts_file`` (default: next to the
     gateway's other host-side files, one file per sandbox) and checked strictly under a host alias,
@@ -338,7 +619,8 @@ def ssh_command(  # noqa: PLR0917 (positional, as `sandbox connect` calls it)
     known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     known_hosts.write_text(known_hosts_line(sandbox_id, host_public_key) + "\n")
     # ssh expands %-tokens in ProxyCommand; a literal % must be doubled.
-    proxy = shlex.join(proxy_argv(gateway, sandbox_id, token)).replace("%", "%%")
+    argv = proxy_argv(gateway, sandbox_id, token, resume=resume, resume_timeout=resume_timeout)
+    proxy = shlex.join(argv).replace("%", "%%")
     return [
         "ssh",
         "-i",
@@ -365,9 +647,9 @@ def ssh_command(  # noqa: PLR0917 (positional, as `sandbox connect` calls it)
         "BatchMode=yes",
         # A gateway that dies under a session must end it, not hang it.
         "-o",
-        "ServerAliveInterval=10",
+        f"ServerAliveInterval={SERVER_ALIVE_INTERVAL}",
         "-o",
-        "ServerAliveCountMax=3",
+        f"ServerAliveCountMax={server_alive_count(resume_timeout if resume else 0)}",
         "-o",
         "LogLevel=ERROR",
         "--",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from openshell_core import sshproxy
-from openshell_core.cli import build_parser
+from openshell_core.cli import build_parser, main
 from openshell_core.pki import generate_pki, generate_ssh_host_key, write_pki
 from openshell_core.sshproxy import (
     Attempt,
@@ -183,6 +183,44 @@ def test_a_token_that_begins_with_a_dash_reaches_ssh_proxy_intact() -> None:
     assert (args.gateway, args.sandbox_id, args.token) == ("gw", "sbx", "-Xy_z")
 
 
+def test_proxy_command_spells_out_resume_options_only_when_not_the_default() -> None:
+    def options(**kwargs: object) -> list[str]:
+        argv = sshproxy.proxy_argv("gw", "sbx", "tok", **kwargs)  # type: ignore[arg-type]
+        return argv[argv.index("ssh-proxy") + 1 : argv.index("--gateway=gw")]
+
+    assert options() == []
+    assert options(resume_timeout=120) == []
+    assert options(resume_timeout=7.5) == ["--resume-timeout=7.5"]
+    assert options(resume=False, resume_timeout=7.5) == ["--no-resume"]
+
+
+def alive_settings(argv: list[str]) -> tuple[int, int]:
+    options = dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "-o")
+    return int(options["ServerAliveInterval"]), int(options["ServerAliveCountMax"])
+
+
+def test_ssh_keepalive_outlasts_the_resume_timeout_but_stays_bounded(tmp_path: Path) -> None:
+    _, public = generate_ssh_host_key()
+
+    def settings(**kwargs: object) -> tuple[int, int]:
+        argv = ssh_command(
+            "gw", "sbx", "tok", public, tmp_path / "id", known_hosts_file=tmp_path / "kh",
+            **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+        return alive_settings(argv)
+
+    assert settings(resume=False) == (10, 3)  # a plain session ends 30 s into a stall
+    for timeout in (3.0, 120.0, 600.0):
+        interval, count = settings(resume_timeout=timeout)
+        assert timeout + 5 < interval * count <= timeout + 60
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "99999"])
+def test_ssh_proxy_refuses_a_resume_timeout_out_of_range(value: str) -> None:
+    assert main(["ssh-proxy", "--gateway", "g", "--sandbox-id", "s", "--token", "t",
+                 "--resume-timeout", value]) == 2  # fmt: skip
+
+
 # -- a real run of the command against a tiny CONNECT server -----------------------------------
 
 
@@ -215,9 +253,10 @@ def gateway_files(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
 
 
 def run_proxy_against(
-    tmp_path: Path, statuses: list[int], stdin: bytes
+    tmp_path: Path, statuses: list[int], stdin: bytes, *, resume: bool = False
 ) -> tuple[TinyGateway, subprocess.CompletedProcess[bytes]]:
-    """Run the real ``ssh-proxy`` command against a :class:`TinyGateway`."""
+    """Run the real ``ssh-proxy`` command against a :class:`TinyGateway` (which speaks no OSRS1:
+    a resumable proxy's request is answered by a close, as a supervisor that predates it does)."""
     gateway = TinyGateway(list(statuses))
     config, context = gateway_files(tmp_path)
 
@@ -231,8 +270,10 @@ def run_proxy_against(
             if status == 200:
                 # Answer one line, then end (as sshd ends a session): through TLS, the proxy
                 # cannot say that its stdin ended, so it must wait for this close.
-                writer.write((await reader.readline()).upper())
-                await writer.drain()
+                line = await reader.readline()
+                if not line.startswith(b"OSRS1 "):
+                    writer.write(line.upper())
+                    await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -246,7 +287,7 @@ def run_proxy_against(
         )
         async with server:
             process = await asyncio.create_subprocess_exec(
-                *sshproxy.proxy_argv("lab", "sbx-1", "tok-1"),
+                *sshproxy.proxy_argv("lab", "sbx-1", "tok-1", resume=resume),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -267,6 +308,16 @@ def test_ssh_proxy_relays_stdin_and_stdout_through_the_tunnel(tmp_path: Path) ->
     assert b"X-Sandbox-Token: tok-1\r\n" in gateway.requests[1]
     assert "openshell-client" in gateway.peers[1]  # the client certificate was presented
     assert b"retrying in 1 s" in result.stderr
+
+
+def test_ssh_proxy_gives_a_sandbox_without_resumable_streams_a_plain_session(
+    tmp_path: Path,
+) -> None:
+    gateway, result = run_proxy_against(tmp_path, [200], b"hello tunnel\n", resume=True)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b"HELLO TUNNEL\n"
+    assert len(gateway.requests) == 2  # the OSRS1 attempt, then a plain tunnel
+    assert b"does not offer resumable sessions" in result.stderr
 
 
 def test_ssh_proxy_fails_at_once_on_a_refusal(tmp_path: Path) -> None:

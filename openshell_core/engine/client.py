@@ -246,6 +246,11 @@ class Engine:
         with _translated(f"stop container {name}", kind="container", name=name):
             self.api.stop(name, timeout=timeout)
 
+    def restart_container(self, name: str, *, timeout: int = 10) -> None:
+        """``docker restart``: stop (SIGTERM, then SIGKILL after ``timeout`` s), then start."""
+        with _translated(f"restart container {name}", kind="container", name=name):
+            self.api.restart(name, timeout=timeout)
+
     def kill_container(self, name: str, *, signal: str = "KILL") -> None:
         with _translated(f"kill container {name}", kind="container", name=name):
             self.api.kill(name, signal=signal)

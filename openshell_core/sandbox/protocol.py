@@ -6,7 +6,8 @@ After ``OK`` the first bytes the connecting side sends choose the mode (docs/int
 - ``EXEC1 {json}\\n``: run one command; the answer is a sequence of frames, ``type`` (1 byte: 1
   stdout, 2 stderr, 3 exit), ``length`` (4 bytes big endian), payload; the exit frame's payload is
   the exit code in decimal and it is always the last frame;
-- ``OSRS1 ...\\n``: reserved for the resumable stream of live SSH sessions (issue 8).
+- ``OSRS1 ...\\n``: a resumable stream for live SSH sessions
+  (:mod:`openshell_core.sandbox.resumable`).
 
 This module is standard library only: the sandbox image installs our wheel without dependencies.
 """
@@ -218,7 +219,7 @@ async def open_ssh_stream(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to a supervisor and pass the handshake; the stream is then the caller's.
 
-    Whatever the caller sends first chooses the mode (an SSH banner, or ``OSRS1`` for issue 8).
+    Whatever the caller sends first chooses the mode (an SSH banner, ``EXEC1`` or ``OSRS1``).
 
     :raises SandboxUnreachable: the TCP connection failed.
     :raises HandshakeRejected: the supervisor answered ``ERR`` (or closed).

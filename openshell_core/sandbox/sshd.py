@@ -2,7 +2,7 @@
 
 The supervisor never lets ``sshd`` listen: each SSH connection gets a fresh ``sshd -i`` whose
 stdin/stdout are pipes to the supervisor. Keeping the supervisor in the middle is what lets a
-later resumable stream (issue 8) re-attach a live ``sshd`` to a new connection.
+resumable stream (OSRS1) re-attach a live ``sshd`` to a new connection.
 """
 
 from __future__ import annotations
