@@ -62,8 +62,15 @@ SETTLED = 5.0
 #: enough for a re-created network to be joined again, short enough for a fault run to end soon.
 REFUSED_FOR_GOOD = 20.0
 
-#: The remote command of the session held open across a scenario: a counter, one line each 0.2 s.
-COUNTER = 'i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.2; done'
+#: The remote command of the session held open across a scenario: a counter the remote side
+#: prints (a line each 0.2 s), and every line the test writes, echoed back.
+HELD_COMMAND = (
+    '(i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.2; done) & '
+    'while IFS= read -r line; do echo "echo $line"; done'
+)
+#: Scenarios across which a held session continues (the sandbox keeps running, the gateway is
+#: only a relay); across the others it ends cleanly and a new one works.
+SESSION_CONTINUES = GATEWAY_ONLY
 #: Image-provided workspace files the workload changes and deletes (the sandbox image's own).
 IMAGE_FILE_CHANGED = "/sandbox/README.md"
 IMAGE_FILE_DELETED = "/sandbox/.config/seed"
@@ -140,6 +147,8 @@ class Workload:
     states: dict[str, SandboxState] = field(default_factory=dict)
     held: HeldSession | None = None
     held_sandbox: str = ""
+    #: the lines written through the held session, in order
+    echoed: list[str] = field(default_factory=list)
     #: copies of the host-side mTLS files as they were before the scenario
     old_mtls: MtlsFiles | None = None
     #: ids of the objects made by :meth:`make_foreign`
@@ -224,8 +233,10 @@ class Workload:
             client.stop_sandbox(stopped)
         self.states[stopped].running = False
         self.held_sandbox = running[0]
-        self.held = self.ssh.hold(self.gateway, running[0], COUNTER)
+        self.held = self.ssh.hold(self.gateway, running[0], HELD_COMMAND)
         self.held.wait_for(lambda out: b"tick 2\n" in out, timeout=60)
+        self.echo("before")
+        self.held.wait_for(lambda out: b"echo before-" in out, timeout=60)
         self._record()
 
     def _sandbox_containers(self) -> dict[str, str]:
@@ -302,6 +313,14 @@ class Workload:
             engine.remove_volume(str(self.foreign["volume"]))
         with contextlib.suppress(OpenShellError):
             engine.remove_network(str(self.foreign["network"]))
+
+    def echo(self, phase: str) -> None:
+        """Write a line through the held session (it comes back as ``echo {line}``)."""
+        assert self.held is not None
+        line = f"{phase}-{secrets.token_hex(8)}"
+        self.echoed.append(line)
+        with contextlib.suppress(OSError):
+            self.held.send(line.encode() + b"\n")
 
     def pid1_start(self, name: str) -> str:
         """When the sandbox's PID 1 started (clock ticks since boot): changes with a restart."""

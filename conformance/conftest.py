@@ -50,6 +50,7 @@ def lifecycle(
                 openshell.driver.stop(sibling)
             runner = ScenarioFixture(openshell, scenario)
             run = runner.disrupt(gateway)
+            workload.echo("during")  # written while the gateway is down
             runner.recover(run)
             outcome = Outcome(key, gateway, workload, run, runner, stopped_sibling=sibling)
             outcome.held_alive_after = workload.held.alive if workload.held else None

@@ -8,7 +8,16 @@ import re
 
 import pytest
 
-from ._support import DAEMON, GATEWAY_ONLY, SURVIVING, Fate, Outcome, eventually, fate
+from ._support import (
+    DAEMON,
+    GATEWAY_ONLY,
+    SESSION_CONTINUES,
+    SURVIVING,
+    Fate,
+    Outcome,
+    eventually,
+    fate,
+)
 
 pytestmark = pytest.mark.openshell_property(4)
 
@@ -18,6 +27,10 @@ SESSION_END = 60.0
 
 def ticks(output: bytes) -> list[int]:
     return [int(n) for n in re.findall(rb"^tick (\d+)$", output, flags=re.MULTILINE)]
+
+
+def echoes(output: bytes) -> list[str]:
+    return [line.decode() for line in re.findall(rb"^echo (.+)$", output, flags=re.MULTILINE)]
 
 
 def assert_contiguous(numbers: list[int]) -> None:
@@ -74,19 +87,37 @@ def test_a_process_started_before_lives_exactly_as_long_as_its_container(
             )
 
 
-@pytest.mark.openshell_scenarios(*SURVIVING)
-def test_a_session_held_open_across_the_scenario_ends_cleanly_and_a_reconnect_works(
+@pytest.mark.openshell_scenarios(*SESSION_CONTINUES)
+def test_a_session_held_open_across_the_scenario_carries_on_byte_for_byte(
     lifecycle: Outcome,
 ) -> None:
+    """The sandbox keeps running and the gateway is only a relay: ssh-proxy resumes the stream
+    through the recovered gateway, and OpenSSH sees one unbroken session."""
+    lifecycle.require_recovered()
     workload = lifecycle.workload
     held = workload.held
     assert held is not None
-    if lifecycle.key == "start-while-running":
-        # Nothing was disrupted: the session must simply go on.
-        seen = len(ticks(held.output))
-        held.wait_for(lambda out: len(ticks(out)) > seen + 2, timeout=SESSION_END)
-        assert_contiguous(ticks(held.output))
-        return
+    seen = len(ticks(held.output))
+    held.wait_for(lambda out: len(ticks(out)) > seen + 5, timeout=SESSION_END)
+    workload.echo("after")
+    held.wait_for(lambda out: f"echo {workload.echoed[-1]}".encode() in out, timeout=SESSION_END)
+    assert_contiguous(ticks(held.output))
+    assert echoes(held.output) == workload.echoed, (
+        "the lines written before, during and after the scenario did not come back exactly once, "
+        "in order"
+    )
+    assert held.alive
+
+
+@pytest.mark.openshell_scenarios(*DAEMON, "sandbox-reschedule")
+def test_a_session_held_open_across_a_sandbox_restart_ends_cleanly_and_a_reconnect_works(
+    lifecycle: Outcome,
+) -> None:
+    """The sandbox itself restarted: its end of the stream is gone, so the session ends at once
+    (no hang), with everything it had delivered intact, and a new session works."""
+    workload = lifecycle.workload
+    held = workload.held
+    assert held is not None
     code = held.wait_end(timeout=SESSION_END)
     assert code is not None, (
         f"the session held across {lifecycle.key} neither continued nor ended within "

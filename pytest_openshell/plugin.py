@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,6 +60,13 @@ def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
     settings = resolve(config)
+    if settings.target not in (None, REFERENCE_TARGET) and Path(str(settings.target)).exists():
+        # `pytest --openshell-gateway conformance` takes the path for the target: say so now,
+        # before pytest collects the default test paths instead.
+        raise pytest.UsageError(
+            f"--openshell-gateway took {settings.target!r}, a path, for its target: put paths "
+            "before it, or write --openshell-gateway=reference"
+        )
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput and WORKER_INPUT_KEY in workerinput:
         run_id = str(workerinput[WORKER_INPUT_KEY])

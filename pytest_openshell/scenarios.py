@@ -177,6 +177,32 @@ def _reschedule_sandboxes(run: ScenarioRun) -> None:
     run.notes["stopped_sandbox_container"] = stopped
 
 
+#: Seconds the gateway gets to notice sandbox containers changed behind its back and mend them
+#: (the reference gateway reconciles every 2 s).
+RESCHEDULE_WAIT = 30.0
+
+
+def _await_sandboxes_back(run: ScenarioRun) -> None:
+    """The gateway's own recovery: both containers run again (the removed one made anew)."""
+    notes = run.notes
+    wanted = {
+        str(name)
+        for name in (notes.get("removed_sandbox_container"), notes.get("stopped_sandbox_container"))
+        if name
+    }
+    deadline = time.monotonic() + RESCHEDULE_WAIT
+    while True:
+        running = set(run.driver.sandbox_containers(run.gateway, running=True))  # type: ignore[attr-defined]
+        if wanted <= running:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"the gateway did not bring back {sorted(wanted - running)} within "
+                f"{RESCHEDULE_WAIT:.0f} s"
+            )
+        time.sleep(0.25)
+
+
 def _forget_host_metadata(run: ScenarioRun) -> None:
     run.driver.stop(run.gateway)
     run.driver.forget(run.gateway)  # type: ignore[attr-defined]
@@ -255,6 +281,8 @@ BUILTIN: tuple[Scenario, ...] = (
         "sandbox-reschedule",
         "a sandbox container is removed and another stopped behind the gateway's back",
         _reschedule_sandboxes,
+        _await_sandboxes_back,
+        driver_methods=("sandbox_containers",),
     ),
     Scenario(
         "start-while-running",
@@ -267,18 +295,21 @@ BUILTIN: tuple[Scenario, ...] = (
         "host metadata deleted and the gateway stopped; sandbox create brings it back",
         _forget_host_metadata,
         _auto_bootstrap,
+        driver_methods=("forget", "auto_bootstrap"),
     ),
     Scenario(
         "resume-failure",
         "a resume is made to fail; the next gateway start resumes",
         _failing_resume,
         _start,
+        driver_methods=("start_failing",),
     ),
     Scenario(
         "recreate",
         "gateway start --recreate (negative control: state must NOT survive)",
         _nothing,
         _recreate,
+        driver_methods=("recreate",),
         negative=True,
     ),
     Scenario(

@@ -88,3 +88,13 @@ def test_an_unknown_scenario_is_a_usage_error_listing_the_known_ones(
     result = pytester.runpytest("--openshell-scenarios=reboot")
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*unknown scenario 'reboot'; known scenarios: stop-start, kill*"])
+
+
+def test_a_path_taken_for_the_gateway_target_is_a_usage_error_saying_so(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.mkdir("suite")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--openshell-gateway", "suite")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*took 'suite', a path, for its target*"])

@@ -1,0 +1,202 @@
+"""The regression catch table: the conformance suite against the reference gateway, once with no
+fault switch (it must pass) and once per fault switch (named conformance tests must fail).
+
+Each run is a real ``pytest conformance --openshell-gateway`` in a subprocess, on the private
+engine, with the one scenario that exposes its fault; two runs go at a time. The table of what
+each fault made fail is written to ``openshell-artifacts/catch-table.md`` (the README carries it).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+from openshell_core.faults import Fault
+from openshell_core.images import ImageSet
+
+ROOT = Path(__file__).parent.parent
+#: Conformance tests not tied to a scenario: they run once, in the clean run.
+STANDALONE = "not fresh_deploy_leaves_nothing and not missing_local_image"
+PARALLEL_RUNS = 2
+RUN_TIMEOUT = 20 * 60
+
+
+@dataclass(frozen=True)
+class Catch:
+    """The scenario that exposes a fault, and conformance tests that must fail under it."""
+
+    scenario: str
+    tests: tuple[str, ...]
+
+
+CATCH_TABLE: dict[Fault, Catch] = {
+    Fault.REGENERATE_HANDSHAKE_SECRET: Catch(
+        "stop-start",
+        (
+            "test_secrets.py::test_the_handshake_secret_and_the_pki_are_unchanged",
+            "test_ssh.py::test_a_new_ssh_session_reaches_every_old_sandbox_with_its_old_host_key",
+        ),
+    ),
+    Fault.CONTAINER_ID_HOSTNAME: Catch(
+        "remove-keep-volume",
+        ("test_identity.py::test_hostname_and_node_name_are_the_gateways_node_name_unchanged",),
+    ),
+    Fault.NO_WORKSPACE_VOLUME: Catch(
+        "sandbox-reschedule", ("test_workspace.py::test_marker_files_keep_their_bytes_and_mode",)
+    ),
+    Fault.RESEED_WORKSPACE: Catch(
+        "stop-start", ("test_workspace.py::test_image_files_the_user_changed_or_deleted_stay_so",)
+    ),
+    Fault.NO_NETWORK_RECONCILE: Catch(
+        "kill", ("test_health.py::test_the_gateway_answers_its_health_api",)
+    ),
+    Fault.NO_RESTART_POLICY: Catch(
+        "docker-restart",
+        (
+            "test_health.py::test_the_gateway_answers_its_health_api",
+            "test_restart_policy.py::test_the_gateway_restart_policy_is_unless_stopped",
+        ),
+    ),
+    Fault.ROTATE_PKI_ON_RESUME: Catch(
+        "stop-start",
+        (
+            "test_secrets.py::test_the_handshake_secret_and_the_pki_are_unchanged",
+            "test_secrets.py::test_the_gateway_presents_the_same_server_certificate",
+        ),
+    ),
+    Fault.WIPE_VOLUME_ON_RESUME_FAILURE: Catch(
+        "resume-failure",
+        (
+            "test_failure_handling.py::"
+            "test_a_failed_resume_removes_the_container_keeps_the_volume_and_says_why",
+            "test_sandboxes.py::test_every_sandbox_is_listed_with_its_id_and_name_and_no_other",
+        ),
+    ),
+    Fault.PULL_ON_RESUME: Catch(
+        "stop-start", ("test_health.py::test_the_gateway_answers_its_health_api",)
+    ),
+    Fault.FORGET_SANDBOXES_ON_START: Catch(
+        "stop-start",
+        ("test_sandboxes.py::test_every_sandbox_is_listed_with_its_id_and_name_and_no_other",),
+    ),
+    Fault.RELABEL_ON_UPGRADE: Catch(
+        "image-upgrade",
+        ("test_sandboxes.py::test_every_sandbox_is_listed_with_its_id_and_name_and_no_other",),
+    ),
+    Fault.ERROR_IS_TERMINAL: Catch(
+        "sandbox-reschedule",
+        ("test_sandboxes.py::test_a_running_sandbox_is_ready_again_and_stays_ready",),
+    ),
+}
+
+CORE = ("stop-start", "kill", "remove-keep-volume", "image-upgrade", "docker-restart")
+#: The clean run covers every scenario a fault run uses, so a fault run's failure is the fault's.
+CLEAN_SCENARIOS = tuple(dict.fromkeys([*CORE, *(c.scenario for c in CATCH_TABLE.values())]))
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """One run of the conformance suite: its exit code, tests by outcome, and its output."""
+
+    returncode: int
+    failed: frozenset[str]
+    passed: frozenset[str]
+    output: str
+
+
+def run_suite(work: Path, name: str, *args: str) -> SuiteRun:
+    junit = work / f"{name}.xml"
+    command = [
+        sys.executable, "-m", "pytest", "conformance", "-p", "no:cacheprovider", "-q",
+        "--openshell-gateway", "--openshell-engine=private", f"--junitxml={junit}",
+        f"--openshell-artifacts={work / name}", *args,
+    ]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
+    )
+    failed, passed = set(), set()
+    if junit.exists():
+        for case in ElementTree.parse(junit).getroot().iter("testcase"):
+            module = str(case.get("classname", "")).rsplit(".", 1)[-1]
+            test = f"{module}.py::{case.get('name')}"
+            if case.find("failure") is not None or case.find("error") is not None:
+                failed.add(test)
+            elif case.find("skipped") is None:
+                passed.add(test)
+    return SuiteRun(result.returncode, frozenset(failed), frozenset(passed), result.stdout[-6000:])
+
+
+@pytest.fixture(scope="module")
+def suite_runs(
+    images: ImageSet, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[Fault | None, concurrent.futures.Future[SuiteRun]]]:
+    """Every run of the table, started at once, :data:`PARALLEL_RUNS` at a time."""
+    work = tmp_path_factory.mktemp("catch")
+    with concurrent.futures.ThreadPoolExecutor(PARALLEL_RUNS) as pool:
+        runs: dict[Fault | None, concurrent.futures.Future[SuiteRun]] = {
+            None: pool.submit(
+                run_suite, work, "clean", f"--openshell-scenarios={','.join(CLEAN_SCENARIOS)}"
+            )
+        }
+        for fault, catch in CATCH_TABLE.items():
+            runs[fault] = pool.submit(
+                run_suite,
+                work,
+                fault.value,
+                f"--openshell-faults={fault.value}",
+                f"--openshell-scenarios={catch.scenario}",
+                "-k",
+                STANDALONE,
+            )
+        yield runs
+        for future in runs.values():
+            future.cancel()
+    _write_table({fault: future.result() for fault, future in runs.items() if future.done()})
+
+
+def test_every_fault_switch_is_in_the_table() -> None:
+    assert set(CATCH_TABLE) == set(Fault)
+
+
+def test_with_no_fault_switched_on_the_suite_passes(
+    suite_runs: dict[Fault | None, concurrent.futures.Future[SuiteRun]],
+) -> None:
+    run = suite_runs[None].result()
+    assert run.returncode == 0 and not run.failed, run.output
+    for catch in CATCH_TABLE.values():
+        for test in catch.tests:
+            assert f"{test}[{catch.scenario}]" in run.passed, f"{test} did not run in the clean run"
+
+
+@pytest.mark.parametrize("fault", list(CATCH_TABLE), ids=[fault.value for fault in CATCH_TABLE])
+def test_the_fault_makes_its_named_conformance_tests_fail(
+    fault: Fault, suite_runs: dict[Fault | None, concurrent.futures.Future[SuiteRun]]
+) -> None:
+    catch = CATCH_TABLE[fault]
+    run = suite_runs[fault].result()
+    expected = {f"{test}[{catch.scenario}]" for test in catch.tests}
+    assert run.returncode != 0, f"the suite passed with {fault.value} on:\n{run.output}"
+    missed = expected - run.failed
+    assert not missed, f"{fault.value} did not make {sorted(missed)} fail:\n{run.output}"
+
+
+def _write_table(results: dict[Fault | None, SuiteRun]) -> None:
+    lines = ["| fault | scenario | failing conformance tests |", "|---|---|---|"]
+    for fault, catch in CATCH_TABLE.items():
+        run = results.get(fault)
+        if run is None:
+            continue
+        failing = ", ".join(f"`{test.split('::')[1].split('[')[0]}`" for test in sorted(run.failed))
+        lines.append(f"| `{fault.value}` | `{catch.scenario}` | {failing or '**none**'} |")
+    target = ROOT / "openshell-artifacts" / "catch-table.md"
+    target.parent.mkdir(exist_ok=True)
+    target.write_text("\n".join(lines) + "\n")
