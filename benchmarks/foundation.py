@@ -5,7 +5,7 @@
 - private engine: first start, graceful restart, crash + start
 - the floor: a bare `docker run` of the base image (create + start + wait + remove)
 
-Usage: python benchmarks/foundation.py [--repeat N] [--skip-cold] [--markdown]
+Usage: python benchmarks/foundation.py [--repeat N] [--skip-cold]
 Runs as root with dockerd and debootstrap installed (ci/setup.sh). Uses throw-away engines and a
 throw-away cache; the machine's own engines and caches are left alone.
 """
@@ -13,25 +13,16 @@ throw-away cache; the machine's own engines and caches are left alone.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from _common import machine, summarise, timed  # beside this script
 
 from openshell_core import labels
 from openshell_core.engine import Engine, PrivateEngine
 from openshell_core.images import ensure_base_image, ensure_images
 from openshell_core.images.cache import cache_dir
-
-
-def timed(action: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
 
 
 def bare_run(engine: Engine, image: str, network: str, name: str) -> None:
@@ -45,18 +36,6 @@ def bare_run(engine: Engine, image: str, network: str, name: str) -> None:
     engine.start_container(name)
     engine.api.wait(name, timeout=60)
     engine.remove_container(name)
-
-
-def machine() -> str:
-    cpus = os.cpu_count()
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.machine()}, {cpus} cores, {memory:.0f} GiB, Linux {platform.release()}"
-
-
-def summarise(samples: list[float]) -> str:
-    if len(samples) == 1:
-        return f"{samples[0]:.2f}"
-    return f"{min(samples):.2f} / {statistics.median(samples):.2f} / {max(samples):.2f}"
 
 
 def main() -> int:

@@ -1,0 +1,60 @@
+"""What the benchmark scripts share: timing, the machine line, summaries, a TCP wait."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.machine()}, {cpus} cores, {memory:.0f} GiB, Linux {platform.release()}"
+
+
+def summarise(samples: Sequence[float]) -> str:
+    """``min / median / max`` (or the one sample), in seconds with two decimals."""
+    if not samples:
+        return "-"
+    if len(samples) == 1:
+        return f"{samples[0]:.2f}"
+    return f"{min(samples):.2f} / {statistics.median(samples):.2f} / {max(samples):.2f}"
+
+
+def median(samples: Sequence[float]) -> float:
+    return statistics.median(samples) if samples else float("nan")
+
+
+def wait_for_tcp(host: str, port: int, *, timeout: float = 120.0, payload: bytes = b"") -> float:
+    """Poll until ``host:port`` accepts a connection (and answers ``payload`` with something);
+    returns the seconds waited."""
+    started = time.monotonic()
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1) as conn:
+                if not payload:
+                    return time.monotonic() - started
+                conn.sendall(payload)
+                if conn.recv(16):
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{host}:{port} did not answer within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

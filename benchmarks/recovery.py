@@ -1,0 +1,336 @@
+"""Recovery latency per scenario, beside the floor, in one run on one machine.
+
+For each core scenario (and docker-crash), over ``--repeat`` runs:
+
+- **reference**: a reference gateway with two sandboxes is disrupted with the scenario's own steps
+  (``pytest_openshell.scenarios``) and recovered as a user would; the figure is the time from the
+  start of the disruption until the API answers, every sandbox is Ready and each answers a new SSH
+  session. A session held open across the scenario reports how long its stream stalled
+  (``ssh-proxy``'s "resumed after" line), or that it ended (the sandbox restarted).
+- **floor**: the same disruption done with plain engine operations to a bare container of the base
+  image serving HTTP (e.g. ``docker kill`` + network re-made + ``docker start`` + port answers;
+  daemon restart + port answers), measured in the same run.
+
+Usage: python benchmarks/recovery.py [--repeat N] [--scenarios a,b] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from _common import free_port, machine, median, summarise, wait_for_tcp  # beside this script
+
+from openshell_core import labels, sshproxy
+from openshell_core.client import GatewayClient
+from openshell_core.engine import Engine, PrivateEngine
+from openshell_core.engine.private import DEFAULT_NAME, engines_dir
+from openshell_core.images import ImageSet, ensure_base_image, ensure_images
+from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_dir
+from openshell_core.sandbox.supervisor import AUTHORIZED_KEYS_ENV
+from pytest_openshell.drivers import GatewayHandle, GatewaySpec, ReferenceDriver
+from pytest_openshell.fixtures import HeldSession
+from pytest_openshell.scenarios import BUILTIN, Scenario, ScenarioRun
+
+SCENARIOS = (
+    "stop-start",
+    "kill",
+    "remove-keep-volume",
+    "image-upgrade",
+    "docker-restart",
+    "docker-crash",
+)
+COUNTER = 'i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.1; done'
+RESUMED = re.compile(r"resumed after ([0-9.]+) s")
+HTTP_PROBE = b"GET / HTTP/1.0\r\n\r\n"
+
+
+@dataclass
+class Sample:
+    """One reference run: seconds from the start of the disruption."""
+
+    api: float
+    ready: float
+    #: seconds the held session's stream stalled, or None when the session ended
+    stall: float | None
+
+
+@dataclass
+class Row:
+    scenario: str
+    floor: list[float] = field(default_factory=list)
+    reference: list[Sample] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return median([s.ready for s in self.reference]) / median(self.floor)
+
+
+class Bench:
+    """The engine, the run's identity and the user's key."""
+
+    def __init__(self, engine: Engine, workdir: Path) -> None:
+        self.engine = engine
+        self.run_id = new_run_id()
+        self.config_home = workdir / "config"
+        self.config_home.mkdir(parents=True)
+        self.key = sshproxy.ensure_user_key(workdir / "id_ed25519", comment="benchmark")
+        self.driver = ReferenceDriver(engine, self.config_home)
+        self.images = ImageSet()
+        self.env = {"XDG_CONFIG_HOME": str(self.config_home)}
+
+    def client(self, gateway: GatewayHandle) -> GatewayClient:
+        return GatewayClient.for_gateway(gateway.name, env=self.env, timeout=5)
+
+    def deploy(self, label: str) -> GatewayHandle:
+        spec = GatewaySpec(
+            name=f"bench-{self.run_id[:6]}-{label}",
+            port=free_port(),
+            image=self.images.gateway,
+            upgrade_image=self.images.gateway_upgrade,
+            sandbox_image=self.images.sandbox,
+            run_id=self.run_id,
+        )
+        return self.driver.deploy(spec)
+
+    def ssh_argv(
+        self, gateway: GatewayHandle, sandbox: str, remote: str, *, resume: bool
+    ) -> list[str]:
+        with self.client(gateway) as client:
+            info = client.get_sandbox(sandbox)
+            session = client.create_ssh_session(sandbox)
+        return sshproxy.ssh_command(
+            gateway.name,
+            session.sandbox_id,
+            session.token,
+            info.host_public_key,
+            self.key,
+            [remote],
+            known_hosts_file=self.config_home / f"known-{info.id}",
+            resume=resume,
+        )
+
+    def answers_ssh(self, gateway: GatewayHandle, sandbox: str) -> bool:
+        try:
+            argv = self.ssh_argv(gateway, sandbox, "true", resume=False)
+        except Exception:
+            return False
+        result = subprocess.run(argv, capture_output=True, timeout=60, check=False, env=self._env())
+        return result.returncode == 0
+
+    def hold(self, gateway: GatewayHandle, sandbox: str) -> HeldSession:
+        argv = self.ssh_argv(gateway, sandbox, COUNTER, resume=True)
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self._env(),
+        )
+        held = HeldSession(process)
+        held.wait_for(lambda out: b"tick 3\n" in out, timeout=60)
+        return held
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+
+def wait_recovered(
+    bench: Bench, gateway: GatewayHandle, names: list[str], started: float
+) -> Sample:
+    """Poll until the API answers, then until every sandbox is Ready and answers SSH."""
+    deadline = started + 300
+    api = None
+    while time.monotonic() < deadline:
+        try:
+            with bench.client(gateway) as client:
+                client.health()
+                api = api or time.monotonic() - started
+                phases = {info.name: info.phase for info in client.list_sandboxes()}
+        except Exception:
+            time.sleep(0.05)
+            continue
+        if all(phases.get(name) == "READY" for name in names) and all(
+            bench.answers_ssh(gateway, name) for name in names
+        ):
+            return Sample(api=api, ready=time.monotonic() - started, stall=None)
+        time.sleep(0.05)
+    raise TimeoutError(f"gateway {gateway.name} did not recover within 300 s")
+
+
+def measure_reference(bench: Bench, scenario: Scenario, repeats: int) -> list[Sample]:
+    gateway = bench.deploy(scenario.key.replace("-", "")[:8])
+    names = ["one", "two"]
+    samples = []
+    try:
+        with bench.client(gateway) as client:
+            for name in names:
+                wanted = {AUTHORIZED_KEYS_ENV: bench.key.with_suffix(".pub").read_text().strip()}
+                client.create_sandbox(name, environment=wanted)
+            for name in names:
+                client.wait_ready(name, timeout=120)
+        for _ in range(repeats):
+            held = bench.hold(gateway, names[0])
+            run = ScenarioRun(scenario, gateway, bench.driver, bench.engine)
+            started = time.monotonic()
+            scenario.disrupt(run)
+            scenario.recover(run)
+            sample = wait_recovered(bench, gateway, names, started)
+            if held.alive:
+                mark = len(held.output)
+                held.wait_for(lambda out, mark=mark: len(out) > mark + 20, timeout=60)
+                stalls = RESUMED.findall(held.errors)
+                sample.stall = float(stalls[-1]) if stalls else held.longest_stall(started)
+            held.close()
+            samples.append(sample)
+    finally:
+        bench.driver.destroy(gateway)
+    return samples
+
+
+class FloorBox:
+    """A bare container of the base image serving HTTP on a published port: the floor."""
+
+    def __init__(self, bench: Bench, base_image: str) -> None:
+        self.engine = bench.engine
+        self.name = f"bench-floor-{bench.run_id[:6]}"
+        self.port = free_port()
+        self.base = base_image
+        self.other = f"{base_image.split(':', maxsplit=1)[0]}:bench-upgrade"
+        self.labels = labels.ownership(role="benchmark", run_id=bench.run_id)
+        self.engine.tag_image(base_image, self.other)
+        self.engine.create_network(self.name, labels=self.labels)
+        self.engine.create_volume(self.name, labels=self.labels)
+        self.create(self.base)
+        self.engine.start_container(self.name)
+        self.up()
+
+    def create(self, image: str) -> None:
+        self.engine.create_container(
+            name=self.name,
+            image=image,
+            command=["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"],
+            network=self.name,
+            ports={"8000/tcp": ("127.0.0.1", self.port)},
+            binds=[f"{self.name}:/data"],
+            restart_policy="unless-stopped",
+            labels=self.labels,
+        )
+
+    def up(self) -> None:
+        wait_for_tcp("127.0.0.1", self.port, payload=HTTP_PROBE)
+
+    def steps(self) -> dict[str, Callable[[], None]]:
+        engine, name = self.engine, self.name
+
+        def stop_start() -> None:
+            engine.stop_container(name, timeout=10)
+            engine.start_container(name)
+
+        def kill() -> None:
+            engine.kill_container(name)
+            engine.disconnect_network(name, name)
+            engine.remove_network(name)
+            engine.create_network(name, labels=self.labels)
+            engine.connect_network(name, name)
+            engine.start_container(name)
+
+        def recreate(image: str) -> Callable[[], None]:
+            def step() -> None:
+                engine.remove_container(name, force=True)
+                self.create(image)
+                engine.start_container(name)
+
+            return step
+
+        return {
+            "stop-start": stop_start,
+            "kill": kill,
+            "remove-keep-volume": recreate(self.base),
+            "image-upgrade": recreate(self.other),
+            "docker-restart": engine.restart_daemon,
+            "docker-crash": engine.crash_daemon,
+        }
+
+    def measure(self, key: str) -> float:
+        step = self.steps()[key]
+        started = time.monotonic()
+        step()
+        self.up()
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        self.engine.remove_container(self.name, force=True)
+        self.engine.remove_volume(self.name)
+        self.engine.remove_network(self.name)
+        self.engine.remove_image(self.other)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (default 3)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--json", type=Path, default=None, help="also write the samples here")
+    args = parser.parse_args()
+    keys = [key.strip() for key in args.scenarios.split(",") if key.strip()]
+    scenarios = {scenario.key: scenario for scenario in BUILTIN}
+
+    private = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
+    rows: list[Row] = []
+    with private.lease(), tempfile.TemporaryDirectory(prefix="osbench-") as work:
+        engine = private.connect()
+        ensure_images(engine)
+        base = ensure_base_image(engine)
+        bench = Bench(engine, Path(work))
+        with RunLease(bench.run_id, runs_dir()).held():
+            try:
+                for key in keys:
+                    row = Row(key)
+                    floor = FloorBox(bench, base)
+                    try:
+                        row.floor = [floor.measure(key) for _ in range(args.repeat)]
+                    finally:
+                        floor.close()
+                    row.reference = measure_reference(bench, scenarios[key], args.repeat)
+                    rows.append(row)
+                    ready = summarise([s.ready for s in row.reference])
+                    print(f"[bench] {key}: floor {summarise(row.floor)}, reference {ready}",
+                          file=sys.stderr)  # fmt: skip
+            finally:
+                remove_run_objects(engine, {bench.run_id})
+                engine.close()
+
+    print(f"machine: {machine()}")
+    print(f"repeats: {args.repeat} (min / median / max seconds)\n")
+    print(
+        "| scenario | floor: bare container | reference: API answers | reference: every sandbox "
+        "Ready + SSH | ratio (median) | target 3x | held SSH session |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        stalls = [s.stall for s in row.reference if s.stall is not None]
+        continues = len(stalls) == len(row.reference)
+        session = f"stalled {summarise(stalls)} s" if continues else "ended (sandbox restarted)"
+        api = summarise([s.api for s in row.reference])
+        ready = summarise([s.ready for s in row.reference])
+        verdict = "met" if row.ratio <= 3 else "missed"
+        print(
+            f"| {row.scenario} | {summarise(row.floor)} | {api} | {ready} | {row.ratio:.1f}x | "
+            f"{verdict} | {session} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
