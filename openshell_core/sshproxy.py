@@ -20,6 +20,7 @@ import math
 import os
 import shlex
 import ssl
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -78,10 +79,15 @@ Dialer = Callable[[], Awaitable[Streams]]
 
 
 class ConnectFailed(OpenShellError):
-    """The gateway answered the CONNECT with something other than 200 (0: no valid answer)."""
+    """The gateway answered the CONNECT with something other than 200 (0: no valid answer).
 
-    def __init__(self, status: int) -> None:
+    :param reason: the reason phrase of the gateway's status line, which says more than the code
+        (``sandbox handshake rejected``, ``sandbox is not ready (ERROR)``).
+    """
+
+    def __init__(self, status: int, reason: str = "") -> None:
         self.status = status
+        self.reason = reason
         hints = {
             401: "the session token is unknown, revoked or expired: connect again",
             404: "the sandbox does not exist (any more)",
@@ -89,7 +95,21 @@ class ConnectFailed(OpenShellError):
             429: "too many tunnels are open to this sandbox or with this token",
             502: "the gateway cannot reach the sandbox, or the sandbox rejected its handshake",
         }
-        super().__init__(f"gateway CONNECT failed with status {status}", hint=hints.get(status))
+        hint = hints.get(status)
+        if sandbox_failed(status, reason):
+            hint = "the sandbox is in ERROR and will not become Ready: `sandbox get` says why"
+        detail = f" ({reason})" if reason else ""
+        super().__init__(f"gateway CONNECT failed with status {status}{detail}", hint=hint)
+
+    @property
+    def final(self) -> bool:
+        """No later attempt can succeed: the token or the sandbox is gone, or it failed."""
+        return self.status in FINAL_STATUSES or sandbox_failed(self.status, self.reason)
+
+
+def sandbox_failed(status: int, reason: str) -> bool:
+    """A 412 for a sandbox in ERROR: unlike one still starting, it never becomes Ready."""
+    return status == 412 and "(ERROR)" in reason
 
 
 # -- the CONNECT exchange ------------------------------------------------------------------------
@@ -106,6 +126,12 @@ def connect_request(host: str, sandbox_id: str, token: str) -> bytes:
         f"X-Sandbox-Token: {token}\r\n"
         "\r\n"
     ).encode()
+
+
+def parse_reason(head: bytes) -> str:
+    """The reason phrase of ``HTTP/1.x NNN reason``; "" when there is none."""
+    parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    return parts[2].decode("latin-1").strip() if len(parts) == 3 else ""
 
 
 def parse_status(head: bytes) -> int:
@@ -137,10 +163,11 @@ def backoff(first: float = FIRST_BACKOFF, most: float = MAX_BACKOFF) -> Iterator
 
 @dataclass(frozen=True)
 class Attempt:
-    """One CONNECT: the status, and the open tunnel when it was 200."""
+    """One CONNECT: the status (and its reason phrase), and the open tunnel when it was 200."""
 
     status: int
     streams: Streams | None = None
+    reason: str = ""
 
 
 async def connect_with_retry(
@@ -160,12 +187,13 @@ async def connect_with_retry(
         result = await attempt()
         if result.status == 200 and result.streams is not None:
             return result.streams
-        if result.status == 412 and clock() - started < window:
+        failed = sandbox_failed(result.status, result.reason)
+        if result.status == 412 and not failed and clock() - started < window:
             delay = next(delays)
             log.info("sandbox is not ready yet (412); retrying in %g s", delay)
             await sleep(delay)
             continue
-        raise ConnectFailed(result.status)
+        raise ConnectFailed(result.status, result.reason)
 
 
 @dataclass(frozen=True)
@@ -238,13 +266,14 @@ class GatewayTunnel:
         try:
             writer.write(connect_request(f"{self.host}:{self.port}", self.sandbox_id, self.token))
             await writer.drain()
-            status = parse_status(await read_response_head(reader))
+            head = await read_response_head(reader)
         except OSError:
-            status = 0
+            head = b""
+        status = parse_status(head)
         if status == 200:
             return Attempt(200, (reader, writer))
         await close_writer(writer)
-        return Attempt(status)
+        return Attempt(status, reason=parse_reason(head))
 
     async def open(
         self,
@@ -432,7 +461,7 @@ class ResumableRelay:
             try:
                 reader, writer = await asyncio.wait_for(dial(), remaining)
             except ConnectFailed as exc:
-                if exc.status in FINAL_STATUSES:
+                if exc.final:
                     raise SessionLost(
                         f"the gateway refused to resume the tunnel to sandbox "
                         f"{self.sandbox_id}: {exc.message}",
@@ -529,6 +558,30 @@ async def run_proxy(
                 hint="use it as ssh's ProxyCommand",
             ) from exc
     await (relay_with or PlainRelay()).run(local, dial)
+
+
+# -- the user's key --------------------------------------------------------------------------------
+
+
+def ensure_user_key(key: Path, *, comment: str) -> Path:
+    """An ed25519 key pair at ``key`` (and ``key.pub``), made once with ``ssh-keygen``.
+
+    :raises OpenShellError: when ``ssh-keygen`` is missing or fails.
+    """
+    if key.exists() and key.with_suffix(".pub").exists():
+        return key
+    key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    command = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise OpenShellError("ssh-keygen is not installed", hint="install openssh-client") from None
+    if result.returncode != 0:
+        raise OpenShellError(
+            f"ssh-keygen failed: {result.stderr.strip()}", hint="install openssh-client"
+        )
+    log.info("made SSH key %s", key)
+    return key
 
 
 # -- the ssh command line ------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from openshell_core import runs
+from openshell_core import runs, sshproxy
 from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine, EngineMode, PrivateEngine, open_engine
 from openshell_core.engine.private import DEFAULT_NAME, engines_dir
@@ -207,25 +206,7 @@ class OpenShellSession:
         """The run's SSH key (made once with ssh-keygen): sandboxes of the run accept it."""
         key = self.config_home.parent / "ssh" / "id_ed25519"
         with self._names_lock:
-            if not key.exists():
-                key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                subprocess.run(
-                    [
-                        "ssh-keygen",
-                        "-q",
-                        "-t",
-                        "ed25519",
-                        "-N",
-                        "",
-                        "-C",
-                        f"pytest-openshell-run-{self.run_id}",
-                        "-f",
-                        str(key),
-                    ],
-                    check=True,
-                    capture_output=True,
-                )
-        return key
+            return sshproxy.ensure_user_key(key, comment=f"pytest-openshell-run-{self.run_id}")
 
     def user_public_key(self) -> str:
         return self.user_key().with_suffix(".pub").read_text().strip()

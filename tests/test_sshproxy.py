@@ -24,6 +24,7 @@ from openshell_core.sshproxy import (
     connect_request,
     connect_with_retry,
     known_hosts_line,
+    parse_reason,
     parse_status,
     ssh_command,
 )
@@ -95,6 +96,31 @@ def test_any_other_status_fails_at_once(status: int) -> None:
     assert fake.sleeps == []
     assert isinstance(failure, ConnectFailed)
     assert failure.message == f"gateway CONNECT failed with status {status}"
+
+
+def test_412_for_a_sandbox_in_error_fails_at_once_saying_so() -> None:
+    """A sandbox still starting becomes Ready; one in ERROR never does: no minute of retries."""
+    fake = FakeTime()
+
+    async def attempt() -> Attempt:
+        return Attempt(412, reason="sandbox is not ready (ERROR)")
+
+    with pytest.raises(ConnectFailed) as failed:
+        asyncio.run(connect_with_retry(attempt, clock=fake.clock, sleep=fake.sleep))
+    assert fake.sleeps == []
+    assert failed.value.final
+    assert failed.value.message == (
+        "gateway CONNECT failed with status 412 (sandbox is not ready (ERROR))"
+    )
+    assert "ERROR" in str(failed.value.hint)
+
+
+def test_the_reason_phrase_of_the_gateways_answer_is_kept() -> None:
+    assert parse_reason(b"HTTP/1.1 502 sandbox handshake rejected\r\n\r\n") == (
+        "sandbox handshake rejected"
+    )
+    assert parse_reason(b"HTTP/1.1 200\r\n\r\n") == ""
+    assert parse_reason(b"garbage") == ""
 
 
 def test_200_at_once_does_not_sleep() -> None:

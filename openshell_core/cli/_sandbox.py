@@ -150,32 +150,7 @@ def _client(args: argparse.Namespace) -> GatewayClient:
 def user_key(gateway: str) -> Path:
     """The user's SSH key for ``gateway``'s sandboxes, made once with ``ssh-keygen``."""
     key = gateway_dir(gateway) / "ssh" / "id_ed25519"
-    if key.exists() and key.with_suffix(".pub").exists():
-        return key
-    key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    result = subprocess.run(
-        [
-            "ssh-keygen",
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            f"pytest-openshell@{gateway}",
-            "-f",
-            str(key),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise OpenShellError(
-            f"ssh-keygen failed: {result.stderr.strip()}", hint="install openssh-client"
-        )
-    log.info("made SSH key %s", key)
-    return key
+    return sshproxy.ensure_user_key(key, comment=f"pytest-openshell@{gateway}")
 
 
 def _create(args: argparse.Namespace) -> int:
