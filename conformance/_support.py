@@ -176,11 +176,15 @@ class Workload:
             Ready sandbox (502: unreachable or handshake rejected) for :data:`REFUSED_FOR_GOOD`
             seconds, which no wait mends.
         """
+        self.phase(name)  # a sandbox in ERROR: Terminal, without a minute of ssh-proxy retries
         result = self.ssh.run(self.gateway, name, command, stdin=stdin)
         if result.returncode == 0:
             self._refused_since.pop(name, None)
             return result.stdout
         stderr = result.stderr.decode(errors="replace").strip()
+        if "handshake rejected" in stderr:
+            # The sandbox itself said no (ERR to the NSSH1 preface): a wait changes nothing.
+            raise Terminal(f"sandbox {name} rejects the gateway's handshake: {stderr[-300:]}")
         with contextlib.suppress(OpenShellError):
             info = self.info(name)
             if info.phase == "ERROR":

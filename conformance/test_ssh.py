@@ -97,6 +97,12 @@ def test_a_session_held_open_across_the_scenario_carries_on_byte_for_byte(
     workload = lifecycle.workload
     held = workload.held
     assert held is not None
+    # A tunnel the gateway refuses for good cannot carry the old session either: fail fast.
+    eventually(
+        lambda: workload.shell(workload.held_sandbox, "true"),
+        timeout=lifecycle.within,
+        what=f"a tunnel to {workload.held_sandbox}",
+    )
     seen = len(ticks(held.output))
     held.wait_for(lambda out: len(ticks(out)) > seen + 5, timeout=SESSION_END)
     workload.echo("after")

@@ -116,7 +116,9 @@ def run_suite(work: Path, name: str, *args: str) -> SuiteRun:
     junit = work / f"{name}.xml"
     command = [
         sys.executable, "-m", "pytest", "conformance", "-p", "no:cacheprovider", "-q",
-        "--openshell-gateway", "--openshell-engine=private", f"--junitxml={junit}",
+        # The images fixture built the images once; two runs at a time must not rebuild them.
+        "--openshell-gateway", "--openshell-engine=private", "--openshell-build=no",
+        f"--junitxml={junit}",
         f"--openshell-artifacts={work / name}", *args,
     ]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
