@@ -411,6 +411,7 @@ class Outcome:
     stopped_sibling: GatewayHandle | None = None
     #: how the held session looked right after the recovery
     held_alive_after: bool | None = None
+    _reachable: bool = False
 
     @property
     def session(self) -> OpenShellSession:
@@ -429,6 +430,24 @@ class Outcome:
                 f"{self.run.gave_up}",
                 pytrace=False,
             )
+
+    def reachable(self, *, within: float | None = None) -> None:
+        """Wait until every running sandbox is Ready and answers a new SSH session (host key
+        checked strictly against the one recorded before). From then on, what is read from
+        the sandboxes is final: checks of it need no long wait.
+
+        :raises SurvivalViolation: not within ``within`` (default: the recovery budget), or at once
+            for a sandbox in ERROR or one whose handshake the gateway's secret no longer passes.
+        """
+        if self._reachable:
+            return
+        self.require_recovered()
+        record = SurvivalRecord(poll=1.0)
+        for state in self.workload.running_states():
+            probe = functools.partial(self.workload.shell, state.name, "echo reached")
+            record.expect(f"a new SSH session into {state.name}", probe, b"reached\n")
+        record.verify(within=self.within if within is None else within, settle=0)
+        self._reachable = True
 
     def verify(self, *names: str, settle: float = 0.0, within: float | None = None) -> float:
         """Check recorded facts once the gateway is back; ``within`` defaults to the recovery
@@ -482,6 +501,7 @@ def check_sandboxes_listed(outcome: Outcome, *, within: float) -> None:
 
 def check_markers(outcome: Outcome, *, within: float) -> None:
     """Property 3: marker files written under /sandbox have the same bytes and mode."""
+    outcome.reachable(within=within)
     workload = outcome.workload
     record = SurvivalRecord(poll=1.0)
     for state in workload.running_states():
@@ -490,7 +510,7 @@ def check_markers(outcome: Outcome, *, within: float) -> None:
             functools.partial(workload.marker_facts, state),
             [(marker.mode, marker.digest) for marker in state.markers],
         )
-    record.verify(within=within, settle=0)
+    record.verify(within=SETTLED, settle=0)
 
 
 def check_state_digests(outcome: Outcome, *, within: float = SETTLED) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 
 from ._support import (
@@ -15,7 +13,6 @@ from ._support import (
     Fate,
     Outcome,
     check_markers,
-    eventually,
     fate,
 )
 
@@ -28,28 +25,20 @@ def test_marker_files_keep_their_bytes_and_mode(lifecycle: Outcome) -> None:
 
 
 def test_the_workspace_sentinel_exists(lifecycle: Outcome) -> None:
-    lifecycle.require_recovered()
+    lifecycle.reachable()
     workload = lifecycle.workload
     for state in workload.running_states():
-        eventually(
-            functools.partial(workload.shell, state.name, f"test -e {SENTINEL}"),
-            timeout=lifecycle.within,
-            what=f"{SENTINEL} in {state.name}",
-        )
+        found = workload.shell(state.name, f"test -e {SENTINEL} && echo found || echo missing")
+        assert found.strip() == b"found", f"{SENTINEL} is missing in {state.name}"
 
 
 def test_image_files_the_user_changed_or_deleted_stay_so(lifecycle: Outcome) -> None:
-    lifecycle.require_recovered()
+    lifecycle.reachable()
     workload = lifecycle.workload
     for state in workload.running_states():
-        out = eventually(
-            functools.partial(
-                workload.shell,
-                state.name,
-                f"sha256sum {IMAGE_FILE_CHANGED}; test ! -e {IMAGE_FILE_DELETED} && echo deleted",
-            ),
-            timeout=lifecycle.within,
-            what=f"the workspace of {state.name}",
+        out = workload.shell(
+            state.name,
+            f"sha256sum {IMAGE_FILE_CHANGED}; test ! -e {IMAGE_FILE_DELETED} && echo deleted",
         ).decode()
         assert out.split()[0] == state.image_file_digest, (
             f"{IMAGE_FILE_CHANGED} in {state.name} was seeded again over the user's change"
@@ -64,18 +53,14 @@ def test_files_outside_the_workspace_live_exactly_as_long_as_the_container(
 ) -> None:
     """The documented rule: a file outside /sandbox is in the container's own layer, so it
     survives a restart of the container and is lost when the container is made anew."""
-    lifecycle.require_recovered()
+    lifecycle.reachable()
     workload = lifecycle.workload
     for state in workload.running_states():
         expected = fate(lifecycle.run, state.container)
         if expected is None:
             pytest.skip(f"no documented rule for the sandboxes of scenario {lifecycle.key!r}")
-        present = eventually(
-            functools.partial(
-                workload.shell, state.name, f"test -e {OUTSIDE_FILE} && echo present || echo absent"
-            ),
-            timeout=lifecycle.within,
-            what=f"{OUTSIDE_FILE} in {state.name}",
+        present = workload.shell(
+            state.name, f"test -e {OUTSIDE_FILE} && echo present || echo absent"
         ).strip()
         want = b"absent" if expected is Fate.RECREATED else b"present"
         assert present == want, (
