@@ -11,6 +11,7 @@ from ._support import (
     DAEMON,
     GATEWAY_ONLY,
     SESSION_CONTINUES,
+    SETTLED,
     SURVIVING,
     Fate,
     Outcome,
@@ -44,7 +45,9 @@ def test_a_new_ssh_session_reaches_every_old_sandbox_with_its_old_host_key(
     lifecycle: Outcome,
 ) -> None:
     workload = lifecycle.workload
-    lifecycle.verify(*(f"host key {state.name}" for state in workload.states.values()))
+    lifecycle.verify(
+        *(f"host key {state.name}" for state in workload.states.values()), within=SETTLED
+    )
     # ssh checks the host key strictly against the one recorded before the scenario.
     lifecycle.reachable()
 
