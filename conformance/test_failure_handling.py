@@ -10,7 +10,7 @@ from pytest_openshell import OpenShellSession
 
 from ._support import Outcome, check_sandboxes_listed
 
-pytestmark = pytest.mark.openshell_property(10)
+pytestmark = pytest.mark.openshell_property(number=10)
 
 
 @pytest.mark.openshell_scenarios("resume-failure")

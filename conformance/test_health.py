@@ -6,7 +6,7 @@ import pytest
 
 from ._support import SURVIVING, Outcome
 
-pytestmark = pytest.mark.openshell_property(1)
+pytestmark = pytest.mark.openshell_property(number=1)
 
 
 @pytest.mark.openshell_scenarios(*SURVIVING)

@@ -10,7 +10,7 @@ from openshell_core import labels
 from ._support import NEGATIVE, SURVIVING, Outcome
 
 pytestmark = [
-    pytest.mark.openshell_property(12),
+    pytest.mark.openshell_property(number=12),
     pytest.mark.openshell_scenarios(*SURVIVING, *NEGATIVE),
 ]
 

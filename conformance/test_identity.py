@@ -8,7 +8,7 @@ from openshell_core.gateway.names import node_name
 
 from ._support import DAEMON, GATEWAY_ONLY, SETTLED, SURVIVING, Fate, Outcome, fate
 
-pytestmark = pytest.mark.openshell_property(6)
+pytestmark = pytest.mark.openshell_property(number=6)
 
 
 @pytest.mark.openshell_scenarios(*SURVIVING)

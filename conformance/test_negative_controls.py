@@ -9,7 +9,7 @@ from pytest_openshell import SurvivalViolation
 
 from ._support import NEGATIVE, Outcome, check_markers, check_sandboxes_listed, check_state_digests
 
-pytestmark = [pytest.mark.openshell_property(11), pytest.mark.openshell_scenarios(*NEGATIVE)]
+pytestmark = [pytest.mark.openshell_property(number=11), pytest.mark.openshell_scenarios(*NEGATIVE)]
 
 #: The state is gone for good; a few seconds show that it does not come back.
 SHORT = 5.0

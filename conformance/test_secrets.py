@@ -9,7 +9,7 @@ from openshell_core.client import GatewayClient
 
 from ._support import SETTLED, SURVIVING, Outcome, check_state_digests, eventually
 
-pytestmark = [pytest.mark.openshell_property(5), pytest.mark.openshell_scenarios(*SURVIVING)]
+pytestmark = [pytest.mark.openshell_property(number=5), pytest.mark.openshell_scenarios(*SURVIVING)]
 
 
 def test_the_handshake_secret_and_the_pki_are_unchanged(lifecycle: Outcome) -> None:

@@ -18,7 +18,7 @@ from ._support import (
     fate,
 )
 
-pytestmark = pytest.mark.openshell_property(4)
+pytestmark = pytest.mark.openshell_property(number=4)
 
 #: Seconds a held session may take to end once its tunnel is gone (ssh's own keepalive bound).
 SESSION_END = 60.0

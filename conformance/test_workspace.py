@@ -16,7 +16,7 @@ from ._support import (
     fate,
 )
 
-pytestmark = [pytest.mark.openshell_property(3), pytest.mark.openshell_scenarios(*SURVIVING)]
+pytestmark = [pytest.mark.openshell_property(number=3), pytest.mark.openshell_scenarios(*SURVIVING)]
 
 
 def test_marker_files_keep_their_bytes_and_mode(lifecycle: Outcome) -> None:

@@ -40,7 +40,8 @@ DISABLED = (
 MARKERS = (
     "openshell_scenarios(*keys): run this test only with these lifecycle scenarios",
     "openshell_exclude_scenarios(*keys): never run this test with these scenarios",
-    "openshell_property(number): the CONFORMANCE.md property this test checks (run summary)",
+    "openshell_property(number=N): the CONFORMANCE.md property this test checks (run summary; "
+    "select with -m 'openshell_property(number=N)')",
     "openshell_no_scenario: none of the selected scenarios applies (deselected)",
 )
 
@@ -249,8 +250,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if not item.get_closest_marker("openshell_no_scenario")]
     for item in items:
         marker = item.get_closest_marker("openshell_property")
-        if marker is not None and marker.args:
-            item.user_properties.append((PROPERTY, int(marker.args[0])))
+        number = marker and (marker.args[0] if marker.args else marker.kwargs.get("number"))
+        if number:
+            item.user_properties.append((PROPERTY, int(number)))
         key = state.scenario_of(item)
         if key is not None:
             item.user_properties.append((SCENARIO, key))

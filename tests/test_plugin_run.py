@@ -14,6 +14,9 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.network import Network
+from testcontainers.core.wait_strategies import HttpWaitStrategy
 
 from openshell_core import labels, runs
 from openshell_core.engine import Engine, PrivateEngine
@@ -77,6 +80,26 @@ def test_a_scenario_runs_against_a_fresh_gateway_and_the_run_leaves_nothing(
     result = pytester.runpytest_subprocess(*FLAGS, "--openshell-scenarios=stop-start", "-v")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*openshell: scenario x property*"])
+    (run_id,) = recorded_run_ids(run_id_file)
+    assert run_objects(engine, run_id) == []
+
+
+def test_a_setup_that_fails_after_deploying_still_leaves_nothing(
+    pytester: pytest.Pytester, engine: Engine, images: ImageSet, run_id_file: Path
+) -> None:
+    pytester.makeconftest(
+        RECORD_RUN_ID
+        + """
+    @pytest.fixture
+    def broken(openshell_gateway_factory, openshell_sandbox_factory):
+        gateway = openshell_gateway_factory.deploy("broken")
+        openshell_sandbox_factory.create(gateway, "one")
+        raise RuntimeError("the fixture fails after making a gateway and a sandbox")
+    """
+    )
+    pytester.makepyfile("def test_never_runs(broken): pass")
+    result = pytester.runpytest_subprocess(*FLAGS)
+    result.assert_outcomes(errors=1)
     (run_id,) = recorded_run_ids(run_id_file)
     assert run_objects(engine, run_id) == []
 
@@ -201,6 +224,40 @@ def test_the_sweep_at_start_removes_a_dead_runs_objects_and_spares_live_and_fore
             engine.remove_container(name)
             engine.remove_volume(name)
             engine.remove_network(name)
+
+
+def test_a_neighbour_that_testcontainers_runs_on_the_engine_lives_through_a_run(
+    pytester: pytest.Pytester,
+    engine: Engine,
+    base_image: str,
+    images: ImageSet,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another project's test service beside ours, made the way such services are (testcontainers,
+    its reaper off: its image cannot be pulled here): our sweep and teardown must not touch it."""
+    monkeypatch.setenv("DOCKER_HOST", engine.host)
+    monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")  # read when first needed
+    with Network() as network:  # --bridge=none: a container needs a network of its own
+        neighbour = (
+            DockerContainer(base_image)
+            .with_command(["python3", "-m", "http.server", "8000"])
+            .with_network(network)
+            .with_exposed_ports(8000)
+            .waiting_for(HttpWaitStrategy(8000).for_status_code(200))
+        )
+        with neighbour:
+            before = neighbour.get_container_id()
+            pytester.makepyfile(
+                """
+                def test_stop_start(openshell_fresh_gateway, openshell_scenario):
+                    assert openshell_scenario.run(openshell_fresh_gateway).recovered
+                """
+            )
+            result = pytester.runpytest_subprocess(*FLAGS, "--openshell-scenarios=stop-start")
+            result.assert_outcomes(passed=1)
+            found = engine.inspect_container(before)
+            assert found is not None and found["State"]["Running"]
+            HttpWaitStrategy(8000).for_status_code(200).wait_until_ready(neighbour)
 
 
 def test_ctrl_c_during_a_test_still_removes_the_runs_objects(
