@@ -6,8 +6,10 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -58,3 +60,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def run_process(command: Sequence[str], cwd: Path) -> tuple[float, str]:
+    """Run ``command`` as a whole process (without the caller's PYTEST_* settings); its wall
+    time and stdout.
+
+    :raises RuntimeError: with the end of its output, when it fails.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    started = time.perf_counter()
+    result = subprocess.run(
+        list(command), cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return elapsed, result.stdout

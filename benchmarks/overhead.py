@@ -12,15 +12,12 @@ Usage: python benchmarks/overhead.py [--repeat N]
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
-from _common import machine, median, summarise  # beside this script
+from _common import machine, median, run_process, summarise  # beside this script
 
 PLUGIN_TEST = """
 def test_kill(openshell_fresh_gateway, openshell_sandbox_factory, openshell_scenario):
@@ -66,13 +63,7 @@ finally:
 
 
 def run(command: list[str], cwd: Path) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return elapsed
+    return run_process(command, cwd)[0]
 
 
 def main() -> int:

@@ -6,13 +6,10 @@ Usage: python benchmarks/suite.py [--scenarios core|all|KEYS]
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from _common import machine  # beside this script
+from _common import machine, run_process  # beside this script
 
 ROOT = Path(__file__).parent.parent
 
@@ -23,13 +20,8 @@ def run_suite(scenarios: str, *extra: str) -> tuple[float, str]:
         "--openshell-gateway", "--openshell-engine=private", f"--openshell-scenarios={scenarios}",
         *extra,
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"the suite failed:\n{result.stdout[-4000:]}")
-    return elapsed, result.stdout.strip().splitlines()[-1]
+    elapsed, stdout = run_process(command, ROOT)
+    return elapsed, stdout.strip().splitlines()[-1]
 
 
 def main() -> int:

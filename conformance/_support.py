@@ -418,8 +418,6 @@ class Outcome:
     scenario: ScenarioFixture
     #: a second gateway stopped before a daemon scenario (it must stay stopped)
     stopped_sibling: GatewayHandle | None = None
-    #: how the held session looked right after the recovery
-    held_alive_after: bool | None = None
     _reachable: bool = False
 
     @property

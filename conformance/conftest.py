@@ -52,9 +52,7 @@ def lifecycle(
             run = runner.disrupt(gateway)
             workload.echo("during")  # written while the gateway is down
             runner.recover(run)
-            outcome = Outcome(key, gateway, workload, run, runner, stopped_sibling=sibling)
-            outcome.held_alive_after = workload.held.alive if workload.held else None
-            yield outcome
+            yield Outcome(key, gateway, workload, run, runner, stopped_sibling=sibling)
         finally:
             ssh.close()
             if workload is not None:

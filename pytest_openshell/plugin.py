@@ -7,6 +7,7 @@ and fixtures exist, and every test that uses an ``openshell_*`` fixture skips wi
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ def parametrize_scenarios(
 ) -> None:
     """Parametrise fixture ``argname`` with the scenario keys that apply to this test: the ones
     selected by ``--openshell-scenarios``, narrowed by the test's ``openshell_scenarios`` and
-    ``openshell_exclude_scenarios`` markers. With none left the test is skipped with the reason.
+    ``openshell_exclude_scenarios`` markers. A test none of them applies to is deselected.
 
     Call it from a ``pytest_generate_tests`` hook to drive a fixture of your own, e.g. one with
     ``scope="session"`` that runs each scenario once for many tests (the conformance suite does).
@@ -181,10 +182,30 @@ def openshell_gateway_factory(openshell: OpenShellSession) -> Iterator[GatewayFa
 
 
 @pytest.fixture(scope="session")
-def openshell_gateway(openshell_gateway_factory: GatewayFactory) -> GatewayHandle:
-    """A deployed gateway shared by the tests of this worker that do not disrupt it (session
-    scope; ``openshell_fresh_gateway`` gives a test one of its own)."""
+def openshell_shared_gateway(openshell_gateway_factory: GatewayFactory) -> GatewayHandle:
+    """The gateway behind ``openshell_gateway``, deployed once per worker."""
     return openshell_gateway_factory.deploy(label="shared")
+
+
+@pytest.fixture
+def openshell_gateway(
+    openshell: OpenShellSession, openshell_shared_gateway: GatewayHandle
+) -> Iterator[GatewayHandle]:
+    """A deployed gateway shared by the tests of this worker that do not disrupt it
+    (``openshell_fresh_gateway`` gives a test one of its own). The engine is held shared while the
+    test runs, so another worker's daemon restart waits for it, and the test starts only once the
+    gateway answers (after such a restart, say)."""
+    with openshell.access.shared():
+        deadline = time.monotonic() + openshell.settings.api_timeout
+        while not openshell.driver_ready(openshell_shared_gateway):
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"the shared gateway {openshell_shared_gateway.name} does not answer "
+                    f"(waited {openshell.settings.api_timeout:.0f} s)",
+                    pytrace=False,
+                )
+            time.sleep(0.25)
+        yield openshell_shared_gateway
 
 
 @pytest.fixture
@@ -199,9 +220,7 @@ def openshell_fresh_gateway(
 
 
 @pytest.fixture
-def openshell_sandbox_factory(
-    openshell: OpenShellSession, request: pytest.FixtureRequest
-) -> Iterator[SandboxFactory]:
+def openshell_sandbox_factory(openshell: OpenShellSession) -> Iterator[SandboxFactory]:
     """Creates sandboxes on a gateway (``create(gateway, ...)``); deletes them after the test."""
     factory = SandboxFactory(openshell)
     yield factory

@@ -84,6 +84,26 @@ def test_a_scenario_runs_against_a_fresh_gateway_and_the_run_leaves_nothing(
     assert run_objects(engine, run_id) == []
 
 
+def test_the_shared_gateway_is_deployed_once_and_answers_in_every_test(
+    pytester: pytest.Pytester, images: ImageSet
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        names = set()
+
+        @pytest.mark.parametrize("round", [1, 2, 3])
+        def test_uses_it(openshell_gateway, openshell, round):
+            assert openshell.driver_ready(openshell_gateway)
+            names.add(openshell_gateway.name)
+            assert len(names) == 1
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS)
+    result.assert_outcomes(passed=3)
+
+
 def test_a_setup_that_fails_after_deploying_still_leaves_nothing(
     pytester: pytest.Pytester, engine: Engine, images: ImageSet, run_id_file: Path
 ) -> None:
