@@ -22,7 +22,7 @@ from openshell_core.engine import Engine
 from openshell_core.errors import OpenShellError
 from openshell_core.faults import Fault, format_faults
 from openshell_core.gateway import DeployOptions, deploy, destroy, names, stop
-from openshell_core.gateway.deploy import RUN_ID_ENV
+from openshell_core.gateway.deployment import RUN_ID_ENV
 from openshell_core.gateway.metadata import remove_gateway_files
 from openshell_core.gateway.reconcile import STATE_DIR
 

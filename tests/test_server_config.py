@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
 from openshell_core.errors import UsageError
 from openshell_core.faults import Fault
-from openshell_core.server.config import ServerConfig
+from openshell_core.server import healthcheck
+from openshell_core.server.config import LISTEN_PORT, ServerConfig
 
 BASE = {
     "OPENSHELL_GATEWAY_NAME": "demo",
@@ -82,3 +84,16 @@ def test_fault_relabel_on_upgrade_only_bites_in_the_upgrade_image():
 def test_a_broken_environment_is_refused_with_what_is_wrong(change, message):
     with pytest.raises(UsageError, match=message):
         ServerConfig.from_env({**BASE, **change})
+
+
+def test_the_health_check_knows_the_servers_port_without_importing_its_configuration() -> None:
+    assert healthcheck.LISTEN_PORT == LISTEN_PORT
+
+
+def test_the_health_check_names_what_is_missing(tmp_path: Path) -> None:
+    found = healthcheck.problems(
+        {"OPENSHELL_STATE_DIR": str(tmp_path / "state"), "OPENSHELL_RUN_DIR": str(tmp_path / "run")}
+    )
+    assert "the server has not reported ready" in found
+    assert "no SSH handshake secret" in found
+    assert any(problem.startswith("PKI files missing: ca.crt") for problem in found)

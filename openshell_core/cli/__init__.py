@@ -22,7 +22,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from openshell_core.cli import _engine, _gateway, _sandbox
+from openshell_core.cli import _ssh_proxy
 from openshell_core.errors import (
     EnginePrerequisiteError,
     NoEngineError,
@@ -48,7 +48,9 @@ class _StatusFormatter(logging.Formatter):
         return f"[{tag}] {record.getMessage()}"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, light: bool = False) -> argparse.ArgumentParser:
+    """The command line's parser. ``light``: ``ssh-proxy`` alone, without importing the other
+    commands (Docker's client, gRPC): ssh starts ``ssh-proxy`` for every connection."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Drive OpenShell gateways on Docker, and the engine and images they run on.",
@@ -56,9 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="print no progress lines")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    if light:
+        _ssh_proxy.register(commands)
+        return parser
+    from openshell_core.cli import _engine, _gateway, _sandbox  # noqa: PLC0415 (see ``light``)
+
     _engine.register(commands)
     _gateway.register(commands)
     _sandbox.register(commands)
+    _ssh_proxy.register(commands)
     return parser
 
 
@@ -70,7 +78,8 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return per error family)
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(light=argv[:1] == ["ssh-proxy"])
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and on usage errors

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import asdict
@@ -15,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from openshell_core import sshproxy
+from openshell_core.cli._ssh_proxy import resume_options
 from openshell_core.client import GatewayClient, GatewayRpcError, SandboxInfo, active_gateway
 from openshell_core.engine import EngineMode, open_engine
 from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
 from openshell_core.gateway import DeployOptions, deploy, read_active_gateway, set_active_gateway
 from openshell_core.gateway.metadata import gateway_dir
 from openshell_core.gateway.names import DEFAULT_NAME
-from openshell_core.sandbox.resumable import MAX_RESUME_TIMEOUT, RESUME_TIMEOUT
 
 log = logging.getLogger("openshell.cli")
 
@@ -32,64 +30,6 @@ AUTHORIZED_KEYS_ENV = "OPENSHELL_SSH_AUTHORIZED_KEYS"
 def register(commands: Any) -> None:
     """Add this group's commands to the top-level parser."""
     register_sandbox(commands)
-    register_ssh_proxy(commands)
-
-
-def register_ssh_proxy(commands: Any) -> None:
-    """The ``ssh-proxy`` command (owned by the SSH tunnel's side of the project)."""
-    proxy = commands.add_parser(
-        "ssh-proxy",
-        help="relay stdin/stdout to a sandbox through its gateway (ssh's ProxyCommand)",
-        description="Open CONNECT /connect/ssh on the gateway's TLS port (retrying 412 for up to "
-        "60 s) and relay stdin/stdout through it. The session is resumable: when the tunnel "
-        "breaks (a gateway restart), it reconnects through the gateway and resumes where it "
-        "stopped, logging the break and the resume on stderr. Used by `sandbox connect` as ssh's "
-        "ProxyCommand; nothing but the SSH stream is ever written to stdout.",
-    )
-    proxy.add_argument("--gateway", required=True, help="gateway name (its host-side files)")
-    proxy.add_argument("--sandbox-id", required=True, help="the sandbox's id")
-    proxy.add_argument("--token", required=True, help="an SSH session token for the sandbox")
-    _resume_options(proxy)
-    proxy.set_defaults(run=_ssh_proxy)
-
-
-def _resume_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--no-resume",
-        action="store_true",
-        help="a plain session, which ends when the tunnel breaks",
-    )
-    parser.add_argument(
-        "--resume-timeout",
-        type=_seconds,
-        default=RESUME_TIMEOUT,
-        metavar="SECONDS",
-        help="how long a broken tunnel is retried before the session is given up "
-        f"(default {RESUME_TIMEOUT:g})",
-    )
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= MAX_RESUME_TIMEOUT:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_RESUME_TIMEOUT:g}")
-    return value
-
-
-def _ssh_proxy(args: argparse.Namespace) -> int:
-    tunnel = sshproxy.GatewayTunnel.for_gateway(args.gateway, args.sandbox_id, args.token)
-    relay: sshproxy.TunnelRelay = sshproxy.PlainRelay()
-    if not args.no_resume:
-        relay = sshproxy.ResumableRelay.for_tunnel(tunnel, resume_timeout=args.resume_timeout)
-        # ssh hangs its ProxyCommand up as it exits; its closing our stdin says the same, and
-        # waiting for that lets the end of the stream reach the supervisor, which then forgets
-        # the stream at once instead of holding it for the resume timeout.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    asyncio.run(sshproxy.run_proxy(tunnel, relay_with=relay))
-    return 0
 
 
 def register_sandbox(commands: Any) -> None:
@@ -132,7 +72,7 @@ def register_sandbox(commands: Any) -> None:
 
     connect = _action(actions, "connect", "open an SSH session in a sandbox", _connect)
     connect.add_argument("name")
-    _resume_options(connect)
+    resume_options(connect)
     connect.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
 
 

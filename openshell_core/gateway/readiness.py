@@ -66,8 +66,9 @@ def tls_probe(target: ApiTarget, *, timeout: float = 5.0) -> None:
             raise ConnectionResetError("the gateway closed the TLS connection after the handshake")
 
 
-def backoff(first: float = 0.1, factor: float = 2.0, cap: float = 2.0) -> Iterator[float]:
-    """Sleep intervals: ``first``, doubling, at most ``cap``."""
+def backoff(first: float = 0.1, factor: float = 2.0, cap: float = 0.5) -> Iterator[float]:
+    """Sleep intervals: ``first``, doubling, at most ``cap`` (an inspect or a TLS handshake every
+    half second costs little, and a recovery is seen within half a second of happening)."""
     delay = first
     while True:
         yield delay

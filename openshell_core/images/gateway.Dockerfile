@@ -12,6 +12,6 @@ RUN set -e; \
     rm -rf /opt/openshell/wheels
 ENV OPENSHELL_GATEWAY_VARIANT=${GATEWAY_VARIANT} PYTHONUNBUFFERED=1
 EXPOSE 30051
-HEALTHCHECK --interval=2s --timeout=5s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=1s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-m", "openshell_core.server.healthcheck"]
 ENTRYPOINT ["python3", "-m", "openshell_core.server"]

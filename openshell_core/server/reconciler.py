@@ -73,10 +73,14 @@ class Reconciler:
             len(known),
         )
         await self.reconcile_all(by_id)
-        for sandbox_id, observed in by_id.items():
-            record = known[sandbox_id]
-            if record.desired is Desired.RUNNING and observed.running:
-                await self._service.reseed(record)
+        if self._config.has(Fault.RESEED_WORKSPACE):
+            # The fault: the seed step runs at every gateway start, over the user's changes. A
+            # correct gateway never seeds a workspace again (its sentinel says it is done), so it
+            # does not even start the init step for sandboxes that keep running.
+            for sandbox_id, observed in by_id.items():
+                record = known[sandbox_id]
+                if record.desired is Desired.RUNNING and observed.running:
+                    await self._service.reseed(record)
 
     async def run(self) -> None:
         """Reconcile every ``interval`` seconds until cancelled."""
