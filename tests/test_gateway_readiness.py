@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from gateway_stub import make_pki
 
-from openshell_core.gateway.readiness import ApiTarget, backoff, tls_probe
+from openshell_core.errors import ReadinessTimeout
+from openshell_core.gateway.readiness import ApiTarget, backoff, tls_probe, wait_healthy
 
 
 def _write(directory: Path, pki: dict[str, bytes]) -> Path:
@@ -106,3 +107,34 @@ def test_the_probe_fails_when_nothing_listens(pki_dirs: tuple[Path, Path]) -> No
 
 def test_backoff_doubles_up_to_its_cap() -> None:
     assert list(itertools.islice(backoff(0.1, 2.0, 0.5), 5)) == [0.1, 0.2, 0.4, 0.5, 0.5]
+
+
+class _Inspected:
+    """An engine whose container runs with a fixed health status (pure logic: no Docker)."""
+
+    def __init__(self, status: str) -> None:
+        self.status = status
+
+    def inspect_container(self, name: str) -> dict[str, object]:
+        return {"State": {"Running": True, "Health": {"Status": self.status}}, "RestartCount": 0}
+
+    def container_logs(self, name: str, *, tail: int = 20) -> list[str]:
+        return []
+
+
+def test_the_health_wait_ends_once_the_service_answers_though_docker_still_says_starting() -> None:
+    engine = _Inspected("starting")
+    answered = []
+
+    def answers() -> bool:
+        answered.append(True)
+        return len(answered) >= 2  # answers at the second look
+
+    waited = wait_healthy(engine, "gw", timeout=5, answers=answers)  # type: ignore[arg-type]
+    assert waited < 1 and len(answered) == 2
+
+
+def test_an_unhealthy_verdict_is_not_overruled_by_the_service_answering() -> None:
+    engine = _Inspected("unhealthy")
+    with pytest.raises(ReadinessTimeout, match="health status: unhealthy"):
+        wait_healthy(engine, "gw", timeout=0.5, answers=lambda: True)  # type: ignore[arg-type]
