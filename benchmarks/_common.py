@@ -77,3 +77,16 @@ def run_process(command: Sequence[str], cwd: Path) -> tuple[float, str]:
     if result.returncode != 0:
         raise RuntimeError(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return elapsed, result.stdout
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """How busy every core of the machine was between two :func:`cpu_ticks` readings."""
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return busy / total if total else 0.0
