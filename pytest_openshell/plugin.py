@@ -86,6 +86,16 @@ class _XdistHooks:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[WORKER_INPUT_KEY] = node.config.stash[SESSION_KEY].run_id
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """``--dist loadgroup`` keeps each scenario's tests on one worker (see
+        :mod:`pytest_openshell.xdist_scheduling` for why xdist's own does not, here)."""
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        from pytest_openshell.xdist_scheduling import ScenarioGroupScheduling  # noqa: PLC0415
+
+        return ScenarioGroupScheduling(config, log, config.stash[SESSION_KEY].scenarios)
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
