@@ -56,7 +56,8 @@ def cold() -> list[tuple[str, float]]:
         )
         rows.append(("images build (empty cache)", sh([cli, "-q", "images", "build"], env=env)))
     finally:
-        subprocess.run([cli, "-q", "engine", "stop"], env={**os.environ, **env}, check=False)
+        stop = [cli, "-q", "engine", "stop"]
+        subprocess.run(stop, env={**os.environ, **env}, check=False, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     return rows
 
