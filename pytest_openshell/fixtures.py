@@ -146,7 +146,7 @@ class SandboxFactory:
         environment: Mapping[str, str] | None = None,
         wait: bool = True,
     ) -> SandboxInfo:
-        """Create a sandboxes the run's SSH key may log into; wait until it is Ready."""
+        """Create a sandbox the run's SSH key may log into; wait until it is Ready."""
         wanted = {AUTHORIZED_KEYS_ENV: self.session.user_public_key(), **(environment or {})}
         with self.session.client(gateway) as client:
             info = client.create_sandbox(name, environment=wanted)

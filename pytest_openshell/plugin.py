@@ -168,8 +168,6 @@ def openshell(request: pytest.FixtureRequest) -> OpenShellSession:
     state = request.config.stash[SESSION_KEY]
     if not state.settings.enabled:
         pytest.skip(DISABLED)
-    if is_worker(request.config):
-        state.prepared = True
     if state.setup_error:
         pytest.fail(
             f"openshell: the run could not be prepared:\n{state.setup_error}", pytrace=False

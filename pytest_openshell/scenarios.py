@@ -3,7 +3,8 @@
 Each :class:`Scenario` has a stable key (the names of CONFORMANCE.md), a ``disrupt`` step made of
 plain engine and driver operations, and a ``recover`` step done the way a user would (often
 ``gateway start``; nothing at all when Docker's restart policy should bring it back). The plugin
-times the recovery: from the end of the disruption until the gateway's API answers again.
+times each run: ``recovery_seconds`` from the end of the disruption, ``downtime_seconds`` from its
+start, until the gateway's API answers again.
 
 Downstream projects add scenarios with the ``pytest_openshell_scenarios`` hook.
 """

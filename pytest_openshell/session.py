@@ -49,6 +49,10 @@ def is_worker(config: pytest.Config) -> bool:
 
 @dataclass
 class OpenShellSession:
+    """The plugin's state in one pytest process (the ``openshell`` fixture): settings, run id and
+    lease, the engine and its readers-writer lock, the gateway driver and the scenarios, and what
+    the run has seen (scenario runs, artefacts, failures). See the module docstring."""
+
     config: pytest.Config
     settings: Settings
     run_id: str
