@@ -177,6 +177,14 @@ class Lab:
     def logs(self, sandbox: Sandbox) -> str:
         return "\n".join(self.engine.container_logs(sandbox.name, tail=200))
 
+    def logs_once_they_show(self, sandbox: Sandbox, text: str, *, timeout: float = 10) -> str:
+        """The sandbox's log once ``text`` is in it: Docker collects a container's output
+        asynchronously, so a line logged a moment ago may not be readable yet."""
+        deadline = time.monotonic() + timeout
+        while text not in (logs := self.logs(sandbox)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return logs
+
 
 @pytest.fixture(scope="module")
 def lab(
@@ -315,21 +323,24 @@ def test_good_preface_is_answered_ok(sandbox: Sandbox) -> None:
 def test_wrong_secret_is_answered_err_and_logged(lab: Lab, sandbox: Sandbox) -> None:
     answer = raw_handshake(sandbox, make_preface(generate_secret(), "tok"))
     assert answer == b"ERR\n"
-    assert "SSH connection: handshake verification failed (signature mismatch)" in lab.logs(sandbox)
+    line = "SSH connection: handshake verification failed (signature mismatch)"
+    assert line in lab.logs_once_they_show(sandbox, line)
 
 
 def test_replayed_preface_is_answered_err(lab: Lab, sandbox: Sandbox) -> None:
     preface = make_preface(sandbox.secret, "tok")
     assert raw_handshake(sandbox, preface) == b"OK\n"
     assert raw_handshake(sandbox, preface) == b"ERR\n"
-    assert "handshake verification failed (nonce replay)" in lab.logs(sandbox)
+    line = "handshake verification failed (nonce replay)"
+    assert line in lab.logs_once_they_show(sandbox, line)
 
 
 def test_a_port_probe_is_not_logged_as_a_failed_handshake(lab: Lab) -> None:
     sandbox = lab.create(lab.sandbox_env())  # waiting for it probed the port already
     socket.create_connection((sandbox.address, PORT), timeout=10).close()
     assert raw_handshake(sandbox, b"not a preface\n") == b"ERR\n"
-    failures = [line for line in lab.logs(sandbox).splitlines() if "verification failed" in line]
+    logs = lab.logs_once_they_show(sandbox, "(malformed preface)")
+    failures = [line for line in logs.splitlines() if "verification failed" in line]
     assert len(failures) == 1
     assert "(malformed preface)" in failures[0]
 
