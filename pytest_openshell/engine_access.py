@@ -14,6 +14,8 @@ workers and independent pytest runs:
 Within one process the lock is reentrant: nested shared and exclusive uses are counted, and the
 process holds the strongest mode any of them needs (a single file descriptor, converted between
 modes), so a test holding shared use can enter an exclusive scenario without deadlocking itself.
+An upgrade lets go of shared use before it queues for exclusive use, so two processes upgrading at
+once cannot wait for each other.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ def lock_dir(engine: Engine) -> Path:
 class EngineAccess:
     """Shared or exclusive use of one engine (see the module docstring)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.directory = lock_dir(engine)
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self._mutex = threading.RLock()
         self._shared = 0
         self._exclusive = 0
@@ -110,11 +112,17 @@ class EngineAccess:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 self._usage = (self.directory / "usage.lock").open("a")
             if wanted == fcntl.LOCK_EX:
+                if self._mode == fcntl.LOCK_SH:
+                    # Let go of shared use first: waiting at the turnstile while still holding it
+                    # would deadlock with another process upgrading at the same time.
+                    fcntl.flock(self._usage, fcntl.LOCK_UN)
                 # Hold the turnstile while waiting, so that new readers queue behind us.
                 with self._gate(fcntl.LOCK_EX):
                     fcntl.flock(self._usage, fcntl.LOCK_EX)
             elif self._mode == fcntl.LOCK_EX:
-                fcntl.flock(self._usage, fcntl.LOCK_SH)  # downgrade: we keep our place
+                # Downgrade. flock converts by unlocking first, so a waiting writer may get in
+                # between: nothing here downgrades while a check still needs the engine alone.
+                fcntl.flock(self._usage, fcntl.LOCK_SH)
             else:
                 with self._gate(fcntl.LOCK_SH):
                     fcntl.flock(self._usage, fcntl.LOCK_SH)

@@ -28,7 +28,7 @@ from openshell_core.errors import OpenShellError
 from openshell_core.images import ensure_images
 from pytest_openshell.artefacts import Artefacts
 from pytest_openshell.drivers import GatewayDriver, GatewayHandle, GatewaySpec
-from pytest_openshell.engine_access import EngineAccess
+from pytest_openshell.engine_access import EngineAccess, lock_dir
 from pytest_openshell.options import REFERENCE_TARGET, Settings
 from pytest_openshell.scenarios import BUILTIN, Scenario, ScenarioRun, select
 from pytest_openshell.summary import RunSummary
@@ -107,7 +107,7 @@ class OpenShellSession:
     @property
     def access(self) -> EngineAccess:
         if self._access is None:
-            self._access = EngineAccess(self.engine)
+            self._access = EngineAccess(lock_dir(self.engine))
         return self._access
 
     # -- driver and scenarios -----------------------------------------------------------------
