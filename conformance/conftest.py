@@ -36,7 +36,11 @@ def lifecycle(
         pytest.skip("; ".join(missing))
     sandboxes = SandboxFactory(openshell)
     ssh = SshHelper(openshell)
-    with openshell.engine_use(scenario):
+    # The engine is shared while the gateway is made ready and while its outcome is checked;
+    # a daemon scenario has it to itself only from its disruption to its recovery, so other
+    # workers' scenarios wait for that part alone (they cannot overlap it: a daemon restart
+    # disturbs every gateway on the engine).
+    with openshell.access.shared():
         gateway = openshell_gateway_factory.deploy(label=key.replace("-", "")[:6])
         sibling = None
         workload = None
@@ -49,9 +53,10 @@ def lifecycle(
                 sibling = openshell_gateway_factory.deploy(label="stopped")
                 openshell.driver.stop(sibling)
             runner = ScenarioFixture(openshell, scenario)
-            run = runner.disrupt(gateway)
-            workload.echo("during")  # written while the gateway is down
-            runner.recover(run)
+            with openshell.engine_use(scenario):
+                run = runner.disrupt(gateway)
+                workload.echo("during")  # written while the gateway is down
+                runner.recover(run)
             yield Outcome(key, gateway, workload, run, runner, stopped_sibling=sibling)
         finally:
             ssh.close()

@@ -64,8 +64,10 @@ MAX_BACKOFF: Final = 8.0
 #: Largest response head read from the gateway.
 MAX_HEAD: Final = 8192
 CONNECT_TIMEOUT: Final = 30.0
-#: A resume attempt follows the last one after 0.25, 0.5, 1, 2, 2, ... seconds.
-RESUME_FIRST_BACKOFF: Final = 0.25
+#: A resume attempt follows the last one after 0.2, 0.24, 0.29, ... (times 1.2) up to 2 seconds:
+#: a gateway that restarts answers again within a second or so, and a refused attempt is cheap.
+RESUME_FIRST_BACKOFF: Final = 0.2
+RESUME_BACKOFF_FACTOR: Final = 1.2
 RESUME_MAX_BACKOFF: Final = 2.0
 #: CONNECT statuses that end a resume at once: the token or the sandbox is gone for good.
 FINAL_STATUSES: Final = frozenset({400, 401, 404, 405})
@@ -153,12 +155,14 @@ async def read_response_head(reader: asyncio.StreamReader) -> bytes:
         return b""
 
 
-def backoff(first: float = FIRST_BACKOFF, most: float = MAX_BACKOFF) -> Iterator[float]:
+def backoff(
+    first: float = FIRST_BACKOFF, most: float = MAX_BACKOFF, factor: float = 2.0
+) -> Iterator[float]:
     """1, 2, 4, 8, 8, ... seconds (by default)."""
     delay = first
     while True:
         yield delay
-        delay = min(delay * 2, most)
+        delay = min(delay * factor, most)
 
 
 @dataclass(frozen=True)
@@ -319,11 +323,11 @@ class ResumableRelay:
     """An OSRS1 stream through the tunnel, resumed through new tunnels when one breaks.
 
     A break is noticed by the tunnel closing or by its silence (the supervisor pings every
-    second). Then ``dial`` is called again (0.25, 0.5, 1, 2, 2, ... s apart) until a new tunnel
-    resumes the stream, for at most ``resume_timeout`` seconds; each break and each resume is
-    logged (the resume with how long the stream stalled). A sandbox that does not know the stream
-    any more (it restarted) ends the session at once. A sandbox that does not speak OSRS1 at all
-    gets a plain session.
+    second). Then ``dial`` is called again (0.2 s apart, growing by a fifth up to 2 s) until a
+    new tunnel resumes the stream, for at most ``resume_timeout`` seconds; each break and each
+    resume is logged (the resume with how long the stream stalled). A sandbox that does not know
+    the stream any more (it restarted) ends the session at once. A sandbox that does not speak
+    OSRS1 at all gets a plain session.
 
     The end of the local input means ssh is gone: it is passed on (so the supervisor ends sshd
     and forgets the stream at once) but never resumed for.
@@ -445,7 +449,7 @@ class ResumableRelay:
         :raises SessionLost: the time is up, or the gateway or the sandbox said no for good.
         """
         deadline = self.clock() + self.resume_timeout
-        delays = backoff(RESUME_FIRST_BACKOFF, RESUME_MAX_BACKOFF)
+        delays = backoff(RESUME_FIRST_BACKOFF, RESUME_MAX_BACKOFF, RESUME_BACKOFF_FACTOR)
         problem = "no attempt made"
         while True:
             if state.out.finished:

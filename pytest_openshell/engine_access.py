@@ -120,8 +120,9 @@ class EngineAccess:
                 with self._gate(fcntl.LOCK_EX):
                     fcntl.flock(self._usage, fcntl.LOCK_EX)
             elif self._mode == fcntl.LOCK_EX:
-                # Downgrade. flock converts by unlocking first, so a waiting writer may get in
-                # between: nothing here downgrades while a check still needs the engine alone.
+                # Downgrade. Linux converts a flock lock under one kernel lock, so a writer
+                # waiting for the file cannot get in between (a test checks this): the checks
+                # after a daemon scenario run shared, and no other daemon restart precedes them.
                 fcntl.flock(self._usage, fcntl.LOCK_SH)
             else:
                 with self._gate(fcntl.LOCK_SH):

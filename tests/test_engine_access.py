@@ -33,6 +33,15 @@ UPGRADE = """
             time.sleep(0.2)
 """
 
+WANT_EXCLUSIVE = """
+    import pathlib, sys, time
+    from pytest_openshell.engine_access import EngineAccess
+    directory, got = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+    with EngineAccess(directory).exclusive():
+        got.write_text("yes")
+        time.sleep(1.0)
+"""
+
 
 def _spawn(code: str, *args: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)])
@@ -85,3 +94,28 @@ def test_nested_uses_in_one_process_hold_the_strongest_mode(tmp_path: Path) -> N
             assert access.mode == "exclusive"
         assert access.mode == "shared"
     assert access.mode == "none"
+
+
+def test_going_back_from_exclusive_to_shared_use_lets_no_waiting_writer_in(
+    tmp_path: Path,
+) -> None:
+    got = tmp_path / "got"
+    access = EngineAccess(tmp_path / "locks")
+    writer = None
+    try:
+        with access.shared():
+            with access.exclusive():
+                writer = _spawn(WANT_EXCLUSIVE, tmp_path / "locks", got)
+                time.sleep(1.0)  # the writer waits for exclusive use now
+                assert writer.poll() is None and not got.exists()
+                before = time.monotonic()
+            assert time.monotonic() - before < 0.5  # the downgrade did not wait for the writer
+            assert access.mode == "shared"
+            time.sleep(0.5)
+            assert not got.exists()  # still shut out: the engine is still in (shared) use
+        assert writer.wait(timeout=30) == 0
+        assert got.exists()
+    finally:
+        if writer is not None and writer.poll() is None:
+            writer.kill()
+            writer.wait()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_stub import StubImages, build_stub_images
+from gateway_stub import StubImages, build_stub_images, make_pki
 
 from openshell_core import labels, runs
 from openshell_core.cli import main
@@ -293,6 +293,25 @@ def test_start_on_stopped_resumes_the_same_container_without_looking_up_an_image
     assert lab.state() is GatewayState.RUNNING
     assert lab.host_ca() == ca
     assert lab.volume_file(MARKER) == b"kept\n"
+
+
+def test_a_resume_replaces_host_side_client_files_the_gateway_no_longer_takes(lab: Lab) -> None:
+    lab.make(GatewayState.STOPPED)
+    other = make_pki("another gateway")
+    mtls = MtlsFiles.of(lab.name)
+    for path, data in ((mtls.ca_cert, other["ca.crt"]), (mtls.cert, other["client.crt"]),
+                       (mtls.key, other["client.key"])):  # fmt: skip
+        path.write_bytes(data)
+    lab.deploy()
+    assert lab.host_ca() == lab.volume_file(f"{STATE_DIR}/pki/ca.crt")
+
+
+def test_a_resume_restores_host_side_client_files_that_were_deleted(lab: Lab) -> None:
+    lab.make(GatewayState.STOPPED)
+    shutil.rmtree(MtlsFiles.of(lab.name).ca_cert.parent)
+    outcome = lab.deploy()
+    assert outcome.mtls.exist()
+    assert lab.host_ca() == lab.volume_file(f"{STATE_DIR}/pki/ca.crt")
 
 
 def test_start_on_volume_only_creates_a_container_on_the_same_volume(lab: Lab) -> None:

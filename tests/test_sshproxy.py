@@ -352,3 +352,22 @@ def test_ssh_proxy_fails_at_once_on_a_refusal(tmp_path: Path) -> None:
     assert b"gateway CONNECT failed with status 401" in result.stderr
     assert result.stdout == b""
     assert len(gateway.requests) == 1
+
+
+def test_ssh_proxy_starts_without_importing_the_other_commands_or_package_metadata() -> None:
+    """ssh runs ssh-proxy for every connection: what it imports is paid on every ``ssh``."""
+    code = (
+        "import sys; from openshell_core.cli import build_parser; "
+        "build_parser(light=True).parse_args(['ssh-proxy', '--gateway=g', '--sandbox-id=s', "
+        "'--token=t']); "
+        "print(sorted(m for m in ('docker', 'grpc', 'importlib.metadata') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True
+    )
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_version_is_printed_on_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("pytest-openshell ")

@@ -17,10 +17,10 @@ Exit codes (scripts may rely on them):
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from openshell_core.cli import _ssh_proxy
 from openshell_core.errors import (
@@ -56,7 +56,7 @@ def build_parser(*, light: bool = False) -> argparse.ArgumentParser:
         description="Drive OpenShell gateways on Docker, and the engine and images they run on.",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print no progress lines")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     if light:
         _ssh_proxy.register(commands)
@@ -70,7 +70,21 @@ def build_parser(*, light: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, looked up only when asked for (see :func:`_version`)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "show the version and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
+
+
 def _version() -> str:
+    import importlib.metadata  # noqa: PLC0415 (about 40 ms, paid by every ``ssh-proxy`` otherwise)
+
     try:
         return importlib.metadata.version("pytest-openshell")
     except importlib.metadata.PackageNotFoundError:

@@ -344,7 +344,21 @@ def _answers(
     engine: Engine, name: str, port: int, probe: ApiProbe, env: Mapping[str, str] | None
 ) -> MtlsFiles | None:
     """The client files, when the gateway's API already answers with them (the same thing its
-    health check reports, seen before Docker's next probe); None while it does not."""
+    health check reports, seen before Docker's next probe); None while it does not.
+
+    The host's own files are tried first: on a resume they are usually the gateway's, and
+    copying the three files out of the container costs more than a probe. They are fetched when
+    missing, or when the gateway listens but does not take them (its PKI is new)."""
+    mtls = MtlsFiles.of(name, env)
+    if mtls.exist():
+        try:
+            probe(ApiTarget("127.0.0.1", port, mtls.ca_cert, mtls.cert, mtls.key))
+        except (ConnectionError, TimeoutError):
+            return None  # nothing listens yet: the files are not the question
+        except OSError:
+            pass
+        else:
+            return mtls
     try:
         mtls = fetch_mtls(engine, name, env)
         probe(ApiTarget("127.0.0.1", port, mtls.ca_cert, mtls.cert, mtls.key))

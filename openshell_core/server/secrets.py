@@ -57,9 +57,7 @@ def reconcile_gateway_pki(
         pki.write_pki(directory, bundle)
         log.info("generated new TLS certificates")
         return bundle, True
-    bundle, rotated = pki.reconcile_pki(directory, list(extra_sans))
-    log.info("%s TLS certificates", "generated new" if rotated else "reusing existing")
-    return bundle, rotated
+    return pki.reconcile_pki(directory, list(extra_sans))  # which logs what it chose
 
 
 def _write_private(path: Path, text: str) -> None:
