@@ -73,8 +73,8 @@ def main() -> int:
                 inside = gateway_phases(logs, started_at)
                 samples = {
                     "gateway start, total (host)": total,
-                    "docker health check reported healthy (host wait)": outcome.timings["health"],
-                    "API answered after healthy (host wait)": outcome.timings["api"],
+                    "health wait, ended by the API answering (host)": outcome.timings["health"],
+                    "API wait after that (host)": outcome.timings["api"],
                     **{f"in the container: {k}" : v for k, v in inside.items()},
                 }  # fmt: skip
                 for key, value in samples.items():

@@ -151,8 +151,12 @@ def test_relabel_on_upgrade_purges_existing_sandboxes(lab: Lab):
     gateway.remove_container()
     gateway.deploy(image=UPGRADE_IMAGE, faults="relabel-on-upgrade")
 
-    with gateway.client() as client:
-        assert client.list_sandboxes() == []
+    # The purge is the reconciler's, which starts once the API answers: it takes a moment.
+    def purged() -> bool:
+        with gateway.client() as client:
+            return client.list_sandboxes() == []
+
+    assert wait_for(purged, what="the sandbox to be purged")
     assert gateway.engine.inspect_container(container_name(sandbox_id)) is None
 
 
