@@ -69,6 +69,8 @@ CONNECT_TIMEOUT: Final = 30.0
 RESUME_FIRST_BACKOFF: Final = 0.2
 RESUME_BACKOFF_FACTOR: Final = 1.2
 RESUME_MAX_BACKOFF: Final = 2.0
+#: Seconds the first resume attempt may take to open a tunnel; each that runs out doubles it.
+RESUME_FIRST_ATTEMPT_TIMEOUT: Final = 0.25
 #: CONNECT statuses that end a resume at once: the token or the sandbox is gone for good.
 FINAL_STATUSES: Final = frozenset({400, 401, 404, 405})
 #: Seconds to wait for the supervisor's answer to an OSRS1 request.
@@ -273,6 +275,9 @@ class GatewayTunnel:
             head = await read_response_head(reader)
         except OSError:
             head = b""
+        except BaseException:  # cancelled: a resume attempt that took too long is let go of
+            writer.close()
+            raise
         status = parse_status(head)
         if status == 200:
             return Attempt(200, (reader, writer))
@@ -450,6 +455,10 @@ class ResumableRelay:
         """
         deadline = self.clock() + self.resume_timeout
         delays = backoff(RESUME_FIRST_BACKOFF, RESUME_MAX_BACKOFF, RESUME_BACKOFF_FACTOR)
+        # While a gateway container starts, Docker's port proxy may accept a connection whose
+        # way on into the container is not there yet; that SYN is resent only a second later.
+        # So an attempt that hangs gives way to a new one, and each may wait twice as long.
+        patience = RESUME_FIRST_ATTEMPT_TIMEOUT
         problem = "no attempt made"
         while True:
             if state.out.finished:
@@ -463,7 +472,7 @@ class ResumableRelay:
                     "connect again",
                 )
             try:
-                reader, writer = await asyncio.wait_for(dial(), remaining)
+                reader, writer = await asyncio.wait_for(dial(), min(remaining, patience))
             except ConnectFailed as exc:
                 if exc.final:
                     raise SessionLost(
@@ -473,7 +482,8 @@ class ResumableRelay:
                     ) from exc
                 problem = exc.message
             except TimeoutError:
-                problem = "the gateway did not answer in time"
+                problem = f"the gateway did not answer within {patience:g} s"
+                patience = min(patience * 2, CONNECT_TIMEOUT)
             except OpenShellError as exc:
                 problem = exc.message
             else:

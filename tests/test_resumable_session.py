@@ -99,6 +99,8 @@ class Gateway:
     sandbox_port: int
     port: int = 0
     refuse: int = 0  # answer CONNECTs with this status instead
+    hang: int = 0  # leave this many CONNECTs unanswered (until the client lets go)
+    let_go: int = 0  # unanswered CONNECTs the client closed
     server: asyncio.Server | None = None
     links: list[Link] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -116,6 +118,12 @@ class Gateway:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             self.connects += 1
+            if self.hang:
+                self.hang -= 1
+                await reader.read()  # nothing is answered; returns when the client closes
+                self.let_go += 1
+                await close_writer(writer)
+                return
             if self.refuse:
                 writer.write(status_line(self.refuse, "refused"))
                 await writer.drain()
@@ -124,8 +132,12 @@ class Gateway:
             token = parse_request_head(head).headers["x-sandbox-token"]
             target = TunnelTarget("sbx", "127.0.0.1", self.sandbox_port, SECRET, token)
             upstream = await connect_sandbox(target, delays=(0,))
-            writer.write(status_line(200, "Connection Established"))
-            await writer.drain()
+            try:
+                writer.write(status_line(200, "Connection Established"))
+                await writer.drain()
+            except OSError:  # the client gave up on this attempt meanwhile
+                await close_writer(upstream[1])
+                raise
             link = Link((reader, writer), upstream)
             self.links.append(link)
             await link.run()
@@ -163,9 +175,13 @@ class Gateway:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         except OSError as exc:
             raise OpenShellError(f"cannot reach gateway: {exc}") from exc
-        writer.write(connect_request("gateway", "sbx", TOKEN))
-        await writer.drain()
-        status = parse_status(await read_response_head(reader))
+        try:
+            writer.write(connect_request("gateway", "sbx", TOKEN))
+            await writer.drain()
+            status = parse_status(await read_response_head(reader))
+        except BaseException:  # cancelled: the attempt took too long
+            writer.close()
+            raise
         if status != 200:
             await close_writer(writer)
             raise ConnectFailed(status)
@@ -297,6 +313,33 @@ def test_a_session_survives_a_killed_and_a_silently_vanished_gateway_byte_exact(
                for line in proxy_lines) == 2  # fmt: skip
     assert sum("resumed after" in line for line in proxy_lines) == 2
     assert "resumable stream" in caplog.text and "complete" in caplog.text
+
+
+def test_a_resume_attempt_that_hangs_gives_way_to_a_new_one() -> None:
+    """What Docker's port proxy does while a gateway container starts: it takes the connection,
+    and the way on into the container is resent only a second later."""
+
+    async def scenario() -> None:
+        sessions: list[Session | None] = [None]
+        supervisor = await start_supervisor()
+        gateway = await Gateway(port_of(supervisor)).start()
+        try:
+            session = sessions[0] = await Session.open(gateway)
+            await session.send(20)
+            await session.echoed()
+            gateway.kill()
+            gateway.hang = 1
+            await gateway.start()
+            await session.send(20, 20)
+            await session.echoed(timeout=5)  # an attempt waiting for ever would take longer
+            await wait_until(lambda: gateway.let_go == 1)
+            await session.finish()
+        finally:
+            await close_all(sessions)
+            await gateway.close()
+            await supervisor.stop()
+
+    run(scenario)
 
 
 def test_a_resume_while_the_old_tunnel_still_looks_alive_is_retried_until_it_is_dropped(
