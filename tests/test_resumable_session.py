@@ -13,7 +13,7 @@ import contextlib
 import logging
 import shutil
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -273,6 +273,23 @@ async def close_all(sessions: list[Session | None]) -> None:
             await session.close()
 
 
+@contextlib.asynccontextmanager
+async def rig(
+    **supervisor_options: object,
+) -> AsyncIterator[tuple[Supervisor, Gateway, list[Session | None]]]:
+    """A supervisor, a gateway stand-in in front of it, and a list for the sessions a test opens:
+    all closed afterwards, whatever happened."""
+    supervisor = await start_supervisor(**supervisor_options)
+    gateway = await Gateway(port_of(supervisor)).start()
+    sessions: list[Session | None] = [None]
+    try:
+        yield supervisor, gateway, sessions
+    finally:
+        await close_all(sessions)
+        await gateway.close()
+        await supervisor.stop()
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
@@ -285,10 +302,7 @@ def test_a_session_survives_a_killed_and_a_silently_vanished_gateway_byte_exact(
     caplog.set_level(logging.INFO)
 
     async def scenario() -> None:
-        sessions: list[Session | None] = [None]
-        supervisor = await start_supervisor()
-        gateway = await Gateway(port_of(supervisor)).start()
-        try:
+        async with rig() as (supervisor, gateway, sessions):
             session = sessions[0] = await Session.open(gateway)
             await session.send(200)
             await session.echoed()
@@ -302,10 +316,6 @@ def test_a_session_survives_a_killed_and_a_silently_vanished_gateway_byte_exact(
             await session.echoed()
             await session.finish()
             await wait_until(lambda: not supervisor.streams)
-        finally:
-            await close_all(sessions)
-            await gateway.close()
-            await supervisor.stop()
 
     run(scenario)
     proxy_lines = [r.getMessage() for r in caplog.records if r.name == "openshell.sshproxy"]
@@ -320,10 +330,7 @@ def test_a_resume_attempt_that_hangs_gives_way_to_a_new_one() -> None:
     and the way on into the container is resent only a second later."""
 
     async def scenario() -> None:
-        sessions: list[Session | None] = [None]
-        supervisor = await start_supervisor()
-        gateway = await Gateway(port_of(supervisor)).start()
-        try:
+        async with rig() as (_supervisor, gateway, sessions):
             session = sessions[0] = await Session.open(gateway)
             await session.send(20)
             await session.echoed()
@@ -334,10 +341,6 @@ def test_a_resume_attempt_that_hangs_gives_way_to_a_new_one() -> None:
             await session.echoed(timeout=5)  # an attempt waiting for ever would take longer
             await wait_until(lambda: gateway.let_go == 1)
             await session.finish()
-        finally:
-            await close_all(sessions)
-            await gateway.close()
-            await supervisor.stop()
 
     run(scenario)
 
@@ -348,10 +351,7 @@ def test_a_resume_while_the_old_tunnel_still_looks_alive_is_retried_until_it_is_
     caplog.set_level(logging.INFO)
 
     async def scenario() -> None:
-        sessions: list[Session | None] = [None]
-        supervisor = await start_supervisor()
-        gateway = await Gateway(port_of(supervisor)).start()
-        try:
+        async with rig() as (_supervisor, gateway, sessions):
             session = sessions[0] = await Session.open(gateway)
             await session.send(20)
             await session.echoed()
@@ -361,10 +361,6 @@ def test_a_resume_while_the_old_tunnel_still_looks_alive_is_retried_until_it_is_
             await session.send(20, 20)
             await session.echoed()
             await session.finish()
-        finally:
-            await close_all(sessions)
-            await gateway.close()
-            await supervisor.stop()
 
     run(scenario)
     assert "refused (busy" in caplog.text or "went silent; dropping it" in caplog.text
@@ -402,10 +398,7 @@ def test_a_restarted_sandbox_ends_the_session_at_once_as_an_unknown_stream(
 
 def test_a_gateway_away_longer_than_the_resume_timeout_ends_the_session() -> None:
     async def scenario() -> None:
-        sessions: list[Session | None] = [None]
-        supervisor = await start_supervisor()
-        gateway = await Gateway(port_of(supervisor)).start()
-        try:
+        async with rig() as (_supervisor, gateway, sessions):
             session = sessions[0] = await Session.open(gateway, resume_timeout=1.0)
             await session.send(5)
             await session.echoed()
@@ -413,20 +406,13 @@ def test_a_gateway_away_longer_than_the_resume_timeout_ends_the_session() -> Non
             async with asyncio.timeout(10):
                 with pytest.raises(SessionLost, match="could not be resumed within 1 s"):
                     await session.proxy
-        finally:
-            await close_all(sessions)
-            await gateway.close()
-            await supervisor.stop()
 
     run(scenario)
 
 
 def test_a_revoked_token_ends_the_resume_at_once() -> None:
     async def scenario() -> None:
-        sessions: list[Session | None] = [None]
-        supervisor = await start_supervisor()
-        gateway = await Gateway(port_of(supervisor)).start()
-        try:
+        async with rig() as (_supervisor, gateway, sessions):
             session = sessions[0] = await Session.open(gateway, resume_timeout=30)
             await session.send(5)
             await session.echoed()
@@ -436,10 +422,6 @@ def test_a_revoked_token_ends_the_resume_at_once() -> None:
             async with asyncio.timeout(10):
                 with pytest.raises(SessionLost, match="status 401"):
                     await session.proxy
-        finally:
-            await close_all(sessions)
-            await gateway.close()
-            await supervisor.stop()
 
     run(scenario)
 
@@ -466,10 +448,7 @@ def test_a_stopping_sandbox_tells_the_attached_session_which_ends_at_once() -> N
 
 def test_a_detached_stream_expires_and_its_process_ends() -> None:
     async def scenario() -> None:
-        sessions: list[Session | None] = [None]
-        supervisor = await start_supervisor(detached_grace=0.0)
-        gateway = await Gateway(port_of(supervisor)).start()
-        try:
+        async with rig(detached_grace=0.0) as (supervisor, gateway, sessions):
             session = sessions[0] = await Session.open(gateway, resume_timeout=0.5)
             await session.send(5)
             await session.echoed()
@@ -480,10 +459,6 @@ def test_a_detached_stream_expires_and_its_process_ends() -> None:
             await wait_until(lambda: not supervisor.streams)
             await wait_until(lambda: not supervisor.children.running)
             assert held.process.returncode is not None
-        finally:
-            await close_all(sessions)
-            await gateway.close()
-            await supervisor.stop()
 
     run(scenario)
 
@@ -512,10 +487,7 @@ def test_resumes_with_a_wrong_secret_an_attached_stream_or_an_offset_outside_the
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def scenario() -> None:
-        sessions: list[Session | None] = [None]
-        supervisor = await start_supervisor()
-        gateway = await Gateway(port_of(supervisor)).start()
-        try:
+        async with rig() as (supervisor, gateway, _sessions):
             (_, writer), opened = await open_raw(gateway)
             forged = Opened(opened.stream_id, generate_secret())
             wrong = await ask(gateway, resume_request(forged, TOKEN, 1, 0).encode())
@@ -529,10 +501,6 @@ def test_resumes_with_a_wrong_secret_an_attached_stream_or_an_offset_outside_the
                 Refusal.OFFSET,
             ]
             assert opened.stream_id not in supervisor.streams  # a peer out of the buffer ends it
-        finally:
-            await close_all(sessions)
-            await gateway.close()
-            await supervisor.stop()
 
     run(scenario)
     assert "refused (refused: wrong proof of the stream's secret)" in caplog.text
@@ -544,10 +512,7 @@ def test_a_stream_cannot_be_resumed_with_another_session_token(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def scenario() -> None:
-        sessions: list[Session | None] = [None]
-        supervisor = await start_supervisor()
-        gateway = await Gateway(port_of(supervisor)).start()
-        try:
+        async with rig() as (supervisor, gateway, _sessions):
             (_, writer), opened = await open_raw(gateway)
             writer.transport.abort()
             await wait_until(lambda: not supervisor.streams[opened.stream_id].end.attached)
@@ -563,10 +528,6 @@ def test_a_stream_cannot_be_resumed_with_another_session_token(
             assert isinstance(reply, Refused) and reply.code is Refusal.REFUSED
             assert opened.stream_id in supervisor.streams  # still there for its own token
             del reader
-        finally:
-            await close_all(sessions)
-            await gateway.close()
-            await supervisor.stop()
 
     run(scenario)
     assert "opened with another session token" in caplog.text
