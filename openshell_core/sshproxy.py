@@ -23,7 +23,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 from openshell_core.errors import NotFoundError, OpenShellError
 from openshell_core.gateway.metadata import MtlsFiles, gateway_dir, read_metadata
+from openshell_core.retry import backoff
 from openshell_core.sandbox.relay import EofPolicy, close_writer, relay, stdio_streams
 from openshell_core.sandbox.resumable import (
     BUFFER_LIMIT,
@@ -157,16 +158,6 @@ async def read_response_head(reader: asyncio.StreamReader) -> bytes:
         return b""
 
 
-def backoff(
-    first: float = FIRST_BACKOFF, most: float = MAX_BACKOFF, factor: float = 2.0
-) -> Iterator[float]:
-    """1, 2, 4, 8, 8, ... seconds (by default)."""
-    delay = first
-    while True:
-        yield delay
-        delay = min(delay * factor, most)
-
-
 @dataclass(frozen=True)
 class Attempt:
     """One CONNECT: the status (and its reason phrase), and the open tunnel when it was 200."""
@@ -188,7 +179,7 @@ async def connect_with_retry(
     :raises ConnectFailed: any other status, or 412 once the window has passed.
     """
     started = clock()
-    delays = backoff()
+    delays = backoff(FIRST_BACKOFF, 2.0, MAX_BACKOFF)  # 1, 2, 4, 8, 8, ... s
     while True:
         result = await attempt()
         if result.status == 200 and result.streams is not None:
@@ -454,7 +445,7 @@ class ResumableRelay:
         :raises SessionLost: the time is up, or the gateway or the sandbox said no for good.
         """
         deadline = self.clock() + self.resume_timeout
-        delays = backoff(RESUME_FIRST_BACKOFF, RESUME_MAX_BACKOFF, RESUME_BACKOFF_FACTOR)
+        delays = backoff(RESUME_FIRST_BACKOFF, RESUME_BACKOFF_FACTOR, RESUME_MAX_BACKOFF)
         # While a gateway container starts, Docker's port proxy may accept a connection whose
         # way on into the container is not there yet; that SYN is resent only a second later.
         # So an attempt that hangs gives way to a new one, and each may wait twice as long.

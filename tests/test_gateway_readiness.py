@@ -14,7 +14,8 @@ import pytest
 from gateway_stub import make_pki
 
 from openshell_core.errors import ReadinessTimeout
-from openshell_core.gateway.readiness import ApiTarget, backoff, tls_probe, wait_healthy
+from openshell_core.gateway.readiness import ApiTarget, tls_probe, wait_healthy
+from openshell_core.retry import backoff
 
 
 def _write(directory: Path, pki: dict[str, bytes]) -> Path:

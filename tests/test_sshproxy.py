@@ -17,10 +17,10 @@ import pytest
 from openshell_core import sshproxy
 from openshell_core.cli import build_parser, main
 from openshell_core.pki import generate_pki, generate_ssh_host_key, write_pki
+from openshell_core.retry import backoff
 from openshell_core.sshproxy import (
     Attempt,
     ConnectFailed,
-    backoff,
     connect_request,
     connect_with_retry,
     known_hosts_line,
@@ -71,7 +71,7 @@ def retry(*statuses: int) -> tuple[FakeTime, BaseException | None]:
 
 
 def test_backoff_doubles_from_one_second_up_to_eight() -> None:
-    schedule = backoff()
+    schedule = backoff(sshproxy.FIRST_BACKOFF, 2.0, sshproxy.MAX_BACKOFF)
     assert [next(schedule) for _ in range(7)] == [1, 2, 4, 8, 8, 8, 8]
 
 

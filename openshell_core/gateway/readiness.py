@@ -15,13 +15,14 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
 from openshell_core.engine import Engine
 from openshell_core.errors import ReadinessTimeout
+from openshell_core.retry import backoff
 
 log = logging.getLogger("openshell.gateway")
 
@@ -67,17 +68,9 @@ def tls_probe(target: ApiTarget, *, timeout: float = 5.0) -> None:
 
 
 #: A gateway that resumes answers about 0.3 s after its container starts: polls stay close
-#: together for the first seconds, where that moment falls, then space out.
+#: together for the first seconds, where that moment falls, then space out to every half second
+#: (an inspect or a TLS handshake costs little, and a recovery is seen soon after it happens).
 _READINESS_BACKOFF: Final = (0.05, 1.25, 0.5)
-
-
-def backoff(first: float = 0.1, factor: float = 2.0, cap: float = 0.5) -> Iterator[float]:
-    """Sleep intervals: ``first``, doubling, at most ``cap`` (an inspect or a TLS handshake every
-    half second costs little, and a recovery is seen within half a second of happening)."""
-    delay = first
-    while True:
-        yield delay
-        delay = min(delay * factor, cap)
 
 
 def wait_healthy(
