@@ -4,26 +4,15 @@ error. A fake clock advances only when the wait sleeps, so no test takes real ti
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 
 from openshell_core.errors import ReadinessTimeout
 from openshell_core.retry import GiveUp, backoff, poll_until
 
-
-@dataclass
-class FakeClock:
-    now: float = 100.0
-    slept: list[float] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.slept.append(seconds)
-        self.now += seconds
+if TYPE_CHECKING:
+    from conftest import FakeClock
 
 
 def values(*seen: object) -> Callable[[], object]:
@@ -45,8 +34,9 @@ def test_the_backoff_grows_by_its_factor_up_to_its_cap() -> None:
     assert [next(schedule) for _ in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
 
 
-def test_the_first_observation_that_is_done_is_returned_without_sleeping() -> None:
-    clock = FakeClock()
+def test_the_first_observation_that_is_done_is_returned_without_sleeping(
+    clock: FakeClock,
+) -> None:
     result = poll_until(
         values(7), lambda v: v == 7, timeout=5, what="x", clock=clock, sleep=clock.sleep
     )
@@ -54,8 +44,7 @@ def test_the_first_observation_that_is_done_is_returned_without_sleeping() -> No
     assert clock.slept == []
 
 
-def test_observations_are_spaced_by_the_backoff_schedule() -> None:
-    clock = FakeClock()
+def test_observations_are_spaced_by_the_backoff_schedule(clock: FakeClock) -> None:
     poll_until(
         values(0, 0, 0, 0, 1),
         lambda v: v == 1,
@@ -68,8 +57,9 @@ def test_observations_are_spaced_by_the_backoff_schedule() -> None:
     assert clock.slept == [0.1, 0.2, 0.3, 0.3]
 
 
-def test_at_the_deadline_the_error_names_the_thing_and_the_last_observation() -> None:
-    clock = FakeClock()
+def test_at_the_deadline_the_error_names_the_thing_and_the_last_observation(
+    clock: FakeClock,
+) -> None:
     with pytest.raises(ReadinessTimeout) as caught:
         poll_until(
             values("starting", "starting", "unhealthy-ish"),
@@ -85,8 +75,9 @@ def test_at_the_deadline_the_error_names_the_thing_and_the_last_observation() ->
     assert caught.value.elapsed == pytest.approx(2.0)
 
 
-def test_no_sleep_runs_past_the_deadline_and_one_last_look_is_taken_there() -> None:
-    clock = FakeClock()
+def test_no_sleep_runs_past_the_deadline_and_one_last_look_is_taken_there(
+    clock: FakeClock,
+) -> None:
     looks: list[float] = []
 
     def observe() -> bool:
@@ -107,8 +98,9 @@ def test_no_sleep_runs_past_the_deadline_and_one_last_look_is_taken_there() -> N
     assert looks[-1] == pytest.approx(101.0)
 
 
-def test_an_exception_listed_in_retry_on_counts_as_not_yet_and_is_the_last_observation() -> None:
-    clock = FakeClock()
+def test_an_exception_listed_in_retry_on_counts_as_not_yet_and_is_the_last_observation(
+    clock: FakeClock,
+) -> None:
     calls = 0
 
     def observe() -> str:
@@ -129,8 +121,7 @@ def test_an_exception_listed_in_retry_on_counts_as_not_yet_and_is_the_last_obser
     assert calls > 2
 
 
-def test_an_exception_not_listed_in_retry_on_propagates_at_once() -> None:
-    clock = FakeClock()
+def test_an_exception_not_listed_in_retry_on_propagates_at_once(clock: FakeClock) -> None:
 
     def observe() -> str:
         raise KeyError("bug")
@@ -142,8 +133,9 @@ def test_an_exception_not_listed_in_retry_on_propagates_at_once() -> None:
     assert clock.slept == []
 
 
-def test_an_observation_raising_give_up_ends_the_wait_at_once_with_its_reason() -> None:
-    clock = FakeClock()
+def test_an_observation_raising_give_up_ends_the_wait_at_once_with_its_reason(
+    clock: FakeClock,
+) -> None:
 
     def observe() -> str:
         raise GiveUp("the container exited (exit code 3)")
@@ -154,8 +146,7 @@ def test_an_observation_raising_give_up_ends_the_wait_at_once_with_its_reason() 
     assert clock.slept == []
 
 
-def test_fail_fast_ends_the_wait_at_once_and_says_what_was_seen_last() -> None:
-    clock = FakeClock()
+def test_fail_fast_ends_the_wait_at_once_and_says_what_was_seen_last(clock: FakeClock) -> None:
     dead = iter([None, None, "the SSH session ended (exit code 255)"])
     with pytest.raises(ReadinessTimeout) as caught:
         poll_until(
@@ -171,8 +162,7 @@ def test_fail_fast_ends_the_wait_at_once_and_says_what_was_seen_last() -> None:
     assert len(clock.slept) == 2
 
 
-def test_fail_fast_is_not_consulted_once_the_observation_is_done() -> None:
-    clock = FakeClock()
+def test_fail_fast_is_not_consulted_once_the_observation_is_done(clock: FakeClock) -> None:
     assert (
         poll_until(
             values(1),
@@ -187,8 +177,7 @@ def test_fail_fast_is_not_consulted_once_the_observation_is_done() -> None:
     )
 
 
-def test_the_error_carries_the_last_logs_and_the_hint() -> None:
-    clock = FakeClock()
+def test_the_error_carries_the_last_logs_and_the_hint(clock: FakeClock) -> None:
     with pytest.raises(ReadinessTimeout) as caught:
         poll_until(
             values(False),
