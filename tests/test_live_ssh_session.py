@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_server_support import LabGateway, lab_run
+from server_support import LabGateway, lab_run
 
 from openshell_core import sshproxy
 from openshell_core.client import GatewayClient
