@@ -233,6 +233,11 @@ class SshHelper:
         self.held.clear()
 
 
+class SessionEnded(AssertionError):
+    """The held SSH session ended before its output showed what was awaited (the message has its
+    exit code and stderr). A caller for whom an end is an outcome, not a failure, catches this."""
+
+
 class HeldSession:
     """An SSH session kept open: its output is collected as it comes, with arrival times."""
 
@@ -290,7 +295,8 @@ class HeldSession:
     def wait_for(self, predicate: Callable[[bytes], bool], *, timeout: float) -> bytes:
         """Wait until ``predicate(output)`` holds; fails fast when the session has ended.
 
-        :raises AssertionError: at the deadline or when the session ended first, with its stderr.
+        :raises SessionEnded: at once when the session ended first, with its stderr.
+        :raises AssertionError: at the deadline, with the last output.
         """
 
         def observe() -> bytes:
@@ -315,7 +321,8 @@ class HeldSession:
                 schedule=(0.02, 1.5, 0.05),
             )
         except ReadinessTimeout as exc:
-            raise AssertionError(f"{exc}{self._reader_errors()}") from exc
+            failure = SessionEnded if isinstance(exc.__cause__, GiveUp) else AssertionError
+            raise failure(f"{exc}{self._reader_errors()}") from exc
 
     def wait_end(self, *, timeout: float) -> int | None:
         """Wait for the session to end; its exit code, or None if it is still open."""

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pytest_openshell.fixtures import HeldSession
+from pytest_openshell.fixtures import HeldSession, SessionEnded
 
 CLOSE_WITHIN = 5.0
 
@@ -114,7 +114,17 @@ def test_a_session_that_ended_fails_a_wait_at_once_with_its_stderr(
 ) -> None:
     session = held(spawn, "echo 'Connection closed by remote host' >&2; exit 255")
     started = time.monotonic()
-    with pytest.raises(AssertionError, match=r"ended \(exit code 255\).*Connection closed"):
+    with pytest.raises(SessionEnded, match=r"ended \(exit code 255\).*Connection closed"):
         session.wait_for(lambda output: b"never" in output, timeout=60)
     assert time.monotonic() - started < 10
+    session.close()
+
+
+def test_a_wait_that_reaches_its_deadline_while_the_session_runs_is_not_an_end(
+    spawn: list[subprocess.Popen[bytes]],
+) -> None:
+    session = held(spawn, "echo tick; exec cat")
+    with pytest.raises(AssertionError, match=r"not within 0.3 s; last seen: b'tick\\n'") as caught:
+        session.wait_for(lambda output: b"never" in output, timeout=0.3)
+    assert not isinstance(caught.value, SessionEnded)
     session.close()
