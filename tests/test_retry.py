@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from openshell_core.errors import ReadinessTimeout
-from openshell_core.retry import GiveUp, backoff, poll_until
+from openshell_core.retry import GiveUp, poll_until
 
 if TYPE_CHECKING:
     from conftest import FakeClock
@@ -27,11 +27,6 @@ def values(*seen: object) -> Callable[[], object]:
         return last[0]
 
     return observe
-
-
-def test_the_backoff_grows_by_its_factor_up_to_its_cap() -> None:
-    schedule = backoff(0.1, 2.0, 0.5)
-    assert [next(schedule) for _ in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
 
 
 def test_the_first_observation_that_is_done_is_returned_without_sleeping(
