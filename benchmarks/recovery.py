@@ -36,6 +36,7 @@ from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine, PrivateEngine
 from openshell_core.engine.private import DEFAULT_NAME, engines_dir
 from openshell_core.images import ImageSet, ensure_base_image, ensure_images
+from openshell_core.retry import poll_until
 from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_dir
 from openshell_core.sandbox.supervisor import AUTHORIZED_KEYS_ENV
 from pytest_openshell.drivers import GatewayHandle, GatewaySpec, ReferenceDriver
@@ -158,26 +159,31 @@ def wait_recovered(
     bench: Bench, gateway: GatewayHandle, names: list[str], started: float
 ) -> Sample:
     """Poll until the API answers, then until every sandbox is Ready and answers SSH."""
-    deadline = started + 300
-    api = None
+    api: list[float] = []
+
+    def recovered(pool: concurrent.futures.ThreadPoolExecutor) -> dict[str, str]:
+        with bench.client(gateway) as client:
+            client.health()
+            api[:] = api or [time.monotonic() - started]
+            phases = {info.name: info.phase for info in client.list_sandboxes()}
+        # The sandboxes are checked at once, not one after the other: the figure is when the
+        # last of them answers, not the sum of the checks' own latencies.
+        if all(phases.get(name) == "READY" for name in names):
+            answered = pool.map(lambda name: bench.answers_ssh(gateway, name), names)
+            for name, ok in zip(names, answered, strict=True):
+                phases[name] = "READY" if ok else "READY, no SSH"
+        return phases
+
     with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
-        while time.monotonic() < deadline:
-            try:
-                with bench.client(gateway) as client:
-                    client.health()
-                    api = api or time.monotonic() - started
-                    phases = {info.name: info.phase for info in client.list_sandboxes()}
-            except Exception:
-                time.sleep(0.05)
-                continue
-            # The sandboxes are checked at once, not one after the other: the figure is when
-            # the last of them answers, not the sum of the checks' own latencies.
-            if all(phases.get(name) == "READY" for name in names) and all(
-                pool.map(lambda name: bench.answers_ssh(gateway, name), names)
-            ):
-                return Sample(api=api, ready=time.monotonic() - started, stall=None)
-            time.sleep(0.05)
-    raise TimeoutError(f"gateway {gateway.name} did not recover within 300 s")
+        poll_until(
+            lambda: recovered(pool),
+            lambda phases: all(phases.get(name) == "READY" for name in names),
+            timeout=max(0.0, started + 300 - time.monotonic()),
+            what=f"recovery of gateway {gateway.name}",
+            retry_on=(Exception,),  # any failure of the client while the gateway comes back
+            schedule=(0.05, 1.0, 0.05),
+        )
+    return Sample(api=api[0], ready=time.monotonic() - started, stall=None)
 
 
 def measure_reference(bench: Bench, scenario: Scenario, repeats: int, row: Row) -> None:
