@@ -20,15 +20,16 @@ import shutil
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from openshell_core.client import GatewayClient, SandboxInfo
-from openshell_core.errors import NotFoundError, OpenShellError
+from openshell_core.errors import NotFoundError, OpenShellError, ReadinessTimeout
 from openshell_core.gateway.metadata import MtlsFiles
+from openshell_core.retry import poll_until
 from pytest_openshell.drivers import GatewayHandle
 from pytest_openshell.fixtures import HeldSession, SandboxFactory, ScenarioFixture, SshHelper
 from pytest_openshell.scenarios import ScenarioRun
@@ -465,26 +466,20 @@ class Outcome:
         )
 
 
-def deadline_loop(timeout: float, poll: float = 0.5) -> Iterator[float]:
-    """Yield the seconds elapsed until ``timeout`` has passed (for waits with a fixed end)."""
-    started = time.monotonic()
-    while (elapsed := time.monotonic() - started) < timeout:
-        yield elapsed
-        time.sleep(poll)
-
-
 def eventually(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
     """Call ``check`` until it returns without raising; its last error at the deadline. A check
     that raises :class:`GiveUp` fails at once."""
-    last: Exception | None = None
-    for _ in deadline_loop(timeout):
-        try:
-            return check()
-        except GiveUp as exc:
-            pytest.fail(f"{what}: {exc}", pytrace=False)
-        except (OSError, OpenShellError, AssertionError) as exc:
-            last = exc
-    pytest.fail(f"{what}: not within {timeout:.0f} s: {last}", pytrace=False)
+    try:
+        return poll_until(
+            check,
+            lambda _: True,
+            timeout=timeout,
+            what=what,
+            retry_on=(OSError, OpenShellError, AssertionError),
+            schedule=(0.5, 1.0, 0.5),
+        )
+    except ReadinessTimeout as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 # -- the checks that the negative controls must see fail (properties 2, 3 and 5) ---------------
