@@ -148,7 +148,11 @@ class Bench:
             env=self._env(),
         )
         held = HeldSession(process)
-        held.wait_for(lambda out: b"tick 3\n" in out, timeout=60)
+        try:
+            held.wait_for(lambda out: b"tick 3\n" in out, timeout=60)
+        except BaseException:
+            held.close()
+            raise
         return held
 
     def _env(self) -> dict[str, str]:
