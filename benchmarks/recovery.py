@@ -36,10 +36,11 @@ from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine, PrivateEngine
 from openshell_core.engine.private import DEFAULT_NAME, engines_dir
 from openshell_core.images import ImageSet, ensure_base_image, ensure_images
+from openshell_core.retry import poll_until
 from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_dir
 from openshell_core.sandbox.supervisor import AUTHORIZED_KEYS_ENV
 from pytest_openshell.drivers import GatewayHandle, GatewaySpec, ReferenceDriver
-from pytest_openshell.fixtures import HeldSession
+from pytest_openshell.fixtures import HeldSession, SessionEnded
 from pytest_openshell.scenarios import BUILTIN, Scenario, ScenarioRun
 
 SCENARIOS = (
@@ -70,10 +71,19 @@ class Row:
     scenario: str
     floor: list[float] = field(default_factory=list)
     reference: list[Sample] = field(default_factory=list)
+    #: measurements that failed, each with what went wrong: the row keeps the others
+    failures: list[str] = field(default_factory=list)
 
     @property
-    def ratio(self) -> float:
+    def ratio(self) -> float | None:
+        if not self.reference or not self.floor:
+            return None
         return median([s.ready for s in self.reference]) / median(self.floor)
+
+    def failed(self, what: str, exc: Exception) -> None:
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        self.failures.append(f"{what}: {type(exc).__name__}: {detail}")
+        print(f"[bench] {self.scenario}: {self.failures[-1]}", file=sys.stderr)
 
 
 class Bench:
@@ -138,7 +148,11 @@ class Bench:
             env=self._env(),
         )
         held = HeldSession(process)
-        held.wait_for(lambda out: b"tick 3\n" in out, timeout=60)
+        try:
+            held.wait_for(lambda out: b"tick 3\n" in out, timeout=60)
+        except BaseException:
+            held.close()
+            raise
         return held
 
     def _env(self) -> dict[str, str]:
@@ -149,32 +163,41 @@ def wait_recovered(
     bench: Bench, gateway: GatewayHandle, names: list[str], started: float
 ) -> Sample:
     """Poll until the API answers, then until every sandbox is Ready and answers SSH."""
-    deadline = started + 300
-    api = None
+    api: list[float] = []
+
+    def recovered(pool: concurrent.futures.ThreadPoolExecutor) -> dict[str, str]:
+        with bench.client(gateway) as client:
+            client.health()
+            api[:] = api or [time.monotonic() - started]
+            phases = {info.name: info.phase for info in client.list_sandboxes()}
+        # The sandboxes are checked at once, not one after the other: the figure is when the
+        # last of them answers, not the sum of the checks' own latencies.
+        if all(phases.get(name) == "READY" for name in names):
+            answered = pool.map(lambda name: bench.answers_ssh(gateway, name), names)
+            for name, ok in zip(names, answered, strict=True):
+                phases[name] = "READY" if ok else "READY, no SSH"
+        return phases
+
     with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
-        while time.monotonic() < deadline:
-            try:
-                with bench.client(gateway) as client:
-                    client.health()
-                    api = api or time.monotonic() - started
-                    phases = {info.name: info.phase for info in client.list_sandboxes()}
-            except Exception:
-                time.sleep(0.05)
-                continue
-            # The sandboxes are checked at once, not one after the other: the figure is when
-            # the last of them answers, not the sum of the checks' own latencies.
-            if all(phases.get(name) == "READY" for name in names) and all(
-                pool.map(lambda name: bench.answers_ssh(gateway, name), names)
-            ):
-                return Sample(api=api, ready=time.monotonic() - started, stall=None)
-            time.sleep(0.05)
-    raise TimeoutError(f"gateway {gateway.name} did not recover within 300 s")
+        poll_until(
+            lambda: recovered(pool),
+            lambda phases: all(phases.get(name) == "READY" for name in names),
+            timeout=max(0.0, started + 300 - time.monotonic()),
+            what=f"recovery of gateway {gateway.name}",
+            retry_on=(Exception,),  # any failure of the client while the gateway comes back
+            schedule=(0.05, 1.0, 0.05),
+        )
+    return Sample(api=api[0], ready=time.monotonic() - started, stall=None)
 
 
-def measure_reference(bench: Bench, scenario: Scenario, repeats: int) -> list[Sample]:
-    gateway = bench.deploy(scenario.key.replace("-", "")[:8])
+def measure_reference(bench: Bench, scenario: Scenario, repeats: int, row: Row) -> None:
+    """Add ``repeats`` samples to ``row``; a run that fails is noted in the row, not raised."""
+    try:
+        gateway = bench.deploy(scenario.key.replace("-", "")[:8])
+    except Exception as exc:
+        row.failed("deploy", exc)
+        return
     names = ["one", "two"]
-    samples = []
     try:
         with bench.client(gateway) as client:
             for name in names:
@@ -182,23 +205,40 @@ def measure_reference(bench: Bench, scenario: Scenario, repeats: int) -> list[Sa
                 client.create_sandbox(name, environment=wanted)
             for name in names:
                 client.wait_ready(name, timeout=120)
-        for _ in range(repeats):
-            held = bench.hold(gateway, names[0])
-            run = ScenarioRun(scenario, gateway, bench.driver, bench.engine)
-            started = time.monotonic()
-            scenario.disrupt(run)
-            scenario.recover(run)
-            sample = wait_recovered(bench, gateway, names, started)
-            if held.alive:
-                mark = len(held.output)
-                held.wait_for(lambda out, mark=mark: len(out) > mark + 20, timeout=60)
-                stalls = RESUMED.findall(held.errors)
-                sample.stall = float(stalls[-1]) if stalls else held.longest_stall(started)
-            held.close()
-            samples.append(sample)
+        for attempt in range(1, repeats + 1):
+            try:
+                row.reference.append(measure_once(bench, scenario, gateway, names))
+            except Exception as exc:
+                row.failed(f"reference run {attempt}", exc)
+    except Exception as exc:
+        row.failed("sandboxes", exc)
     finally:
         bench.driver.destroy(gateway)
-    return samples
+
+
+def measure_once(
+    bench: Bench, scenario: Scenario, gateway: GatewayHandle, names: list[str]
+) -> Sample:
+    held = bench.hold(gateway, names[0])
+    try:
+        run = ScenarioRun(scenario, gateway, bench.driver, bench.engine)
+        started = time.monotonic()
+        scenario.disrupt(run)
+        scenario.recover(run)
+        sample = wait_recovered(bench, gateway, names, started)
+        # Decided by what the session does next, not by a look at it first: it may end at any
+        # moment after a scenario that restarts its sandbox.
+        mark = len(held.output)
+        try:
+            held.wait_for(lambda out: len(out) > mark + 20, timeout=60)
+        except SessionEnded:
+            sample.stall = None
+        else:
+            stalls = RESUMED.findall(held.errors)
+            sample.stall = float(stalls[-1]) if stalls else held.longest_stall(started)
+        return sample
+    finally:
+        held.close()
 
 
 class FloorBox:
@@ -279,6 +319,26 @@ class FloorBox:
         self.engine.remove_image(self.other)
 
 
+def measure_floor(bench: Bench, base: str, key: str, repeats: int, row: Row) -> None:
+    """Add ``repeats`` floor samples to ``row``; a failure is noted in the row, not raised."""
+    try:
+        floor = FloorBox(bench, base)
+    except Exception as exc:
+        row.failed("floor set-up", exc)
+        return
+    try:
+        for attempt in range(1, repeats + 1):
+            try:
+                row.floor.append(floor.measure(key))
+            except Exception as exc:
+                row.failed(f"floor run {attempt}", exc)
+    finally:
+        try:
+            floor.close()
+        except Exception as exc:
+            row.failed("floor clean-up", exc)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (default 3)")
@@ -299,13 +359,9 @@ def main() -> int:
             try:
                 for key in keys:
                     row = Row(key)
-                    floor = FloorBox(bench, base)
-                    try:
-                        row.floor = [floor.measure(key) for _ in range(args.repeat)]
-                    finally:
-                        floor.close()
-                    row.reference = measure_reference(bench, scenarios[key], args.repeat)
                     rows.append(row)
+                    measure_floor(bench, base, key, args.repeat, row)
+                    measure_reference(bench, scenarios[key], args.repeat, row)
                     ready = summarise([s.ready for s in row.reference])
                     print(f"[bench] {key}: floor {summarise(row.floor)}, reference {ready}",
                           file=sys.stderr)  # fmt: skip
@@ -321,19 +377,39 @@ def main() -> int:
     )
     print("|---|---|---|---|---|---|---|")
     for row in rows:
-        stalls = [s.stall for s in row.reference if s.stall is not None]
-        continues = len(stalls) == len(row.reference)
-        session = f"stalled {summarise(stalls)} s" if continues else "ended (sandbox restarted)"
-        api = summarise([s.api for s in row.reference])
-        ready = summarise([s.ready for s in row.reference])
-        verdict = "met" if row.ratio <= 3 else "missed"
-        print(
-            f"| {row.scenario} | {summarise(row.floor)} | {api} | {ready} | {row.ratio:.1f}x | "
-            f"{verdict} | {session} |"
-        )
+        print(table_row(row))
+    failures = [f"- {row.scenario}, {failure}" for row in rows for failure in row.failures]
+    if failures:
+        print("\nFailed measurements (their rows show the runs that succeeded):\n")
+        print("\n".join(failures))
     if args.json:
         args.json.write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")
-    return 0
+    return 1 if failures else 0
+
+
+def table_row(row: Row) -> str:
+    def figures(samples: list[float]) -> str:
+        return summarise(samples) if samples else "failed"
+
+    stalls = [s.stall for s in row.reference if s.stall is not None]
+    if not row.reference:
+        session = "failed"
+    elif len(stalls) == len(row.reference):
+        session = f"stalled {summarise(stalls)} s"
+    elif stalls:
+        session = f"ended in {len(row.reference) - len(stalls)} of {len(row.reference)} runs"
+    else:
+        session = "ended (sandbox restarted)"
+    api = figures([s.api for s in row.reference])
+    ready = figures([s.ready for s in row.reference])
+    ratio = row.ratio
+    verdict = "n/a" if ratio is None else "met" if ratio <= 3 else "missed"
+    shown = "n/a" if ratio is None else f"{ratio:.1f}x"
+    note = f" ({len(row.failures)} failed)" if row.failures else ""
+    return (
+        f"| {row.scenario}{note} | {figures(row.floor)} | {api} | {ready} | {shown} | "
+        f"{verdict} | {session} |"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,11 @@ def table(script: str, *args: str) -> str:
         [sys.executable, str(HERE / script), *args], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
-        return f"`{script}` failed:\n\n```\n{result.stderr[-3000:]}\n```\n"
+        # Keep whatever table it printed: one failed measurement must not hide the others.
+        return (
+            f"{result.stdout}\n\n`{script}` exited with {result.returncode}; the end of its "
+            f"log:\n\n```\n{result.stderr[-3000:]}\n```\n"
+        )
     return result.stdout
 
 

@@ -20,20 +20,21 @@ import shutil
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from openshell_core.client import GatewayClient, SandboxInfo
-from openshell_core.errors import NotFoundError, OpenShellError
+from openshell_core.errors import NotFoundError, OpenShellError, ReadinessTimeout
 from openshell_core.gateway.metadata import MtlsFiles
+from openshell_core.retry import poll_until
 from pytest_openshell.drivers import GatewayHandle
 from pytest_openshell.fixtures import HeldSession, SandboxFactory, ScenarioFixture, SshHelper
 from pytest_openshell.scenarios import ScenarioRun
 from pytest_openshell.session import OpenShellSession
-from pytest_openshell.survival import SurvivalRecord, Terminal
+from pytest_openshell.survival import GiveUp, SurvivalRecord
 
 CORE = ("stop-start", "kill", "remove-keep-volume", "image-upgrade", "docker-restart")
 GATEWAY_ONLY = (
@@ -168,7 +169,7 @@ class Workload:
     def info(self, name: str) -> SandboxInfo:
         """The sandbox as the gateway reports it.
 
-        :raises Terminal: the gateway answers that it has no such sandbox: it lost it for good.
+        :raises GiveUp: the gateway answers that it has no such sandbox: it lost it for good.
         """
         with self.client() as client:
             try:
@@ -176,16 +177,16 @@ class Workload:
             except NotFoundError as exc:
                 if exc.kind != "sandbox":
                     raise
-                raise Terminal(f"the gateway has no sandbox {name} any more") from exc
+                raise GiveUp(f"the gateway has no sandbox {name} any more") from exc
 
     def shell(self, name: str, command: str, *, stdin: bytes | None = None) -> bytes:
         """Run ``command`` over SSH; its stdout.
 
-        :raises Terminal: the sandbox is in ERROR, or the gateway has refused the tunnel to a
+        :raises GiveUp: the sandbox is in ERROR, or the gateway has refused the tunnel to a
             Ready sandbox (502: unreachable or handshake rejected) for :data:`REFUSED_FOR_GOOD`
             seconds, which no wait mends.
         """
-        self.phase(name)  # a sandbox in ERROR: Terminal, without a minute of ssh-proxy retries
+        self.phase(name)  # a sandbox in ERROR: GiveUp, without a minute of ssh-proxy retries
         result = self.ssh.run(self.gateway, name, command, stdin=stdin)
         if result.returncode == 0:
             self._refused_since.pop(name, None)
@@ -193,15 +194,15 @@ class Workload:
         stderr = result.stderr.decode(errors="replace").strip()
         if "handshake rejected" in stderr:
             # The sandbox itself said no (ERR to the NSSH1 preface): a wait changes nothing.
-            raise Terminal(f"sandbox {name} rejects the gateway's handshake: {stderr[-300:]}")
+            raise GiveUp(f"sandbox {name} rejects the gateway's handshake: {stderr[-300:]}")
         with contextlib.suppress(OpenShellError):
             info = self.info(name)
             if info.phase == "ERROR":
-                raise Terminal(f"sandbox {name} is in ERROR: {info.reason}")
+                raise GiveUp(f"sandbox {name} is in ERROR: {info.reason}")
             if info.phase == "READY" and "status 502" in stderr:
                 since = self._refused_since.setdefault(name, time.monotonic())
                 if time.monotonic() - since >= REFUSED_FOR_GOOD:
-                    raise Terminal(
+                    raise GiveUp(
                         f"the gateway has refused every tunnel to the Ready sandbox {name} for "
                         f"{REFUSED_FOR_GOOD:.0f} s: {stderr[-300:]}"
                     )
@@ -213,7 +214,7 @@ class Workload:
     def phase(self, name: str) -> str:
         info = self.info(name)
         if info.phase == "ERROR":
-            raise Terminal(f"sandbox {name} is in ERROR: {info.reason}")
+            raise GiveUp(f"sandbox {name} is in ERROR: {info.reason}")
         return info.phase
 
     def inspect_gateway(self) -> dict[str, Any]:
@@ -465,26 +466,20 @@ class Outcome:
         )
 
 
-def deadline_loop(timeout: float, poll: float = 0.5) -> Iterator[float]:
-    """Yield the seconds elapsed until ``timeout`` has passed (for waits with a fixed end)."""
-    started = time.monotonic()
-    while (elapsed := time.monotonic() - started) < timeout:
-        yield elapsed
-        time.sleep(poll)
-
-
 def eventually(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
     """Call ``check`` until it returns without raising; its last error at the deadline. A check
-    that raises :class:`Terminal` fails at once."""
-    last: Exception | None = None
-    for _ in deadline_loop(timeout):
-        try:
-            return check()
-        except Terminal as exc:
-            pytest.fail(f"{what}: {exc}", pytrace=False)
-        except (OSError, OpenShellError, AssertionError) as exc:
-            last = exc
-    pytest.fail(f"{what}: not within {timeout:.0f} s: {last}", pytrace=False)
+    that raises :class:`GiveUp` fails at once."""
+    try:
+        return poll_until(
+            check,
+            lambda _: True,
+            timeout=timeout,
+            what=what,
+            retry_on=(OSError, OpenShellError, AssertionError),
+            schedule=(0.5, 1.0, 0.5),
+        )
+    except ReadinessTimeout as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 # -- the checks that the negative controls must see fail (properties 2, 3 and 5) ---------------

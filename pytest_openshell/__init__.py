@@ -6,18 +6,22 @@ downstream drivers use; everything else in the package may change.
 
 from __future__ import annotations
 
+from typing import Any
+
+from pytest_openshell import survival as _survival
 from pytest_openshell.drivers import GatewayDriver, GatewayHandle, GatewaySpec, ReferenceDriver
 from pytest_openshell.fixtures import HeldSession, ScenarioFixture
 from pytest_openshell.plugin import parametrize_scenarios
 from pytest_openshell.scenarios import Capability, Scenario, ScenarioRun
 from pytest_openshell.session import OpenShellSession
-from pytest_openshell.survival import SurvivalRecord, SurvivalViolation, Terminal
+from pytest_openshell.survival import GiveUp, SurvivalRecord, SurvivalViolation
 
 __all__ = [
     "Capability",
     "GatewayDriver",
     "GatewayHandle",
     "GatewaySpec",
+    "GiveUp",
     "HeldSession",
     "OpenShellSession",
     "ReferenceDriver",
@@ -26,6 +30,12 @@ __all__ = [
     "ScenarioRun",
     "SurvivalRecord",
     "SurvivalViolation",
-    "Terminal",
     "parametrize_scenarios",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The old name of GiveUp, for downstream probes; warns (see pytest_openshell.survival).
+    if name == "Terminal":
+        return _survival.Terminal
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

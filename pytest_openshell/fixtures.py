@@ -12,13 +12,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from openshell_core import sshproxy
 from openshell_core.client import SandboxInfo
+from openshell_core.errors import ReadinessTimeout
+from openshell_core.retry import GiveUp, poll_until
 from openshell_core.sandbox.supervisor import AUTHORIZED_KEYS_ENV
 from pytest_openshell.artefacts import Artefacts
 from pytest_openshell.drivers import GatewayHandle
+from pytest_openshell.pipes import PipeReader
 from pytest_openshell.scenarios import Scenario, ScenarioRun, disrupt, recover
 
 if TYPE_CHECKING:
@@ -230,6 +233,11 @@ class SshHelper:
         self.held.clear()
 
 
+class SessionEnded(AssertionError):
+    """The held SSH session ended before its output showed what was awaited (the message has its
+    exit code and stderr). A caller for whom an end is an outcome, not a failure, catches this."""
+
+
 class HeldSession:
     """An SSH session kept open: its output is collected as it comes, with arrival times."""
 
@@ -240,22 +248,29 @@ class HeldSession:
         self._stderr = bytearray()
         #: (time.monotonic(), bytes so far) at each arrival: when output stalled, and for how long
         self.arrivals: list[tuple[float, int]] = []
+        assert process.stdout is not None and process.stderr is not None, "hold() pipes both"
         self._readers = [
-            threading.Thread(target=self._collect, args=(process.stdout, self._stdout, True)),
-            threading.Thread(target=self._collect, args=(process.stderr, self._stderr, False)),
+            PipeReader(process.stdout, self._on_stdout, name=f"held-ssh-{process.pid}-stdout"),
+            PipeReader(process.stderr, self._on_stderr, name=f"held-ssh-{process.pid}-stderr"),
         ]
-        for reader in self._readers:
-            reader.daemon = True
-            reader.start()
 
-    def _collect(self, stream: IO[bytes] | None, sink: bytearray, timed: bool) -> None:
-        if stream is None:
-            return
-        while chunk := stream.read1(65536):  # type: ignore[attr-defined]
-            with self._lock:
-                sink.extend(chunk)
-                if timed:
-                    self.arrivals.append((time.monotonic(), len(sink)))
+    def _on_stdout(self, chunk: bytes) -> None:
+        with self._lock:
+            self._stdout.extend(chunk)
+            self.arrivals.append((time.monotonic(), len(self._stdout)))
+
+    def _on_stderr(self, chunk: bytes) -> None:
+        with self._lock:
+            self._stderr.extend(chunk)
+
+    def _drain(self, timeout: float = 2.0) -> None:
+        """Let the readers take the last output of a session that ended (end of file)."""
+        for reader in self._readers:
+            reader.join(timeout)
+
+    def _reader_errors(self) -> str:
+        errors = [f"{type(r.error).__name__}: {r.error}" for r in self._readers if r.error]
+        return f"; reading its output failed: {'; '.join(errors)}" if errors else ""
 
     @property
     def output(self) -> bytes:
@@ -280,28 +295,34 @@ class HeldSession:
     def wait_for(self, predicate: Callable[[bytes], bool], *, timeout: float) -> bytes:
         """Wait until ``predicate(output)`` holds; fails fast when the session has ended.
 
-        :raises AssertionError: at the deadline or when the session ended first, with its stderr.
+        :raises SessionEnded: at once when the session ended first, with its stderr.
+        :raises AssertionError: at the deadline, with the last output.
         """
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def observe() -> bytes:
+            ended = not self.alive
+            if ended:
+                self._drain()
             output = self.output
-            if predicate(output):
-                return output
-            if not self.alive:
-                for reader in self._readers:
-                    reader.join(timeout=2)
-                if predicate(self.output):
-                    return self.output
-                raise AssertionError(
+            if ended and not predicate(output):
+                raise GiveUp(
                     f"the SSH session ended (exit code {self.process.returncode}) before its "
                     f"output showed what was awaited; stderr: {self.errors.strip()[-500:]!r}"
                 )
-            if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"the SSH session's output did not show what was awaited within "
-                    f"{timeout:.0f} s; last output: {output[-200:]!r}"
-                )
-            time.sleep(0.05)
+            return output
+
+        try:
+            return poll_until(
+                observe,
+                predicate,
+                timeout=timeout,
+                what="the held SSH session's output",
+                describe=lambda output: f"{output[-200:]!r}",
+                schedule=(0.02, 1.5, 0.05),
+            )
+        except ReadinessTimeout as exc:
+            failure = SessionEnded if isinstance(exc.__cause__, GiveUp) else AssertionError
+            raise failure(f"{exc}{self._reader_errors()}") from exc
 
     def wait_end(self, *, timeout: float) -> int | None:
         """Wait for the session to end; its exit code, or None if it is still open."""
@@ -309,8 +330,7 @@ class HeldSession:
             code = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
-        for reader in self._readers:
-            reader.join(timeout=2)
+        self._drain()
         return code
 
     def longest_stall(self, after: float = 0.0) -> float:
@@ -320,6 +340,8 @@ class HeldSession:
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     def close(self) -> None:
+        """End the session and its readers. Each reader closes its own pipe: closing one here
+        would race a read in progress (a grandchild such as the ProxyCommand may still write)."""
         if self.process.stdin is not None:
             with contextlib.suppress(OSError):
                 self.process.stdin.close()
@@ -330,7 +352,5 @@ class HeldSession:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        for reader in self._readers:
+            reader.stop()

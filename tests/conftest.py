@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,25 @@ def lab_engine_factory() -> Iterator[Callable[[], PrivateEngine]]:
     for engine, root in made:
         engine.purge()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class FakeClock:
+    """A monotonic clock that advances only when something sleeps on it: waits under test take
+    no real time, and what they slept is recorded."""
+
+    now: float = 100.0
+    slept: list[float] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0, f"slept a negative time: {seconds}"
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

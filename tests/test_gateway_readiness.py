@@ -42,6 +42,8 @@ def tls_server(pki_dir: Path) -> Iterator[int]:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
+            except OSError:  # closed under us (a client outlasted the join): end, never raise
+                return
             with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True) as tls:
                 tls.settimeout(2)
                 while tls.recv(1024):

@@ -15,20 +15,20 @@ import queue
 import re
 import shlex
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_server_support import LabGateway, lab_run
+from server_support import LabGateway, lab_run
 
 from openshell_core import sshproxy
 from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine
 from openshell_core.images import ImageSet
 from openshell_core.server.compute import container_name
+from pytest_openshell.pipes import PipeReader
 
 SANDBOX = "live"
 
@@ -91,24 +91,34 @@ class LiveSession:
     lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
     seen: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    readers: list[threading.Thread] = field(default_factory=list)
+    readers: list[PipeReader] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        def read_out() -> None:
-            assert self.process.stdout is not None
-            for raw in self.process.stdout:
-                self.lines.put(raw.decode(errors="replace").rstrip("\n"))
+        out, err = bytearray(), bytearray()
+
+        def lines_of(buffer: bytearray, chunk: bytes) -> list[str]:
+            buffer.extend(chunk)
+            *complete, rest = buffer.split(b"\n")
+            buffer[:] = rest
+            return [line.decode(errors="replace") for line in complete]
+
+        def on_out(chunk: bytes) -> None:
+            for line in lines_of(out, chunk):
+                self.lines.put(line)
+
+        def on_err(chunk: bytes) -> None:
+            self.errors.extend(lines_of(err, chunk))
+
+        def out_ended() -> None:
+            if out:  # a last line without its newline
+                self.lines.put(out.decode(errors="replace"))
             self.lines.put(None)
 
-        def read_err() -> None:
-            assert self.process.stderr is not None
-            for raw in self.process.stderr:
-                self.errors.append(raw.decode(errors="replace").rstrip("\n"))
-
-        self.readers = [threading.Thread(target=read_out, daemon=True),
-                        threading.Thread(target=read_err, daemon=True)]  # fmt: skip
-        for reader in self.readers:
-            reader.start()
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self.readers = [
+            PipeReader(self.process.stdout, on_out, name="live-ssh-stdout", on_end=out_ended),
+            PipeReader(self.process.stderr, on_err, name="live-ssh-stderr"),
+        ]  # fmt: skip
 
     def wait_for(self, wanted: Callable[[str], bool], what: str, timeout: float = 60) -> str:
         deadline = time.monotonic() + timeout
@@ -163,9 +173,9 @@ class LiveSession:
             self.process.wait(timeout=10)
         for reader in self.readers:
             reader.join(timeout=10)
-        for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
-            if pipe is not None:
-                pipe.close()
+            reader.stop()  # it closes its pipe itself: closing it here would race its read
+        if self.process.stdin is not None:
+            self.process.stdin.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from test_server_support import LabGateway, lab_run, wait_for
+from server_support import LabGateway, lab_run, wait_for
 
 from openshell_core.engine import Engine, PrivateEngine
 from openshell_core.errors import OpenShellError

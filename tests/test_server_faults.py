@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_server_support import (
+from server_support import (
     UPGRADE_IMAGE,
     LabGateway,
     lab_run,

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from openshell import SandboxClient, TlsConfig, WorkspaceClient
-from test_server_support import LabGateway, lab_run, wait_for
+from server_support import LabGateway, lab_run, wait_for
 
 from openshell_core import pki
 from openshell_core.cli import main

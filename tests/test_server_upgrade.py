@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Iterator
 
 import pytest
-from test_server_support import GATEWAY_IMAGE, UPGRADE_IMAGE, LabGateway, lab_run
+from server_support import GATEWAY_IMAGE, UPGRADE_IMAGE, LabGateway, lab_run
 
 from openshell_core.engine import Engine
 from openshell_core.errors import ReadinessTimeout

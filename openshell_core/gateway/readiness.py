@@ -18,11 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final, TypedDict
 
 from openshell_core.engine import Engine
-from openshell_core.errors import ReadinessTimeout
-from openshell_core.retry import backoff
+from openshell_core.retry import GiveUp, poll_until
 
 log = logging.getLogger("openshell.gateway")
 
@@ -90,34 +89,28 @@ def wait_healthy(
         exited, vanished, or restarted :data:`MAX_RESTARTS` times.
     """
     started = time.monotonic()
-    baseline: int | None = None
-    status = "starting"
-    for delay in backoff(*_READINESS_BACKOFF):
-        elapsed = time.monotonic() - started
-        doc = engine.inspect_container(container)
-        if doc is None:
-            _fail(engine, container, what, "the container disappeared", elapsed)
-        restarts = int(doc.get("RestartCount") or 0)
-        baseline = restarts if baseline is None else baseline
-        _fail_if_down(
-            engine, container, what, doc=doc, restarts=restarts - baseline, elapsed=elapsed
-        )
+    down = _DownCheck(container)
+
+    def observe() -> str:
+        doc = down.inspect(engine)
         health = (doc.get("State") or {}).get("Health")
         if not health:
-            _fail(
-                engine,
-                container,
-                what,
-                "the container has no health check (its image lacks a HEALTHCHECK)",
-                elapsed,
-            )
+            raise GiveUp("the container has no health check (its image lacks a HEALTHCHECK)")
         status = str(health.get("Status") or "starting")
-        if status == "healthy" or (status == "starting" and answers is not None and answers()):
-            return elapsed
-        if elapsed + delay > timeout:
-            _fail(engine, container, what, f"timed out (health status: {status})", elapsed)
-        time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+        if status == "starting" and answers is not None and answers():
+            return "answers"
+        return status
+
+    poll_until(
+        observe,
+        lambda status: status in ("healthy", "answers"),
+        timeout=timeout,
+        what=f"{what} of {container}",
+        describe=lambda status: f"health status: {status}",
+        schedule=_READINESS_BACKOFF,
+        **_failure_details(engine, container),
+    )
+    return time.monotonic() - started
 
 
 def wait_api(
@@ -135,70 +128,63 @@ def wait_api(
         container stops running.
     """
     started = time.monotonic()
-    baseline: int | None = None
-    for delay in backoff(*_READINESS_BACKOFF):
-        elapsed = time.monotonic() - started
+    down = _DownCheck(container)
+
+    def observe() -> str | None:
         try:
             probe(target)
         except OSError as exc:
-            last_error = f"{type(exc).__name__}: {exc}"
-        else:
-            return time.monotonic() - started
-        doc = engine.inspect_container(container)
-        if doc is None:
-            _fail(engine, container, what, "the container disappeared", elapsed)
-        restarts = int(doc.get("RestartCount") or 0)
-        baseline = restarts if baseline is None else baseline
-        _fail_if_down(
-            engine, container, what, doc=doc, restarts=restarts - baseline, elapsed=elapsed
-        )
-        if elapsed + delay > timeout:
-            _fail(
-                engine,
-                container,
-                what,
-                f"not accepting connections on {target.host}:{target.port} ({last_error})",
-                elapsed,
-            )
-        time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+            down.inspect(engine)  # the probe failed: is the container still worth waiting for?
+            where = f"{target.host}:{target.port}"
+            return f"not accepting connections on {where} ({type(exc).__name__}: {exc})"
+        return None
 
-
-def _fail_if_down(
-    engine: Engine,
-    container: str,
-    what: str,
-    *,
-    doc: dict[str, Any],
-    restarts: int,
-    elapsed: float,
-) -> None:
-    state = doc.get("State") or {}
-    if not state.get("Running") and not state.get("Restarting"):
-        code = state.get("ExitCode")
-        detail = f", error: {state['Error']}" if state.get("Error") else ""
-        _fail(
-            engine,
-            container,
-            what,
-            f"the container exited unexpectedly (exit code {code}{detail})",
-            elapsed,
-        )
-    if restarts >= MAX_RESTARTS:
-        _fail(
-            engine,
-            container,
-            what,
-            f"the container is restarting in a loop ({restarts} restarts while waiting)",
-            elapsed,
-        )
-
-
-def _fail(engine: Engine, container: str, what: str, reason: str, elapsed: float) -> NoReturn:
-    raise ReadinessTimeout(
-        f"{what} of {container}",
-        reason,
-        elapsed=elapsed,
-        last_logs=engine.container_logs(container, tail=LOG_TAIL),
-        hint=f"the container's full log: `docker logs {container}`",
+    poll_until(
+        observe,
+        lambda refused: refused is None,
+        timeout=timeout,
+        what=f"{what} of {container}",
+        describe=str,
+        schedule=_READINESS_BACKOFF,
+        **_failure_details(engine, container),
     )
+    return time.monotonic() - started
+
+
+class _FailureDetails(TypedDict):
+    last_logs: Callable[[], list[str]]
+    hint: str
+
+
+def _failure_details(engine: Engine, container: str) -> _FailureDetails:
+    return {
+        "last_logs": lambda: engine.container_logs(container, tail=LOG_TAIL),
+        "hint": f"the container's full log: `docker logs {container}`",
+    }
+
+
+@dataclass
+class _DownCheck:
+    """Inspects the container and gives up when waiting cannot help: it vanished, exited, or
+    restarted :data:`MAX_RESTARTS` times since the first look."""
+
+    container: str
+    baseline: int | None = None
+
+    def inspect(self, engine: Engine) -> dict[str, Any]:
+        doc = engine.inspect_container(self.container)
+        if doc is None:
+            raise GiveUp("the container disappeared")
+        restarts = int(doc.get("RestartCount") or 0)
+        self.baseline = restarts if self.baseline is None else self.baseline
+        state = doc.get("State") or {}
+        if not state.get("Running") and not state.get("Restarting"):
+            code = state.get("ExitCode")
+            detail = f", error: {state['Error']}" if state.get("Error") else ""
+            raise GiveUp(f"the container exited unexpectedly (exit code {code}{detail})")
+        if restarts - self.baseline >= MAX_RESTARTS:
+            raise GiveUp(
+                f"the container is restarting in a loop ({restarts - self.baseline} restarts "
+                "while waiting)"
+            )
+        return doc

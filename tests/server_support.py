@@ -11,17 +11,21 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from openshell_core import labels
 from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine
+from openshell_core.errors import ReadinessTimeout
 from openshell_core.faults import parse_faults
 from openshell_core.gateway import DeployOptions, DeployOutcome, deploy, set_active_gateway
+from openshell_core.retry import poll_until
 from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_dir
+
+T = TypeVar("T")
 
 GATEWAY_IMAGE = "openshell-gateway:v1"
 UPGRADE_IMAGE = "openshell-gateway:v2"
@@ -162,13 +166,12 @@ class LabGateway:
         return output.decode()
 
 
-def wait_for(predicate, *, timeout: float = 60.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until it returns something truthy; return that."""
-    started = time.monotonic()
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
+def wait_for(predicate: Callable[[], T], *, timeout: float = 60.0, what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy; return that.
+
+    :raises AssertionError: at the deadline, with the last value seen.
+    """
+    try:
+        return poll_until(predicate, bool, timeout=timeout, what=what)
+    except ReadinessTimeout as exc:
+        raise AssertionError(str(exc)) from exc
