@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,10 +171,10 @@ class OpenShellSession:
 
     @property
     def run_dir(self) -> Path:
-        """This run's host-side directory, shared by the controller and its workers."""
-        path = Path(tempfile.gettempdir()) / f"pytest-openshell-{self.run_id}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        """This run's host-side directory (0700), shared by the controller and its workers; the
+        controller removes it at the end of the run (kept with what ``--openshell-keep`` kept:
+        it holds the mTLS files that reach a kept gateway)."""
+        return runs.make_run_dir(self.run_id)
 
     def note_kept(self, gateway: GatewayHandle) -> None:
         """Say how to reach a gateway left up by ``--openshell-keep`` (printed at the end)."""
@@ -191,7 +190,7 @@ class OpenShellSession:
 
     def kept_lines(self) -> list[str]:
         try:
-            return (self.run_dir / "kept.txt").read_text().splitlines()
+            return (runs.run_dir(self.run_id) / "kept.txt").read_text().splitlines()
         except FileNotFoundError:
             return []
 
@@ -270,6 +269,7 @@ class OpenShellSession:
         try:
             directory = runs.runs_dir()
             self._exit.enter_context(runs.RunLease(self.run_id, directory).held())
+            self._exit.callback(self._remove_run_dir)  # after the objects, before the lease
             self._exit.callback(self._remove_run_objects)
             runs.sweep_dead_runs(self.engine, directory, current=self.run_id)
             if (
@@ -290,6 +290,10 @@ class OpenShellSession:
             return
         if report.total:
             log.info("openshell: removed %d objects of run %s", report.total, self.run_id)
+
+    def _remove_run_dir(self) -> None:
+        if not self.keeps():
+            runs.remove_run_dir(self.run_id)
 
     def close(self) -> None:
         self._exit.close()
