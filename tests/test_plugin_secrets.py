@@ -44,7 +44,9 @@ INNER_CONFTEST = """
 """
 
 INNER_TEST = """
+    import json
     import logging
+    import os
 
     from conftest import note
 
@@ -67,6 +69,10 @@ INNER_TEST = """
         result = openshell_ssh.run(gateway, "one", "echo hello; exit 3")
         print("ran", result)
         logging.getLogger("inner").warning("ssh command line: %s", result.args)
+        raw = {name: openshell_engine.container_logs(name, tail=100000)
+               for name in (container, f"openshell-sandbox-{info.id}")}
+        with open(os.environ["RAW_LOGS_FILE"], "w") as out:
+            json.dump(raw, out)
         assert result.returncode == 0, result
 """
 
@@ -77,6 +83,8 @@ class FailedRun:
     artefacts: Path
     junit: str = field(repr=False)
     secrets: dict[str, list[str]] = field(repr=False)
+    #: the gateway's and the sandbox's own logs (``docker logs``), as they wrote them
+    raw_logs: dict[str, list[str]] = field(repr=False)
 
     def needles(self) -> dict[str, str]:
         """What must not be found, by description: each secret whole, and each line of a private
@@ -99,7 +107,7 @@ def failed_run(images: ImageSet, tmp_path_factory: pytest.TempPathFactory) -> Fa
     directory = tmp_path_factory.mktemp("failing-run")
     (directory / "conftest.py").write_text(textwrap.dedent(INNER_CONFTEST))
     (directory / "test_inner.py").write_text(textwrap.dedent(INNER_TEST))
-    secrets_file = directory / "secrets.jsonl"
+    secrets_file, raw_logs = directory / "secrets.jsonl", directory / "raw-logs.json"
     artefacts, junit = directory / "artefacts", directory / "junit.xml"
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--openshell-gateway"]
     command += ["--openshell-engine=private", "--openshell-scenarios=stop-start", "-rA"]
@@ -108,7 +116,7 @@ def failed_run(images: ImageSet, tmp_path_factory: pytest.TempPathFactory) -> Fa
     result = subprocess.run(
         command,
         cwd=directory,
-        env={**os.environ, "SECRETS_FILE": str(secrets_file)},
+        env={**os.environ, "SECRETS_FILE": str(secrets_file), "RAW_LOGS_FILE": str(raw_logs)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -120,7 +128,8 @@ def failed_run(images: ImageSet, tmp_path_factory: pytest.TempPathFactory) -> Fa
     for line in secrets_file.read_text().splitlines():
         entry = json.loads(line)
         secrets.setdefault(entry["kind"], []).append(entry["value"])
-    return FailedRun(output, artefacts, junit.read_text(), secrets)
+    logs = json.loads(raw_logs.read_text())
+    return FailedRun(output, artefacts, junit.read_text(), secrets, logs)
 
 
 def _leaks(text: str, run: FailedRun) -> list[str]:
@@ -158,6 +167,18 @@ def test_no_secret_of_a_failed_run_is_in_the_terminal_report(failed_run: FailedR
 def test_no_secret_of_a_failed_run_is_in_the_junit_xml(failed_run: FailedRun) -> None:
     assert "ssh command line" in failed_run.junit  # the captured log is in it
     assert not _leaks(failed_run.junit, failed_run)
+
+
+def test_the_gateway_and_the_sandbox_never_log_a_secret(failed_run: FailedRun) -> None:
+    """Their own logs, before any redaction: nothing to mask there in the first place."""
+    assert len(failed_run.raw_logs) == 2
+    assert all(lines for lines in failed_run.raw_logs.values()), failed_run.raw_logs.keys()
+    leaks = {
+        name: found
+        for name, lines in failed_run.raw_logs.items()
+        if (found := _leaks("\n".join(lines), failed_run))
+    }
+    assert not leaks, leaks
 
 
 def test_artefact_files_are_readable_by_their_owner_only(failed_run: FailedRun) -> None:
