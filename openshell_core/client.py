@@ -77,7 +77,7 @@ class ExecResult:
 class SshSession:
     """A token for ``CONNECT /connect/ssh``, and where to use it."""
 
-    token: str
+    token: str = field(repr=False)  # a credential: kept out of reprs in reports
     sandbox_id: str
     gateway_host: str
     gateway_port: int

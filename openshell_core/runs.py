@@ -5,6 +5,10 @@ named after its id, with its pid, whose mtime it refreshes every few seconds. A 
 objects of every run whose lease is gone, whose process died, or whose lease went stale (a
 run killed with ``kill -9``, or a crashed session on another machine). A run whose lease is fresh
 is never swept. Only objects that carry our manager label are considered at all.
+
+A run's host-side files (its gateways' mTLS files, its SSH key) live in its run directory,
+``$TMPDIR/pytest-openshell-{run id}`` (0700), which the run removes at its end; the sweep removes
+those of dead runs with their Docker objects.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -38,6 +45,66 @@ def runs_dir(env: Mapping[str, str] | None = None) -> Path:
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+RUN_DIR_PREFIX = "pytest-openshell-"
+_RUN_DIR = re.compile(re.escape(RUN_DIR_PREFIX) + r"(?P<run>[0-9a-f]{12})")
+
+
+def run_dir(run_id: str, *, base: Path | None = None) -> Path:
+    """Where run ``run_id`` keeps its host-side files (not made here)."""
+    return (base or Path(tempfile.gettempdir())) / f"{RUN_DIR_PREFIX}{run_id}"
+
+
+def make_run_dir(run_id: str, *, base: Path | None = None) -> Path:
+    """Run ``run_id``'s directory, made readable by its owner only: it holds private keys."""
+    path = run_dir(run_id, base=base)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)  # mkdir's mode passes through the umask
+    return path
+
+
+def remove_run_dir(run_id: str, *, base: Path | None = None) -> bool:
+    """Remove run ``run_id``'s directory and everything in it; True when it was there."""
+    path = run_dir(run_id, base=base)
+    if not path.is_dir() or path.is_symlink():
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
+def sweep_run_dirs(
+    directory: Path, *, current: str | None = None, base: Path | None = None
+) -> list[str]:
+    """Remove the run directories of runs that are no longer alive (leases in ``directory``);
+    only real directories of ours with a run directory's exact name are looked at.
+
+    :returns: the run ids whose directories were removed.
+    """
+    base = base or Path(tempfile.gettempdir())
+    try:
+        found = [entry for entry in base.iterdir() if _RUN_DIR.fullmatch(entry.name)]
+    except OSError:
+        return []
+    # Leases are read after the listing: a run makes its lease before its directory, so a
+    # directory listed above whose run is alive has a lease by now.
+    keep = live_runs(directory)
+    if current:
+        keep.add(current)
+    swept = []
+    for entry in found:
+        run = _RUN_DIR.fullmatch(entry.name)["run"]  # type: ignore[index]
+        try:
+            status = entry.lstat()
+        except FileNotFoundError:
+            continue
+        if run in keep or not entry.is_dir() or entry.is_symlink():
+            continue
+        if status.st_uid != os.getuid():
+            continue  # another user's run: not ours to remove
+        shutil.rmtree(entry, ignore_errors=True)
+        swept.append(run)
+    return swept
 
 
 @dataclass
@@ -147,7 +214,11 @@ def remove_run_objects(
 
 
 def sweep_dead_runs(engine: Engine, directory: Path, *, current: str | None = None) -> SweepReport:
-    """Remove what runs that are no longer alive left on ``engine``."""
+    """Remove what runs that are no longer alive left on ``engine`` and on this machine (their
+    run directories)."""
+    directories = sweep_run_dirs(directory, current=current)
+    if directories:
+        log.info("removed the run directories of dead runs %s", ", ".join(directories))
     keep = live_runs(directory)
     if current:
         keep.add(current)

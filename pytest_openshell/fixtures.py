@@ -42,6 +42,7 @@ class GatewayFactory:
         with self.session.access.shared():
             handle = self.session.driver.deploy(spec)
         self.made.append(handle)
+        self.session.redactor.learn_files(handle.config_home)  # its mTLS client key
         return handle
 
     def forget(self, handle: GatewayHandle) -> None:
@@ -97,7 +98,7 @@ class ScenarioFixture:
 
     def disrupt(self, gateway: GatewayHandle) -> ScenarioRun:
         """Disrupt ``gateway`` (plain engine and driver operations); returns the run."""
-        artefacts = Artefacts(self.session.engine, gateway.name)
+        artefacts = Artefacts(self.session.engine, gateway.name, self.session.redactor)
         self.session.artefacts_of(self.key).append(artefacts)
         run = ScenarioRun(
             self.scenario, gateway, self.session.driver, self.session.engine, artefacts

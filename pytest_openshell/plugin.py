@@ -294,6 +294,20 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     state = item.config.stash[SESSION_KEY]
+    _complete_report(item, report, state)
+    if state.settings.enabled:
+        # Nothing secret in the terminal report, the JUnit XML or what xdist sends on: the
+        # traceback (an ssh command line holds a session token), captured output and logs,
+        # properties, and the artefacts' summary.
+        report.longrepr = state.redactor.in_place(report.longrepr)
+        report.sections = [
+            (title, state.redactor.text(content)) for title, content in report.sections
+        ]
+        report.user_properties = state.redactor.value(list(report.user_properties))
+    return report
+
+
+def _complete_report(item: pytest.Item, report: pytest.TestReport, state: OpenShellSession) -> None:
     key = state.scenario_of(item)
     run = state.runs.get(key) if key else None
     if run is not None and report.when == "call":
@@ -313,7 +327,6 @@ def pytest_runtest_makereport(
             report.sections.append(
                 (f"openshell artefacts ({report.when})", artefacts.summary(written))
             )
-    return report
 
 
 @pytest.hookimpl(trylast=True)

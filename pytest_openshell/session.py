@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,12 @@ from typing import Any
 import pytest
 
 from openshell_core import runs, sshproxy
-from openshell_core.client import GatewayClient
+from openshell_core.client import GatewayClient, SshSession
 from openshell_core.engine import Engine, EngineMode, PrivateEngine, open_engine
 from openshell_core.engine.private import DEFAULT_NAME, engines_dir
 from openshell_core.errors import OpenShellError
 from openshell_core.images import ensure_images
+from openshell_core.redaction import Redactor
 from pytest_openshell.artefacts import Artefacts
 from pytest_openshell.drivers import GatewayDriver, GatewayHandle, GatewaySpec
 from pytest_openshell.engine_access import EngineAccess, lock_dir
@@ -57,6 +57,8 @@ class OpenShellSession:
     settings: Settings
     run_id: str
     summary: RunSummary = field(default_factory=RunSummary)
+    #: masks the run's secrets in its artefacts and reports; learns them as the run meets them
+    redactor: Redactor = field(default_factory=Redactor)
     _engine: Engine | None = None
     _access: EngineAccess | None = None
     _driver: GatewayDriver | None = None
@@ -169,10 +171,10 @@ class OpenShellSession:
 
     @property
     def run_dir(self) -> Path:
-        """This run's host-side directory, shared by the controller and its workers."""
-        path = Path(tempfile.gettempdir()) / f"pytest-openshell-{self.run_id}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        """This run's host-side directory (0700), shared by the controller and its workers; the
+        controller removes it at the end of the run (kept with what ``--openshell-keep`` kept:
+        it holds the mTLS files that reach a kept gateway)."""
+        return runs.make_run_dir(self.run_id)
 
     def note_kept(self, gateway: GatewayHandle) -> None:
         """Say how to reach a gateway left up by ``--openshell-keep`` (printed at the end)."""
@@ -188,7 +190,7 @@ class OpenShellSession:
 
     def kept_lines(self) -> list[str]:
         try:
-            return (self.run_dir / "kept.txt").read_text().splitlines()
+            return (runs.run_dir(self.run_id) / "kept.txt").read_text().splitlines()
         except FileNotFoundError:
             return []
 
@@ -204,13 +206,15 @@ class OpenShellSession:
 
     def client(self, gateway: GatewayHandle) -> GatewayClient:
         """A gRPC client of ``gateway`` through its host-side files (close it after use)."""
-        return GatewayClient.for_gateway(gateway.name, env=gateway.env)
+        return _LearningClient.for_gateway(gateway.name, env=gateway.env, redactor=self.redactor)
 
     def user_key(self) -> Path:
         """The run's SSH key (made once with ssh-keygen): sandboxes of the run accept it."""
         key = self.config_home.parent / "ssh" / "id_ed25519"
         with self._names_lock:
-            return sshproxy.ensure_user_key(key, comment=f"pytest-openshell-run-{self.run_id}")
+            made = sshproxy.ensure_user_key(key, comment=f"pytest-openshell-run-{self.run_id}")
+        self.redactor.learn(made.read_text())
+        return made
 
     def user_public_key(self) -> str:
         return self.user_key().with_suffix(".pub").read_text().strip()
@@ -265,6 +269,7 @@ class OpenShellSession:
         try:
             directory = runs.runs_dir()
             self._exit.enter_context(runs.RunLease(self.run_id, directory).held())
+            self._exit.callback(self._remove_run_dir)  # after the objects, before the lease
             self._exit.callback(self._remove_run_objects)
             runs.sweep_dead_runs(self.engine, directory, current=self.run_id)
             if (
@@ -286,8 +291,25 @@ class OpenShellSession:
         if report.total:
             log.info("openshell: removed %d objects of run %s", report.total, self.run_id)
 
+    def _remove_run_dir(self) -> None:
+        if not self.keeps():
+            runs.remove_run_dir(self.run_id)
+
     def close(self) -> None:
         self._exit.close()
+
+
+class _LearningClient(GatewayClient):
+    """A gateway client that tells the run's redactor every session token it is given."""
+
+    def __init__(self, endpoint: str, *, redactor: Redactor, **options: Any) -> None:
+        super().__init__(endpoint, **options)
+        self._redactor = redactor
+
+    def create_ssh_session(self, name: str) -> SshSession:
+        session = super().create_ssh_session(name)
+        self._redactor.learn(session.token)
+        return session
 
 
 def free_port() -> int:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_openshell.artefacts import private_directory, write_private
+
 SCENARIO = "openshell.scenario"
 PROPERTY = "openshell.property"
 RECOVERY = "openshell.recovery_seconds"
@@ -99,9 +101,9 @@ class RunSummary:
         }
 
     def write_json(self, directory: Path) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
+        private_directory(directory)
         target = directory / SUMMARY_FILE
-        target.write_text(json.dumps(self.as_json(), indent=2, sort_keys=True) + "\n")
+        write_private(target, json.dumps(self.as_json(), indent=2, sort_keys=True) + "\n")
         return target
 
     def table(self) -> list[str]:

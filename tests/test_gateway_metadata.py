@@ -170,7 +170,7 @@ def test_removing_gateway_files_leaves_other_gateways_alone() -> None:
 def test_the_lock_file_lives_beside_not_inside_the_gateway_directory(config_home: Path) -> None:
     with gateway_lock("demo"):
         remove_gateway_files("demo")
-    assert (config_home / "openshell" / "gateways" / ".demo.lock").exists()
+        assert (config_home / "openshell" / "gateways" / ".demo.lock").exists()
 
 
 def test_the_official_sdk_reads_what_deploy_writes(config_home: Path) -> None:

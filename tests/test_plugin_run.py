@@ -82,6 +82,7 @@ def test_a_scenario_runs_against_a_fresh_gateway_and_the_run_leaves_nothing(
     result.stdout.fnmatch_lines(["*openshell: scenario x property*"])
     (run_id,) = recorded_run_ids(run_id_file)
     assert run_objects(engine, run_id) == []
+    assert not runs.run_dir(run_id).exists(), "the run left its directory (keys) behind"
 
 
 def test_the_shared_gateway_is_deployed_once_and_answers_in_every_test(
@@ -122,6 +123,7 @@ def test_a_setup_that_fails_after_deploying_still_leaves_nothing(
     result.assert_outcomes(errors=1)
     (run_id,) = recorded_run_ids(run_id_file)
     assert run_objects(engine, run_id) == []
+    assert not runs.run_dir(run_id).exists(), "the run left its directory (keys) behind"
 
 
 def test_a_failing_test_gets_artefacts_written_and_attached_to_its_report(
@@ -316,6 +318,7 @@ def test_ctrl_c_during_a_test_still_removes_the_runs_objects(
             process.kill()
     assert b"KeyboardInterrupt" in output
     assert run_objects(engine, run_id) == []
+    assert not runs.run_dir(run_id).exists(), "the run left its directory (keys) behind"
 
 
 def test_two_workers_get_their_own_gateways_and_a_daemon_restart_runs_alone(

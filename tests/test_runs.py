@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -90,3 +91,30 @@ def test_the_sweep_removes_dead_runs_objects_and_spares_live_runs_and_foreign_on
             engine.remove_container(stem)
             engine.remove_network(stem)
             engine.remove_volume(stem)
+
+
+def test_a_run_directory_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = runs.make_run_dir("0123456789ab", base=tmp_path)
+    assert path == tmp_path / "pytest-openshell-0123456789ab"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+
+
+def test_the_sweep_removes_dead_runs_directories_and_spares_live_runs_and_look_alikes(
+    tmp_path: Path,
+) -> None:
+    leases, temp = tmp_path / "leases", tmp_path / "tmp"
+    dead = runs.make_run_dir("deadbeef0001", base=temp)
+    (dead / "ssh").mkdir()
+    (dead / "ssh" / "id_ed25519").write_text("a private key")
+    live = runs.make_run_dir("cafe00000001", base=temp)
+    current = runs.make_run_dir("cafe00000002", base=temp)
+    look_alikes = [temp / "pytest-openshell-0123456789abcdef", temp / "pytest-openshell-notarun"]
+    for path in look_alikes:
+        path.mkdir()
+    linked = temp / "pytest-openshell-deadbeef0002"
+    linked.symlink_to(tmp_path)  # a link is never followed, nor removed
+    with runs.RunLease("cafe00000001", leases).held():
+        swept = runs.sweep_run_dirs(leases, current="cafe00000002", base=temp)
+    assert swept == ["deadbeef0001"]
+    assert not dead.exists()
+    assert all(path.exists() for path in (live, current, *look_alikes, linked, tmp_path))

@@ -16,8 +16,6 @@ delete a gateway's volume.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -28,6 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from openshell_core import locks
 from openshell_core.errors import StateError
 
 log = logging.getLogger("openshell.gateway")
@@ -292,22 +291,17 @@ def gateway_lock(name: str, env: Mapping[str, str] | None = None) -> Iterator[No
 
     The lock file sits beside the gateway directories (``gateways/.{name}.lock``), not inside one,
     so that removing a gateway's directory never hands the lock to two holders. It is an advisory
-    ``flock``: released by the kernel when its holder dies.
+    ``flock`` (released by the kernel when its holder dies) on a file that exists only while held
+    (:mod:`openshell_core.locks`); lock files that holders which died left behind are removed.
     """
-    path = gateways_dir(env) / f".{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            log.info("Waiting for another operation on gateway %s to finish", name)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+    directory = gateways_dir(env)
+    with locks.held(
+        directory / f".{name}.lock",
+        on_wait=lambda: log.info("Waiting for another operation on gateway %s to finish", name),
+    ):
+        for stale in directory.glob(".*.lock"):
+            locks.remove_if_unheld(stale)
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 # -- helpers ----------------------------------------------------------------------------------
