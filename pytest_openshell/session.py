@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import tempfile
 import threading
@@ -91,7 +92,9 @@ class OpenShellSession:
     def _open_engine(self) -> Engine:
         mode = self.settings.engine
         if mode is EngineMode.PRIVATE or (
-            mode is EngineMode.AUTO and PrivateEngine(DEFAULT_NAME).is_running()
+            mode is EngineMode.AUTO
+            and not os.environ.get("DOCKER_HOST")  # a named engine is that engine or an error
+            and PrivateEngine(DEFAULT_NAME).is_running()
         ):
             private = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
             self._exit.enter_context(private.lease())

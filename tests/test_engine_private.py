@@ -295,9 +295,23 @@ def test_a_root_too_long_for_unix_sockets_is_refused() -> None:
 
 def test_default_pools_stay_inside_the_benchmark_range() -> None:
     for name in ("default", "lab-1", "worker-gw3", "x" * 40):
-        pool = default_pool(name)
+        pool = default_pool(Path("/tmp/ose-pools") / name, name)
         assert validate_pool(pool) == pool
         assert pool.startswith(("198.18.", "198.19.")) and pool.endswith("/20")
+
+
+def test_engines_of_one_name_under_different_roots_get_different_pools() -> None:
+    # Both are called ``default``, as every engine is unless named: the root tells them apart.
+    first = PrivateEngine("default", Path("/var/lib/pytest-openshell/engines-a/default"))
+    second = PrivateEngine("default", Path("/srv/other-engines/default"))
+    assert first.address_pool != second.address_pool
+    assert first.address_pool == PrivateEngine("default", first.root).address_pool
+
+
+def test_an_engine_keeps_the_pool_recorded_at_its_first_start(tmp_path: Path) -> None:
+    # Its networks live in that pool and its firewall rule names it, whatever the default says.
+    (tmp_path / "address-pool").write_text("198.19.240.0/20\n")
+    assert PrivateEngine("default", tmp_path).address_pool == "198.19.240.0/20"
 
 
 @pytest.mark.parametrize("pool", ["10.1.0.0/16", "172.17.0.0/16", "192.168.5.0/24", "0.0.0.0/0"])

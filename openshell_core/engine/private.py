@@ -54,13 +54,24 @@ def engines_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("OPENSHELL_ENGINE_ROOT") or DEFAULT_ENGINES_DIR)
 
 
-def default_pool(name: str) -> str:
-    """A /20 inside 198.18.0.0/15 chosen by the engine name, so engines rarely share a pool.
+def default_pool(root: Path, name: str) -> str:
+    """A /20 inside 198.18.0.0/15 chosen by the engine's root and name, so engines rarely share a
+    pool: two engines called ``default`` under different roots get different pools (31 times in
+    32). Deterministic, so an engine's pool is the same on every start.
 
     Sharing would still work: Docker skips subnets that overlap an existing route.
     """
+    return _pool_for(f"{Path(root).absolute()}\0{name}")
+
+
+def _legacy_pool(name: str) -> str:
+    """The pool engines got before pools depended on the root (from the name alone)."""
+    return _pool_for(name)
+
+
+def _pool_for(key: str) -> str:
     blocks = 2 ** (POOL_PREFIX - POOL_RANGE.prefixlen)
-    index = hashlib.sha256(name.encode()).digest()[0] % blocks
+    index = hashlib.sha256(key.encode()).digest()[0] % blocks
     base = int(POOL_RANGE.network_address) + index * 2 ** (32 - POOL_PREFIX)
     return f"{ipaddress.ip_address(base)}/{POOL_PREFIX}"
 
@@ -96,7 +107,8 @@ class PrivateEngine:
 
     :param name: names the engine (its directory and firewall tag).
     :param root: its directory; default ``$OPENSHELL_ENGINE_ROOT/{name}``.
-    :param address_pool: the pool its networks come from; default :func:`default_pool`.
+    :param address_pool: the pool its networks come from; default: the pool recorded in its root
+        at its first start, else :func:`default_pool`.
     :param dockerd: the daemon binary (a name on ``PATH`` or a path).
     """
 
@@ -110,7 +122,7 @@ class PrivateEngine:
     ) -> None:
         self.name = name
         self.root = (root or engines_dir() / name).absolute()
-        self.address_pool = validate_pool(address_pool or default_pool(name))
+        self.address_pool = validate_pool(address_pool or self._recorded_pool())
         self.dockerd = dockerd
 
     # -- paths -------------------------------------------------------------------------------
@@ -140,6 +152,10 @@ class PrivateEngine:
     @property
     def logfile(self) -> Path:
         return self.root / "dockerd.log"
+
+    @property
+    def pool_record(self) -> Path:
+        return self.root / "address-pool"
 
     @property
     def host(self) -> str:
@@ -206,6 +222,7 @@ class PrivateEngine:
                 return False
             self._refuse_foreign_holders()
             self._clear_stale_files()
+            self._record_pool()
             self._ensure_firewall()
             log.info("starting private Docker engine %r under %s", self.name, self.root)
             self._spawn()
@@ -308,6 +325,25 @@ class PrivateEngine:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _recorded_pool(self) -> str:
+        """The pool this engine was first started with: its networks live in it, and its
+        firewall rule names it, so a later change of :func:`default_pool` must not move it."""
+        try:
+            return self.pool_record.read_text().strip() or default_pool(self.root, self.name)
+        except FileNotFoundError:
+            pass
+        except OSError:  # a root we may not read (not root): refused with the reason later
+            return default_pool(self.root, self.name)
+        # An engine whose data predates the record got its pool from its name alone.
+        with contextlib.suppress(OSError):
+            if self.data_root.is_dir():
+                return _legacy_pool(self.name)
+        return default_pool(self.root, self.name)
+
+    def _record_pool(self) -> None:
+        if not self.pool_record.exists():
+            self.pool_record.write_text(self.address_pool + "\n")
 
     def _running_pid(self) -> int | None:
         pid = _proc.read_pidfile(self.pidfile)
