@@ -226,6 +226,77 @@ def test_crash_then_start_brings_unless_stopped_container_back(
     assert _wait_for_marker(port) == b"before-crash\n"
 
 
+def _kill_dockerd_and_containerd(engine: PrivateEngine) -> None:
+    """What an OOM kill or ``systemctl kill docker`` does: the shims and containers live on."""
+    victims = {
+        process.pid
+        for process in _proc.all_processes()
+        if process.name in ("dockerd", "containerd")
+        and any(str(engine.exec_root) in arg for arg in process.argv)
+    }
+    assert victims, "the running engine has a dockerd and a containerd"
+    _proc.kill_all(victims)
+    assert not _proc.wait_gone(victims, timeout=15)
+
+
+def _mounts_below(root: Path) -> list[str]:
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    return [line.split()[1] for line in mounts if line.split()[1].startswith(f"{root}/")]
+
+
+def test_start_after_a_daemon_kill_brings_unless_stopped_containers_back(
+    lab: PrivateEngine, lab_client: Engine, lab_image: str, unique_name: str
+) -> None:
+    port = _free_port()
+    lab_client.create_volume(unique_name, labels=labels.ownership(role="test"))
+    lab_client.create_network(unique_name, labels=labels.ownership(role="test"))
+    _web_container(lab_client, lab_image, unique_name, unique_name, port=port, volume=unique_name)
+    lab_client.start_container(unique_name)
+    lab_client.exec_run(unique_name, ["sh", "-c", "echo before-kill > /data/marker"])
+    before = lab_client.inspect_container(unique_name)["State"]  # type: ignore[index]
+
+    _kill_dockerd_and_containerd(lab)
+    assert _proc.is_alive(before["Pid"]), "the container outlives its daemon"
+    lab.start()
+    lab_client.reconnect()
+
+    # Docker restarts unless-stopped containers before its API answers: no wait is needed.
+    after = lab_client.inspect_container(unique_name)["State"]  # type: ignore[index]
+    assert after["Running"], f"the container stayed down after engine start: {after}"
+    assert after["StartedAt"] != before["StartedAt"]
+    assert _wait_for_marker(port) == b"before-kill\n"
+
+
+def test_kill_daemon_spares_the_containers(
+    lab: PrivateEngine, lab_client: Engine, lab_image: str, unique_name: str
+) -> None:
+    lab_client.create_network(unique_name, labels=labels.ownership(role="test"))
+    _web_container(lab_client, lab_image, unique_name, unique_name, port=_free_port())
+    lab_client.start_container(unique_name)
+    container_pid = lab_client.inspect_container(unique_name)["State"]["Pid"]  # type: ignore[index]
+    try:
+        lab.kill_daemon()
+        assert not lab.is_running()
+        assert _proc.is_alive(container_pid)
+    finally:
+        lab.start()
+        lab_client.reconnect()
+
+
+def test_stop_after_a_daemon_kill_leaves_no_mount_behind(
+    lab_engine_factory: Callable[[], PrivateEngine],
+) -> None:
+    engine = lab_engine_factory()
+    engine.start()
+    assert _mounts_below(engine.root), "dockerd bind-mounts its data root onto itself"
+    _kill_dockerd_and_containerd(engine)
+    engine.start()
+
+    engine.stop()
+
+    assert _mounts_below(engine.root) == []
+
+
 def test_stop_leaves_no_process_behind(lab_engine_factory: Callable[[], PrivateEngine]) -> None:
     engine = lab_engine_factory()
     engine.start()

@@ -107,6 +107,16 @@ class Engine:
         private.start()
         self.reconnect()
 
+    def kill_daemon(self) -> None:
+        """SIGKILL the daemon and containerd only, leaving the shims and containers running (the
+        ``docker-daemon-kill`` scenario); :meth:`start_daemon` is its recovery."""
+        self._owned("kill the Docker daemon").kill_daemon()
+
+    def start_daemon(self) -> None:
+        """Start the daemon again (``pytest-openshell engine start``); a no-op when it runs."""
+        self._owned("start the Docker daemon").start()
+        self.reconnect()
+
     def _owned(self, action: str) -> PrivateEngine:
         if self.private is None:
             raise EngineCapabilityError(

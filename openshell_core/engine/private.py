@@ -46,6 +46,9 @@ POOL_PREFIX = 20
 NETWORK_PREFIX = 26
 #: unix(7): sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
+#: Seconds the containers a dead daemon left get to exit on SIGTERM (dockerd's own
+#: ``--shutdown-timeout``) before they are killed.
+ORPHAN_GRACE = 10.0
 INSTALL_HINT = "apt-get install -y docker.io iptables (or run ci/setup.sh)"
 
 
@@ -221,6 +224,7 @@ class PrivateEngine:
                 self._ensure_firewall()
                 return False
             self._refuse_foreign_holders()
+            self._end_orphans()
             self._clear_stale_files()
             self._record_pool()
             self._ensure_firewall()
@@ -245,6 +249,10 @@ class PrivateEngine:
                 _proc.kill_all(leftovers)
                 _proc.wait_gone(leftovers, timeout=10)
             self._clear_stale_files()
+            # A daemon bind-mounts its data root onto itself, and unmounts it on shutdown only
+            # when it made the mount: after a crash the next daemon finds it made already, and
+            # it would outlive the engine. Nothing of the engine runs now, so nothing is in use.
+            _unmount_below(self.root)
             _firewall.remove_accept(self.address_pool, self._firewall_tag)
 
     @contextlib.contextmanager
@@ -296,6 +304,30 @@ class PrivateEngine:
             victims = self._engine_processes()
             log.info(
                 "crashing private Docker engine %r: SIGKILL to %d processes",
+                self.name,
+                len(victims),
+            )
+            _proc.kill_all(victims)
+            survivors = _proc.wait_gone(victims, timeout=15)
+            if survivors:
+                raise EngineError(f"processes {sorted(survivors)} survived SIGKILL")
+
+    def kill_daemon(self) -> None:
+        """SIGKILL dockerd and its containerd only; the shims and the containers go on running.
+
+        This is the common daemon crash (an OOM kill, ``systemctl kill docker``): the daemon is
+        left stopped, its containers orphaned, and the next :meth:`start` recovers from it.
+        """
+        with self._lifecycle_lock():
+            table = {process.pid: process for process in _proc.all_processes()}
+            victims = {
+                pid
+                for pid in self._engine_processes()
+                if pid in table and table[pid].name in ("dockerd", "containerd")
+            }
+            log.info(
+                "killing private Docker engine %r: SIGKILL to dockerd and containerd (%d "
+                "processes), its containers left running",
                 self.name,
                 len(victims),
             )
@@ -376,6 +408,39 @@ class PrivateEngine:
         shims = {p.pid for p in table if p.pid in ours and p.name.startswith("containerd-shim")}
         ours |= _proc.descendants(shims, table)
         return {pid for pid in ours if _proc.is_alive(pid)}
+
+    def _end_orphans(self, *, grace: float = ORPHAN_GRACE) -> None:
+        """End what a daemon that died left running: containerd, shims, containers.
+
+        A dockerd started without live-restore stops the containers it finds still running, the
+        way ``docker stop`` does, and so marks them stopped by their user: every ``unless-stopped``
+        container would stay down (``Exited (0)``). Ended here instead (SIGTERM, then SIGKILL),
+        they count as crashed, and the daemon restarts them as after a power cut.
+        """
+        leftovers = self._engine_processes()
+        if not leftovers:
+            return
+        table = _proc.all_processes()
+        shims = {p.pid for p in table if p.pid in leftovers and p.name.startswith("containerd-sh")}
+        inits = {p.pid for p in table if p.ppid in shims and p.pid in leftovers}
+        log.info(
+            "engine %r: its daemon died and left %d containers running; ending them so that "
+            "Docker restarts them by their restart policy",
+            self.name,
+            len(inits),
+        )
+        _proc.kill_all(inits, signal.SIGTERM)
+        _proc.wait_gone(inits, timeout=grace)
+        rest = self._engine_processes()
+        _proc.kill_all(rest)
+        survivors = _proc.wait_gone(rest, timeout=15)
+        if survivors:
+            raise EngineError(
+                f"processes {sorted(survivors)} left by engine {self.name!r}'s dead daemon "
+                "survived SIGKILL",
+                hint=f"end them (kill -9 {' '.join(map(str, sorted(survivors)))}), then start "
+                "the engine again",
+            )
 
     def _refuse_foreign_holders(self) -> None:
         markers = (str(self.data_root), str(self.exec_root), str(self.socket_path))
