@@ -202,3 +202,45 @@ def _fail(engine: Engine, container: str, what: str, reason: str, elapsed: float
         last_logs=engine.container_logs(container, tail=LOG_TAIL),
         hint=f"the container's full log: `docker logs {container}`",
     )
+
+
+#: Seconds ``gateway start`` waits for sandboxes the gateway is bringing back (a sandbox whose
+#: container restarts is READY again within a few seconds).
+SANDBOX_RETURN_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class SandboxesBack:
+    """What :func:`wait_sandboxes_back` saw: the sandboxes that came back while it waited, and
+    those still coming back at its deadline."""
+
+    back: tuple[str, ...]
+    pending: tuple[str, ...]
+
+
+def wait_sandboxes_back(
+    coming_back: Callable[[], set[str]], *, timeout: float = SANDBOX_RETURN_TIMEOUT
+) -> SandboxesBack:
+    """Wait until no sandbox is coming back any more, or ``timeout`` passed.
+
+    :param coming_back: the names of the sandboxes on their way back now (see
+        ``cli._gateway``: ``PROVISIONING``, or reported ``READY`` by a gateway that has not yet
+        seen their container stopped).
+
+    A gateway that resumes after its sandboxes' containers were stopped answers at once, but
+    restarts those containers itself, and each is on its way for a few seconds: a user told
+    "ready" then would find them refused. A sandbox in ``ERROR`` is not waited for: the wait is
+    for those on their way, not for those that cannot come.
+    """
+    started = time.monotonic()
+    first = coming_back()
+    if not first:
+        return SandboxesBack(back=(), pending=())
+    log.info("Waiting for %d sandbox(es) to come back: %s", len(first), ", ".join(sorted(first)))
+    delays = backoff(*_READINESS_BACKOFF)
+    while True:
+        pending = coming_back()
+        elapsed = time.monotonic() - started
+        if not pending or elapsed >= timeout:
+            return SandboxesBack(tuple(sorted(first - pending)), tuple(sorted(pending)))
+        time.sleep(min(next(delays), timeout - elapsed))
