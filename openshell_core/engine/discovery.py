@@ -14,7 +14,12 @@ import docker.errors
 
 from openshell_core.engine.client import Engine, connect
 from openshell_core.engine.private import DEFAULT_NAME, PrivateEngine, engines_dir
-from openshell_core.errors import EnginePrerequisiteError, NoEngineError, UsageError
+from openshell_core.errors import (
+    EnginePermissionError,
+    EnginePrerequisiteError,
+    NoEngineError,
+    UsageError,
+)
 
 DEFAULT_SOCKET = Path("/var/run/docker.sock")
 
@@ -111,6 +116,8 @@ def _named_engine(env: Mapping[str, str]) -> Engine:
     host = env["DOCKER_HOST"]
     try:
         return connect(host, source="DOCKER_HOST", private=private_engine_for(host, env))
+    except EnginePermissionError:
+        raise  # it answers, to another user: that says more than "does not answer"
     except NoEngineError as exc:
         raise NoEngineError(
             f"no Docker engine answers at DOCKER_HOST={host}, and no other engine is used in "

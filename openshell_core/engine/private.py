@@ -29,7 +29,13 @@ from pathlib import Path
 
 from openshell_core.engine import _firewall, _proc
 from openshell_core.engine.client import Engine, connect, unix_socket_answers
-from openshell_core.errors import EngineError, EnginePrerequisiteError, UsageError
+from openshell_core.errors import (
+    EngineError,
+    EnginePermissionError,
+    EnginePrerequisiteError,
+    UsageError,
+)
+from openshell_core.users import owner_of, this_user
 
 log = logging.getLogger("openshell.engine")
 
@@ -217,6 +223,7 @@ class PrivateEngine:
 
     def start(self, *, timeout: float = 60.0) -> bool:
         """Start the daemon unless it runs already; True when this call started it."""
+        self._running_pid()  # another user's engine: say so, rather than "not running as root"
         self.check_prerequisites()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._lifecycle_lock():
@@ -350,13 +357,27 @@ class PrivateEngine:
 
     @contextlib.contextmanager
     def _lifecycle_lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with (self.root / "lifecycle.lock").open("a") as handle:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            handle = (self.root / "lifecycle.lock").open("a")
+        except PermissionError as exc:
+            raise self._denied(exc) from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _denied(self, exc: PermissionError) -> EnginePermissionError:
+        """The error for a user who may not touch this engine's files (it runs as root)."""
+        return EnginePermissionError(
+            f"permission denied: private engine {self.name!r} under {self.root} belongs to "
+            f"{owner_of(self.root)}, and this user ({this_user()}) may "
+            f"not use it ({exc.strerror or exc}: {exc.filename or self.root})",
+            hint="run as root (or as the user who started the engine), or set DOCKER_HOST to an "
+            "engine this user may use",
+        )
 
     def _recorded_pool(self) -> str:
         """The pool this engine was first started with: its networks live in it, and its
@@ -378,7 +399,10 @@ class PrivateEngine:
             self.pool_record.write_text(self.address_pool + "\n")
 
     def _running_pid(self) -> int | None:
-        pid = _proc.read_pidfile(self.pidfile)
+        try:
+            pid = _proc.read_pidfile(self.pidfile)
+        except PermissionError as exc:
+            raise self._denied(exc) from None
         if pid is None or not _proc.is_alive(pid):
             return None
         process = _proc.read(pid)
