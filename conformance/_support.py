@@ -46,10 +46,12 @@ GATEWAY_ONLY = (
     "auto-bootstrap",
     "resume-failure",
 )
-DAEMON = ("docker-restart", "docker-crash")
+#: docker-daemon-kill's traits: gateway container kept (restarted by the daemon), sandbox
+#: containers restarted, held session ends, engine alone; like docker-crash once the engine starts.
+DAEMON = ("docker-restart", "docker-crash", "docker-daemon-kill")
 #: Every scenario after which state must survive (the negative controls are the others).
-SURVIVING = (*CORE, "docker-crash", "sandbox-reschedule", "start-while-running", "auto-bootstrap",
-             "resume-failure")  # fmt: skip
+SURVIVING = (*CORE, "docker-crash", "docker-daemon-kill", "sandbox-reschedule",
+             "start-while-running", "auto-bootstrap", "resume-failure")  # fmt: skip
 NEGATIVE = ("recreate", "destroy")
 #: Scenarios that end with a gateway container made anew (volume-only resumes; a failed resume
 #: removes the container, so the next start makes one).

@@ -44,6 +44,15 @@ class EnginePrerequisiteError(EngineError):
         )
 
 
+class PermissionDeniedError(OpenShellError):
+    """This user may not use what another user made (a private engine runs as root; host-side
+    gateway files belong to whoever started the gateway)."""
+
+
+class EnginePermissionError(NoEngineError, PermissionDeniedError):
+    """The engine belongs to another user: no engine this user may use."""
+
+
 class EngineCapabilityError(EngineError):
     """The operation needs an engine we own (restart, crash) and this one is not ours."""
 

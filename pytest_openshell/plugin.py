@@ -98,10 +98,20 @@ class _XdistHooks:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Prepare the run (engine, sweep, images) once tests are about to run: never for a listing
+    (``--collect-only``, what an IDE runs again and again), and not when none of the collected
+    tests uses the plugin. Under xdist the controller collects nothing and prepares anyway."""
     state = session.config.stash[SESSION_KEY]
-    if state.settings.enabled and not is_worker(session.config):
-        state.prepare()
+    if not state.settings.enabled or is_worker(session.config) or session.config.option.collectonly:
+        return
+    if session.items and not any(_uses_openshell(item) for item in session.items):
+        return
+    state.prepare()
+
+
+def _uses_openshell(item: pytest.Item) -> bool:
+    return "openshell" in getattr(item, "fixturenames", ())
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

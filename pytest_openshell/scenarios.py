@@ -162,6 +162,15 @@ def _crash_daemon(run: ScenarioRun) -> None:
     run.engine.crash_daemon()
 
 
+def _kill_daemon(run: ScenarioRun) -> None:
+    run.engine.kill_daemon()
+
+
+def _start_engine(run: ScenarioRun) -> None:
+    """What the user (or systemd) does after the daemon died: ``pytest-openshell engine start``."""
+    run.engine.start_daemon()
+
+
 def _start_while_running(run: ScenarioRun) -> None:
     run.notes["before"] = run.engine.inspect_container(run.gateway.container_name)
 
@@ -275,6 +284,15 @@ BUILTIN: tuple[Scenario, ...] = (
         "the daemon, containerd, shims and containers are SIGKILLed, then "
         "the daemon is started; nothing else",
         _crash_daemon,
+        needs=frozenset({Capability.DAEMON_CONTROL}),
+        exclusive=True,
+    ),
+    Scenario(
+        "docker-daemon-kill",
+        "dockerd and containerd are SIGKILLed, the shims and containers left running (an OOM "
+        "kill, systemctl kill); then the engine is started; nothing else",
+        _kill_daemon,
+        _start_engine,
         needs=frozenset({Capability.DAEMON_CONTROL}),
         exclusive=True,
     ),

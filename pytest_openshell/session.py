@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -22,8 +23,13 @@ import pytest
 from openshell_core import runs, sshproxy
 from openshell_core.client import GatewayClient, SshSession
 from openshell_core.engine import Engine, EngineMode, PrivateEngine, open_engine
+from openshell_core.engine.discovery import NO_ENGINE
 from openshell_core.engine.private import DEFAULT_NAME, engines_dir
-from openshell_core.errors import OpenShellError
+from openshell_core.errors import (
+    EnginePrerequisiteError,
+    NoEngineError,
+    OpenShellError,
+)
 from openshell_core.images import ensure_images
 from openshell_core.redaction import Redactor
 from pytest_openshell.artefacts import Artefacts
@@ -91,19 +97,41 @@ class OpenShellSession:
         return self._engine
 
     def _open_engine(self) -> Engine:
-        mode = self.settings.engine
-        if mode is EngineMode.PRIVATE or (
-            mode is EngineMode.AUTO and PrivateEngine(DEFAULT_NAME).is_running()
-        ):
-            private = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
-            self._exit.enter_context(private.lease())
-            engine = private.connect()
-        else:
-            engine = open_engine(mode)
-            if engine.private is not None:
-                self._exit.enter_context(engine.private.lease())
+        engine = self._connect_engine()
         self._exit.callback(engine.close)
         log.info("openshell: engine %s (%s)", engine.host, engine.source)
+        return engine
+
+    def _connect_engine(self) -> Engine:
+        """The run's engine. A private engine is held by a lease: one this run started is stopped
+        at the run's end unless another run still holds it; one that ran already keeps running."""
+        mode = self.settings.engine
+        private = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
+        if mode is EngineMode.AUTO and not os.environ.get("DOCKER_HOST"):
+            # A named engine (DOCKER_HOST) is that engine or an error; otherwise a running private
+            # engine is preferred, then one that answers, then the private engine, started.
+            if private.is_running():
+                mode = EngineMode.PRIVATE
+            else:
+                try:
+                    return self._held(open_engine(EngineMode.HOST))
+                except NoEngineError:
+                    mode = EngineMode.PRIVATE
+        if mode is EngineMode.PRIVATE:
+            try:
+                self._exit.enter_context(private.lease())
+            except EnginePrerequisiteError as exc:
+                if self.settings.engine is EngineMode.PRIVATE:
+                    raise
+                raise NoEngineError(
+                    NO_ENGINE + "; a private engine cannot start here: " + "; ".join(exc.missing)
+                ) from exc
+            return private.connect()
+        return self._held(open_engine(mode))
+
+    def _held(self, engine: Engine) -> Engine:
+        if engine.private is not None:
+            self._exit.enter_context(engine.private.lease())
         return engine
 
     @property
@@ -270,8 +298,11 @@ class OpenShellSession:
             directory = runs.runs_dir()
             self._exit.enter_context(runs.RunLease(self.run_id, directory).held())
             self._exit.callback(self._remove_run_dir)  # after the objects, before the lease
+            engine = self.engine
+            # Registered after the engine, so it runs before the engine is closed (and stopped,
+            # when this run started it); not at all when no engine could be had.
             self._exit.callback(self._remove_run_objects)
-            runs.sweep_dead_runs(self.engine, directory, current=self.run_id)
+            runs.sweep_dead_runs(engine, directory, current=self.run_id)
             if (
                 self.settings.build
                 and (self.settings.target or REFERENCE_TARGET) == REFERENCE_TARGET
@@ -281,8 +312,8 @@ class OpenShellSession:
             self.setup_error = str(exc)
 
     def _remove_run_objects(self) -> None:
-        if self.keeps():
-            return
+        if self.keeps() or self._engine is None:
+            return  # kept; or no engine was ever reached, so this run made nothing
         try:
             report = runs.remove_run_objects(self.engine, {self.run_id})
         except OpenShellError as exc:

@@ -8,16 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from openshell_core.cli import main
 from openshell_core.engine import (
     Engine,
     EngineMode,
     PrivateEngine,
     connect,
+    discovery,
     find_engine,
     open_engine,
 )
 from openshell_core.engine.discovery import candidate_hosts, private_engine_for
 from openshell_core.errors import EngineCapabilityError, NoEngineError, UsageError
+from openshell_core.gateway.names import container_name
 
 
 def test_docker_host_wins_over_everything() -> None:
@@ -30,9 +33,49 @@ def test_an_unanswering_docker_host_fails_with_one_clear_sentence(tmp_path: Path
     env = {"DOCKER_HOST": f"unix://{tmp_path}/none.sock", "OPENSHELL_ENGINE_ROOT": str(tmp_path)}
     with pytest.raises(NoEngineError) as caught:
         find_engine(env)
-    assert str(caught.value).startswith(
-        "no Docker engine: set DOCKER_HOST or let pytest-openshell start a private one with"
+    assert caught.value.message == (
+        f"no Docker engine answers at DOCKER_HOST=unix://{tmp_path}/none.sock, and no other "
+        "engine is used in its place"
     )
+    assert "unset DOCKER_HOST" in str(caught.value.hint)
+
+
+@pytest.mark.parametrize("mode", [EngineMode.HOST, EngineMode.AUTO])
+def test_a_named_docker_host_that_does_not_answer_is_an_error_not_the_private_engine(
+    private_engine: PrivateEngine, engine: Engine, mode: EngineMode
+) -> None:
+    # The private engine runs and would answer; the user named another engine.
+    env = {
+        "DOCKER_HOST": "unix:///nonexistent",
+        "OPENSHELL_ENGINE_ROOT": str(private_engine.root.parent),
+    }
+    with pytest.raises(NoEngineError, match="no Docker engine answers at DOCKER_HOST"):
+        open_engine(mode, env)
+
+
+def test_host_mode_never_uses_a_running_private_engine(
+    private_engine: PrivateEngine, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discovery, "DEFAULT_SOCKET", Path("/nonexistent/docker.sock"))
+    env = {"OPENSHELL_ENGINE_ROOT": str(private_engine.root.parent), "DOCKER_CONTEXT": "default"}
+    with pytest.raises(NoEngineError, match=r"no Docker engine of this host answers"):
+        open_engine(EngineMode.HOST, env)
+
+
+def test_the_cli_refuses_an_unanswering_docker_host_with_exit_3(
+    private_engine: PrivateEngine,
+    engine: Engine,
+    unique_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent")
+    code = main(["gateway", "start", "--engine", "host", "--name", unique_name])
+    assert code == 3
+    assert "error: no Docker engine answers at DOCKER_HOST=unix:///nonexistent" in (
+        capsys.readouterr().err
+    )
+    assert engine.inspect_container(container_name(unique_name)) is None
 
 
 def test_the_current_docker_context_is_honoured(

@@ -226,6 +226,77 @@ def test_crash_then_start_brings_unless_stopped_container_back(
     assert _wait_for_marker(port) == b"before-crash\n"
 
 
+def _kill_dockerd_and_containerd(engine: PrivateEngine) -> None:
+    """What an OOM kill or ``systemctl kill docker`` does: the shims and containers live on."""
+    victims = {
+        process.pid
+        for process in _proc.all_processes()
+        if process.name in ("dockerd", "containerd")
+        and any(str(engine.exec_root) in arg for arg in process.argv)
+    }
+    assert victims, "the running engine has a dockerd and a containerd"
+    _proc.kill_all(victims)
+    assert not _proc.wait_gone(victims, timeout=15)
+
+
+def _mounts_below(root: Path) -> list[str]:
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    return [line.split()[1] for line in mounts if line.split()[1].startswith(f"{root}/")]
+
+
+def test_start_after_a_daemon_kill_brings_unless_stopped_containers_back(
+    lab: PrivateEngine, lab_client: Engine, lab_image: str, unique_name: str
+) -> None:
+    port = _free_port()
+    lab_client.create_volume(unique_name, labels=labels.ownership(role="test"))
+    lab_client.create_network(unique_name, labels=labels.ownership(role="test"))
+    _web_container(lab_client, lab_image, unique_name, unique_name, port=port, volume=unique_name)
+    lab_client.start_container(unique_name)
+    lab_client.exec_run(unique_name, ["sh", "-c", "echo before-kill > /data/marker"])
+    before = lab_client.inspect_container(unique_name)["State"]  # type: ignore[index]
+
+    _kill_dockerd_and_containerd(lab)
+    assert _proc.is_alive(before["Pid"]), "the container outlives its daemon"
+    lab.start()
+    lab_client.reconnect()
+
+    # Docker restarts unless-stopped containers before its API answers: no wait is needed.
+    after = lab_client.inspect_container(unique_name)["State"]  # type: ignore[index]
+    assert after["Running"], f"the container stayed down after engine start: {after}"
+    assert after["StartedAt"] != before["StartedAt"]
+    assert _wait_for_marker(port) == b"before-kill\n"
+
+
+def test_kill_daemon_spares_the_containers(
+    lab: PrivateEngine, lab_client: Engine, lab_image: str, unique_name: str
+) -> None:
+    lab_client.create_network(unique_name, labels=labels.ownership(role="test"))
+    _web_container(lab_client, lab_image, unique_name, unique_name, port=_free_port())
+    lab_client.start_container(unique_name)
+    container_pid = lab_client.inspect_container(unique_name)["State"]["Pid"]  # type: ignore[index]
+    try:
+        lab.kill_daemon()
+        assert not lab.is_running()
+        assert _proc.is_alive(container_pid)
+    finally:
+        lab.start()
+        lab_client.reconnect()
+
+
+def test_stop_after_a_daemon_kill_leaves_no_mount_behind(
+    lab_engine_factory: Callable[[], PrivateEngine],
+) -> None:
+    engine = lab_engine_factory()
+    engine.start()
+    assert _mounts_below(engine.root), "dockerd bind-mounts its data root onto itself"
+    _kill_dockerd_and_containerd(engine)
+    engine.start()
+
+    engine.stop()
+
+    assert _mounts_below(engine.root) == []
+
+
 def test_stop_leaves_no_process_behind(lab_engine_factory: Callable[[], PrivateEngine]) -> None:
     engine = lab_engine_factory()
     engine.start()
@@ -295,9 +366,23 @@ def test_a_root_too_long_for_unix_sockets_is_refused() -> None:
 
 def test_default_pools_stay_inside_the_benchmark_range() -> None:
     for name in ("default", "lab-1", "worker-gw3", "x" * 40):
-        pool = default_pool(name)
+        pool = default_pool(Path("/tmp/ose-pools") / name, name)
         assert validate_pool(pool) == pool
         assert pool.startswith(("198.18.", "198.19.")) and pool.endswith("/20")
+
+
+def test_engines_of_one_name_under_different_roots_get_different_pools() -> None:
+    # Both are called ``default``, as every engine is unless named: the root tells them apart.
+    first = PrivateEngine("default", Path("/var/lib/pytest-openshell/engines-a/default"))
+    second = PrivateEngine("default", Path("/srv/other-engines/default"))
+    assert first.address_pool != second.address_pool
+    assert first.address_pool == PrivateEngine("default", first.root).address_pool
+
+
+def test_an_engine_keeps_the_pool_recorded_at_its_first_start(tmp_path: Path) -> None:
+    # Its networks live in that pool and its firewall rule names it, whatever the default says.
+    (tmp_path / "address-pool").write_text("198.19.240.0/20\n")
+    assert PrivateEngine("default", tmp_path).address_pool == "198.19.240.0/20"
 
 
 @pytest.mark.parametrize("pool", ["10.1.0.0/16", "172.17.0.0/16", "192.168.5.0/24", "0.0.0.0/0"])

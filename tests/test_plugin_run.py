@@ -395,3 +395,63 @@ def test_fixtures_are_documented_in_pytest_fixtures(pytester: pytest.Pytester) -
         text = result.stdout.str()
         match = re.search(rf"^{name}( \[.*\])?( -- .*)?\n(\s+\S.*)", text, flags=re.MULTILINE)
         assert match, f"{name} is not listed with a docstring in pytest --fixtures"
+
+
+def test_listing_tests_touches_no_engine(
+    pytester: pytest.Pytester,
+    lab_engine_factory: Callable[[], PrivateEngine],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engines = lab_engine_factory().root  # a directory of its own, with no engine in it
+    monkeypatch.setenv("OPENSHELL_ENGINE_ROOT", str(engines))
+    pytester.makepyfile("def test_it(openshell_gateway): pass")
+    try:
+        result = pytester.runpytest_subprocess(*FLAGS, "--collect-only", "-q")
+        result.stdout.fnmatch_lines(["*1 test collected*"])
+        assert not (engines / "default").exists(), "collecting started the private engine"
+    finally:
+        PrivateEngine("default", engines / "default").purge()
+
+
+def test_a_run_that_reached_no_engine_has_nothing_to_clean(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent")
+    pytester.makepyfile(
+        """
+        def test_plain():
+            pass
+
+        def test_it(openshell):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--openshell-gateway", "--openshell-engine=host"
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*no Docker engine answers at DOCKER_HOST=unix:///nonexistent*"])
+    output = result.stdout.str() + result.stderr.str()
+    assert "could not remove this run's objects" not in output
+
+
+def test_a_private_engine_the_run_started_is_stopped_at_its_end(
+    pytester: pytest.Pytester,
+    lab_engine_factory: Callable[[], PrivateEngine],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engines = lab_engine_factory().root  # no engine runs there, and none answers elsewhere
+    monkeypatch.setenv("OPENSHELL_ENGINE_ROOT", str(engines))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    private = PrivateEngine("default", engines / "default")
+    pytester.makepyfile("def test_it(openshell_engine):\n    assert openshell_engine.ping()\n")
+    try:
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "--openshell-gateway", "--openshell-build=no"
+        )
+        result.assert_outcomes(passed=1)
+        assert private.root.exists(), "the run used the private engine"
+        assert not private.is_running(), "the engine this run started outlived it"
+        assert private._engine_processes() == set()
+    finally:
+        private.purge()

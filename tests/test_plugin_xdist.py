@@ -11,7 +11,14 @@ from pytest_openshell.xdist_scheduling import scenario_group
 
 pytest_plugins = ["pytester"]
 
-KEYS = ("stop-start", "kill", "docker-restart", "docker-crash", "start-while-running")
+KEYS = (
+    "stop-start",
+    "kill",
+    "docker-restart",
+    "docker-crash",
+    "docker-daemon-kill",
+    "start-while-running",
+)
 
 
 @pytest.mark.parametrize(
@@ -22,6 +29,7 @@ KEYS = ("stop-start", "kill", "docker-restart", "docker-crash", "start-while-run
         ("t.py::test_a[kill-2]", "kill"),
         ("t.py::test_a[2-kill]", "kill"),
         ("t.py::test_a[1-docker-crash-x]", "docker-crash"),
+        ("t.py::test_a[docker-daemon-kill]", "docker-daemon-kill"),  # not "kill"
         ("t.py::test_a[start-while-running]", "start-while-running"),
         ("t.py::test_a[skill]", None),
         ("t.py::test_a", None),

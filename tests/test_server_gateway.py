@@ -241,6 +241,26 @@ def test_after_a_kill_and_a_new_network_every_sandbox_is_reachable_again(gateway
         assert after.exec("dormant", ["true"]).exit_code == 0
 
 
+def test_gateway_start_after_the_daemon_stopped_every_container_waits_for_the_sandboxes(
+    gateway, client, sdk_env, capfd, monkeypatch
+):
+    _ready(client, "returning")
+    ready = {info.name: info.id for info in client.list_sandboxes() if info.phase == "READY"}
+    # What a dockerd without live-restore does, as it starts, to the containers that outlived
+    # the daemon before it (docker-daemon-kill on a system Docker): docker stop.
+    gateway.engine.stop_container(gateway.container, timeout=10)
+    for sandbox_id in ready.values():
+        gateway.engine.stop_container(container_name(sandbox_id), timeout=10)
+    monkeypatch.setenv("DOCKER_HOST", gateway.engine.host)
+
+    assert main(["gateway", "start", "--name", gateway.name, "--engine", "host"]) == 0
+
+    with gateway.client() as after:  # at once: "ready" means a connect now works
+        phases = {info.name: info.phase for info in after.list_sandboxes() if info.name in ready}
+    assert phases == dict.fromkeys(ready, "READY")
+    assert f"✓ {len(ready)} sandbox(es) back: " in capfd.readouterr().err
+
+
 def test_sandbox_create_brings_a_stopped_gateway_back_without_its_host_files(
     gateway, client, sdk_env, capfd
 ):

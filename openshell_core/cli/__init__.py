@@ -20,6 +20,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from openshell_core.cli import _ssh_proxy
@@ -27,9 +28,11 @@ from openshell_core.errors import (
     EnginePrerequisiteError,
     NoEngineError,
     OpenShellError,
+    PermissionDeniedError,
     StateError,
     UsageError,
 )
+from openshell_core.users import owner_of, this_user
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -117,11 +120,24 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return
     except OpenShellError as exc:
         _report(exc)
         return EXIT_FAILED
+    except PermissionError as exc:  # a file of another user's that no narrower check names
+        _report(_denied(exc))
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
         root.removeHandler(handler)
+
+
+def _denied(exc: PermissionError) -> PermissionDeniedError:
+    path = Path(exc.filename) if exc.filename else Path.cwd()
+    return PermissionDeniedError(
+        f"permission denied: {path} belongs to {owner_of(path)}, and this user "
+        f"({this_user()}) may not use it",
+        hint="run as root or as the user who started the engine and the gateways, or set "
+        "DOCKER_HOST and XDG_CONFIG_HOME to ones of your own",
+    )
 
 
 def _report(exc: OpenShellError) -> None:

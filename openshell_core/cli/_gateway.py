@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Any
 
+from openshell_core import labels
+from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine, EngineMode, open_engine
+from openshell_core.errors import OpenShellError
 from openshell_core.gateway import (
     DeployMode,
     DeployOptions,
@@ -29,8 +33,15 @@ from openshell_core.gateway import (
     validate_name,
 )
 from openshell_core.gateway.names import DEFAULT_NAME, container_name
-from openshell_core.gateway.readiness import DEFAULT_API_TIMEOUT, DEFAULT_HEALTH_TIMEOUT
+from openshell_core.gateway.readiness import (
+    DEFAULT_API_TIMEOUT,
+    DEFAULT_HEALTH_TIMEOUT,
+    SandboxesBack,
+    wait_sandboxes_back,
+)
 from openshell_core.images import ImageSet
+
+log = logging.getLogger("openshell.gateway")
 
 EXIT_OK = 0
 EXIT_NOT_RUNNING = 4
@@ -154,6 +165,14 @@ def _start(args: argparse.Namespace) -> int:
     )
     with _engine(args) as engine:
         outcome = deploy(engine, options)
+        back = _await_sandboxes(engine, name)
+    if back is not None and back.pending:
+        _say(
+            f"! {len(back.pending)} sandbox(es) still coming back: {', '.join(back.pending)} "
+            f"(`pytest-openshell sandbox list --gateway {name}` shows when they are READY)"
+        )
+    elif back is not None and back.back:
+        _say(f"✓ {len(back.back)} sandbox(es) back: {', '.join(back.back)}")
     if outcome.mode is DeployMode.ALREADY_RUNNING:
         _say(f"✓ Gateway '{name}' is already running.")
         return EXIT_OK
@@ -163,6 +182,42 @@ def _start(args: argparse.Namespace) -> int:
     set_active_gateway(name)
     _say(f"✓ Active gateway set to '{name}'")
     return EXIT_OK
+
+
+def _await_sandboxes(engine: Engine, name: str) -> SandboxesBack | None:
+    """Wait for the sandboxes the gateway is bringing back (None: it cannot tell us).
+
+    ``gateway start`` waits rather than only counting them: "ready" should mean that a
+    ``sandbox connect`` right after it works, and the wait is short (a few seconds a sandbox,
+    at most ``readiness.SANDBOX_RETURN_TIMEOUT``), bounded, and over at once when nothing is coming.
+    """
+    try:
+        client = GatewayClient.for_gateway(name)
+    except OpenShellError as exc:
+        log.info("cannot ask gateway %s about its sandboxes: %s", name, exc.message)
+        return None
+
+    def coming_back() -> set[str]:
+        # The gateway answers before its first reconciliation: until then it reports a sandbox
+        # whose container was stopped as READY. Docker's view says which of those are not.
+        running = {
+            str((container.get("Labels") or {}).get(labels.SANDBOX_ID))
+            for container in engine.list_containers(
+                label_filters=[f"{labels.GATEWAY}={name}", f"{labels.ROLE}=sandbox"], all=False
+            )
+        }
+        return {
+            info.name
+            for info in client.list_sandboxes(all_workspaces=True)
+            if info.phase == "PROVISIONING" or (info.phase == "READY" and info.id not in running)
+        }
+
+    try:
+        with client:
+            return wait_sandboxes_back(coming_back)
+    except OpenShellError as exc:
+        log.info("cannot ask gateway %s about its sandboxes: %s", name, exc.message)
+        return None
 
 
 def _stop(args: argparse.Namespace) -> int:

@@ -26,10 +26,12 @@ from openshell_core import labels as _labels
 from openshell_core.errors import (
     EngineCapabilityError,
     EngineError,
+    EnginePermissionError,
     ImageNotFoundError,
     NoEngineError,
     NotFoundError,
 )
+from openshell_core.users import owner_of, this_user
 
 if TYPE_CHECKING:
     from openshell_core.engine.private import PrivateEngine
@@ -105,6 +107,16 @@ class Engine:
         private = self._owned("crash the Docker daemon")
         private.crash()
         private.start()
+        self.reconnect()
+
+    def kill_daemon(self) -> None:
+        """SIGKILL the daemon and containerd only, leaving the shims and containers running (the
+        ``docker-daemon-kill`` scenario); :meth:`start_daemon` is its recovery."""
+        self._owned("kill the Docker daemon").kill_daemon()
+
+    def start_daemon(self) -> None:
+        """Start the daemon again (``pytest-openshell engine start``); a no-op when it runs."""
+        self._owned("start the Docker daemon").start()
         self.reconnect()
 
     def _owned(self, action: str) -> PrivateEngine:
@@ -528,6 +540,14 @@ def connect(host: str, *, source: str, private: PrivateEngine | None = None) -> 
     )
     if host.startswith("unix://") and not unix_socket_answers(Path(host.removeprefix("unix://"))):
         # Checked first by hand: docker-py leaks the socket of a failed unix connection.
+        path = Path(host.removeprefix("unix://"))
+        if _refuses_this_user(path):
+            raise EnginePermissionError(
+                f"permission denied: the Docker engine socket {path} ({source}) belongs to "
+                f"{owner_of(path)}, and this user ({this_user()}) may not use it",
+                hint="run as root (or as a member of the socket's group), or set DOCKER_HOST to "
+                "an engine this user may use",
+            )
         raise NoEngineError(f"no Docker engine answers at {host} ({source})", hint=hint)
     probe = docker.APIClient(base_url=host, version=_MIN_API, timeout=10)
     try:
@@ -544,6 +564,19 @@ def connect(host: str, *, source: str, private: PrivateEngine | None = None) -> 
 
 
 _MIN_API = "1.24"
+
+
+def _refuses_this_user(socket_path: Path) -> bool:
+    """True when connecting to ``socket_path`` is refused for want of permission."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(2.0)
+            conn.connect(str(socket_path))
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def unix_socket_answers(socket_path: Path, timeout: float = 2.0) -> bool:

@@ -14,7 +14,12 @@ import docker.errors
 
 from openshell_core.engine.client import Engine, connect
 from openshell_core.engine.private import DEFAULT_NAME, PrivateEngine, engines_dir
-from openshell_core.errors import EnginePrerequisiteError, NoEngineError, UsageError
+from openshell_core.errors import (
+    EnginePermissionError,
+    EnginePrerequisiteError,
+    NoEngineError,
+    UsageError,
+)
 
 DEFAULT_SOCKET = Path("/var/run/docker.sock")
 
@@ -74,19 +79,52 @@ def private_engine_for(host: str, env: Mapping[str, str] | None = None) -> Priva
 
 
 def find_engine(env: Mapping[str, str] | None = None) -> Engine:
-    """The first engine that answers among :func:`candidate_hosts`; :class:`NoEngineError` else."""
+    """The engine already running that this environment names, or :class:`NoEngineError`.
+
+    ``DOCKER_HOST``, when set, is the only candidate: a user who names an engine gets that engine
+    or an error, never another one. Otherwise the current docker context and the default socket
+    are tried, then the default private engine when it runs.
+    """
     env = os.environ if env is None else env
-    tried = []
+    if env.get("DOCKER_HOST"):
+        return _named_engine(env)
+    found = _answering_host(env)
+    if found is not None:
+        return found
+    default = PrivateEngine(DEFAULT_NAME, engines_dir(env) / DEFAULT_NAME)
+    if default.is_running():
+        return default.connect()
+    raise NoEngineError(NO_ENGINE + _tried(env))
+
+
+def _answering_host(env: Mapping[str, str]) -> Engine | None:
     for host, source in candidate_hosts(env):
         try:
             return connect(host, source=source, private=private_engine_for(host, env))
         except NoEngineError:
-            tried.append(f"{host} ({source})")
-    default = PrivateEngine(DEFAULT_NAME, engines_dir(env) / DEFAULT_NAME)
-    if default.is_running():
-        return default.connect()
-    detail = f"; tried {', '.join(tried)}" if tried else ""
-    raise NoEngineError(NO_ENGINE + detail)
+            continue
+    return None
+
+
+def _tried(env: Mapping[str, str]) -> str:
+    tried = [f"{host} ({source})" for host, source in candidate_hosts(env)]
+    return f"; tried {', '.join(tried)}" if tried else ""
+
+
+def _named_engine(env: Mapping[str, str]) -> Engine:
+    """The engine ``DOCKER_HOST`` names, or an error saying it does not answer."""
+    host = env["DOCKER_HOST"]
+    try:
+        return connect(host, source="DOCKER_HOST", private=private_engine_for(host, env))
+    except EnginePermissionError:
+        raise  # it answers, to another user: that says more than "does not answer"
+    except NoEngineError as exc:
+        raise NoEngineError(
+            f"no Docker engine answers at DOCKER_HOST={host}, and no other engine is used in "
+            "its place",
+            hint="start that engine, or unset DOCKER_HOST to use the default socket or a private "
+            "engine (`pytest-openshell engine start`)",
+        ) from exc
 
 
 def open_engine(
@@ -94,8 +132,11 @@ def open_engine(
 ) -> Engine:
     """The engine to use under ``mode``, starting the private engine when the mode asks for it.
 
-    With ``AUTO``, an engine that already answers wins; otherwise the private engine is started if
-    this machine can run it, and the error says what is missing if it cannot.
+    ``HOST`` takes only an engine that already runs and is not ours to start: ``DOCKER_HOST``,
+    else the docker context or the default socket, else :class:`NoEngineError` (never the private
+    engine). ``AUTO`` takes ``DOCKER_HOST`` when set (starting it only when it names one of our
+    private engines), else an engine that answers, else the private engine, started if this
+    machine can run it (the error says what is missing if it cannot).
     """
     env = os.environ if env is None else env
     mode = EngineMode.parse(mode) if isinstance(mode, str) else mode
@@ -103,11 +144,21 @@ def open_engine(
         private = PrivateEngine(DEFAULT_NAME, engines_dir(env) / DEFAULT_NAME)
         private.start()
         return private.connect()
-    try:
-        return find_engine(env)
-    except NoEngineError:
-        if mode is EngineMode.HOST:
-            raise
+    if env.get("DOCKER_HOST"):
+        named = private_engine_for(env["DOCKER_HOST"], env)
+        if mode is EngineMode.AUTO and named is not None:
+            named.start()
+        return _named_engine(env)
+    found = _answering_host(env)
+    if found is not None:
+        return found
+    if mode is EngineMode.HOST:
+        # Never the private engine in its place: the user chose an engine of the host's.
+        raise NoEngineError(
+            "no Docker engine of this host answers (engine mode host)" + _tried(env),
+            hint="start Docker or set DOCKER_HOST; or use the private engine (`--engine private`, "
+            "`--openshell-engine=private`)",
+        )
     private = PrivateEngine(DEFAULT_NAME, engines_dir(env) / DEFAULT_NAME)
     try:
         private.start()

@@ -29,7 +29,13 @@ from pathlib import Path
 
 from openshell_core.engine import _firewall, _proc
 from openshell_core.engine.client import Engine, connect, unix_socket_answers
-from openshell_core.errors import EngineError, EnginePrerequisiteError, UsageError
+from openshell_core.errors import (
+    EngineError,
+    EnginePermissionError,
+    EnginePrerequisiteError,
+    UsageError,
+)
+from openshell_core.users import owner_of, this_user
 
 log = logging.getLogger("openshell.engine")
 
@@ -46,6 +52,9 @@ POOL_PREFIX = 20
 NETWORK_PREFIX = 26
 #: unix(7): sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
+#: Seconds the containers a dead daemon left get to exit on SIGTERM (dockerd's own
+#: ``--shutdown-timeout``) before they are killed.
+ORPHAN_GRACE = 10.0
 INSTALL_HINT = "apt-get install -y docker.io iptables (or run ci/setup.sh)"
 
 
@@ -54,13 +63,24 @@ def engines_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("OPENSHELL_ENGINE_ROOT") or DEFAULT_ENGINES_DIR)
 
 
-def default_pool(name: str) -> str:
-    """A /20 inside 198.18.0.0/15 chosen by the engine name, so engines rarely share a pool.
+def default_pool(root: Path, name: str) -> str:
+    """A /20 inside 198.18.0.0/15 chosen by the engine's root and name, so engines rarely share a
+    pool: two engines called ``default`` under different roots get different pools (31 times in
+    32). Deterministic, so an engine's pool is the same on every start.
 
     Sharing would still work: Docker skips subnets that overlap an existing route.
     """
+    return _pool_for(f"{Path(root).absolute()}\0{name}")
+
+
+def _legacy_pool(name: str) -> str:
+    """The pool engines got before pools depended on the root (from the name alone)."""
+    return _pool_for(name)
+
+
+def _pool_for(key: str) -> str:
     blocks = 2 ** (POOL_PREFIX - POOL_RANGE.prefixlen)
-    index = hashlib.sha256(name.encode()).digest()[0] % blocks
+    index = hashlib.sha256(key.encode()).digest()[0] % blocks
     base = int(POOL_RANGE.network_address) + index * 2 ** (32 - POOL_PREFIX)
     return f"{ipaddress.ip_address(base)}/{POOL_PREFIX}"
 
@@ -96,7 +116,8 @@ class PrivateEngine:
 
     :param name: names the engine (its directory and firewall tag).
     :param root: its directory; default ``$OPENSHELL_ENGINE_ROOT/{name}``.
-    :param address_pool: the pool its networks come from; default :func:`default_pool`.
+    :param address_pool: the pool its networks come from; default: the pool recorded in its root
+        at its first start, else :func:`default_pool`.
     :param dockerd: the daemon binary (a name on ``PATH`` or a path).
     """
 
@@ -110,7 +131,7 @@ class PrivateEngine:
     ) -> None:
         self.name = name
         self.root = (root or engines_dir() / name).absolute()
-        self.address_pool = validate_pool(address_pool or default_pool(name))
+        self.address_pool = validate_pool(address_pool or self._recorded_pool())
         self.dockerd = dockerd
 
     # -- paths -------------------------------------------------------------------------------
@@ -140,6 +161,10 @@ class PrivateEngine:
     @property
     def logfile(self) -> Path:
         return self.root / "dockerd.log"
+
+    @property
+    def pool_record(self) -> Path:
+        return self.root / "address-pool"
 
     @property
     def host(self) -> str:
@@ -198,6 +223,7 @@ class PrivateEngine:
 
     def start(self, *, timeout: float = 60.0) -> bool:
         """Start the daemon unless it runs already; True when this call started it."""
+        self._running_pid()  # another user's engine: say so, rather than "not running as root"
         self.check_prerequisites()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._lifecycle_lock():
@@ -205,7 +231,9 @@ class PrivateEngine:
                 self._ensure_firewall()
                 return False
             self._refuse_foreign_holders()
+            self._end_orphans()
             self._clear_stale_files()
+            self._record_pool()
             self._ensure_firewall()
             log.info("starting private Docker engine %r under %s", self.name, self.root)
             self._spawn()
@@ -228,6 +256,10 @@ class PrivateEngine:
                 _proc.kill_all(leftovers)
                 _proc.wait_gone(leftovers, timeout=10)
             self._clear_stale_files()
+            # A daemon bind-mounts its data root onto itself, and unmounts it on shutdown only
+            # when it made the mount: after a crash the next daemon finds it made already, and
+            # it would outlive the engine. Nothing of the engine runs now, so nothing is in use.
+            _unmount_below(self.root)
             _firewall.remove_accept(self.address_pool, self._firewall_tag)
 
     @contextlib.contextmanager
@@ -287,6 +319,30 @@ class PrivateEngine:
             if survivors:
                 raise EngineError(f"processes {sorted(survivors)} survived SIGKILL")
 
+    def kill_daemon(self) -> None:
+        """SIGKILL dockerd and its containerd only; the shims and the containers go on running.
+
+        This is the common daemon crash (an OOM kill, ``systemctl kill docker``): the daemon is
+        left stopped, its containers orphaned, and the next :meth:`start` recovers from it.
+        """
+        with self._lifecycle_lock():
+            table = {process.pid: process for process in _proc.all_processes()}
+            victims = {
+                pid
+                for pid in self._engine_processes()
+                if pid in table and table[pid].name in ("dockerd", "containerd")
+            }
+            log.info(
+                "killing private Docker engine %r: SIGKILL to dockerd and containerd (%d "
+                "processes), its containers left running",
+                self.name,
+                len(victims),
+            )
+            _proc.kill_all(victims)
+            survivors = _proc.wait_gone(victims, timeout=15)
+            if survivors:
+                raise EngineError(f"processes {sorted(survivors)} survived SIGKILL")
+
     def purge(self) -> None:
         """Stop the engine and delete its directory, images and volumes included."""
         self.stop()
@@ -301,16 +357,52 @@ class PrivateEngine:
 
     @contextlib.contextmanager
     def _lifecycle_lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with (self.root / "lifecycle.lock").open("a") as handle:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            handle = (self.root / "lifecycle.lock").open("a")
+        except PermissionError as exc:
+            raise self._denied(exc) from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _denied(self, exc: PermissionError) -> EnginePermissionError:
+        """The error for a user who may not touch this engine's files (it runs as root)."""
+        return EnginePermissionError(
+            f"permission denied: private engine {self.name!r} under {self.root} belongs to "
+            f"{owner_of(self.root)}, and this user ({this_user()}) may "
+            f"not use it ({exc.strerror or exc}: {exc.filename or self.root})",
+            hint="run as root (or as the user who started the engine), or set DOCKER_HOST to an "
+            "engine this user may use",
+        )
+
+    def _recorded_pool(self) -> str:
+        """The pool this engine was first started with: its networks live in it, and its
+        firewall rule names it, so a later change of :func:`default_pool` must not move it."""
+        try:
+            return self.pool_record.read_text().strip() or default_pool(self.root, self.name)
+        except FileNotFoundError:
+            pass
+        except OSError:  # a root we may not read (not root): refused with the reason later
+            return default_pool(self.root, self.name)
+        # An engine whose data predates the record got its pool from its name alone.
+        with contextlib.suppress(OSError):
+            if self.data_root.is_dir():
+                return _legacy_pool(self.name)
+        return default_pool(self.root, self.name)
+
+    def _record_pool(self) -> None:
+        if not self.pool_record.exists():
+            self.pool_record.write_text(self.address_pool + "\n")
+
     def _running_pid(self) -> int | None:
-        pid = _proc.read_pidfile(self.pidfile)
+        try:
+            pid = _proc.read_pidfile(self.pidfile)
+        except PermissionError as exc:
+            raise self._denied(exc) from None
         if pid is None or not _proc.is_alive(pid):
             return None
         process = _proc.read(pid)
@@ -340,6 +432,39 @@ class PrivateEngine:
         shims = {p.pid for p in table if p.pid in ours and p.name.startswith("containerd-shim")}
         ours |= _proc.descendants(shims, table)
         return {pid for pid in ours if _proc.is_alive(pid)}
+
+    def _end_orphans(self, *, grace: float = ORPHAN_GRACE) -> None:
+        """End what a daemon that died left running: containerd, shims, containers.
+
+        A dockerd started without live-restore stops the containers it finds still running, the
+        way ``docker stop`` does, and so marks them stopped by their user: every ``unless-stopped``
+        container would stay down (``Exited (0)``). Ended here instead (SIGTERM, then SIGKILL),
+        they count as crashed, and the daemon restarts them as after a power cut.
+        """
+        leftovers = self._engine_processes()
+        if not leftovers:
+            return
+        table = _proc.all_processes()
+        shims = {p.pid for p in table if p.pid in leftovers and p.name.startswith("containerd-sh")}
+        inits = {p.pid for p in table if p.ppid in shims and p.pid in leftovers}
+        log.info(
+            "engine %r: its daemon died and left %d containers running; ending them so that "
+            "Docker restarts them by their restart policy",
+            self.name,
+            len(inits),
+        )
+        _proc.kill_all(inits, signal.SIGTERM)
+        _proc.wait_gone(inits, timeout=grace)
+        rest = self._engine_processes()
+        _proc.kill_all(rest)
+        survivors = _proc.wait_gone(rest, timeout=15)
+        if survivors:
+            raise EngineError(
+                f"processes {sorted(survivors)} left by engine {self.name!r}'s dead daemon "
+                "survived SIGKILL",
+                hint=f"end them (kill -9 {' '.join(map(str, sorted(survivors)))}), then start "
+                "the engine again",
+            )
 
     def _refuse_foreign_holders(self) -> None:
         markers = (str(self.data_root), str(self.exec_root), str(self.socket_path))

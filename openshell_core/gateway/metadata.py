@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from openshell_core import locks
-from openshell_core.errors import StateError
+from openshell_core.errors import PermissionDeniedError, StateError
+from openshell_core.users import owner_of, this_user
 
 log = logging.getLogger("openshell.gateway")
 
@@ -157,6 +158,8 @@ def read_metadata(name: str, env: Mapping[str, str] | None = None) -> GatewayMet
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except PermissionError as exc:
+        raise host_files_denied(exc, env) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise MetadataError(path, f"it cannot be read ({exc})") from exc
     try:
@@ -255,7 +258,23 @@ def read_active_gateway(env: Mapping[str, str] | None = None) -> str | None:
         value = active_gateway_path(env).read_text(encoding="utf-8").strip()
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except PermissionError as exc:
+        raise host_files_denied(exc, env) from None
     return value or None
+
+
+def host_files_denied(
+    exc: PermissionError, env: Mapping[str, str] | None = None
+) -> PermissionDeniedError:
+    """The error for a user who may not read the host-side gateway files: not a file to "fix or
+    delete" (it is fine), but someone else's."""
+    path = Path(exc.filename) if exc.filename else gateways_dir(env)
+    return PermissionDeniedError(
+        f"permission denied: {path} belongs to {owner_of(path)}, and this user "
+        f"({this_user()}) may not read it",
+        hint="run as the user who started the gateway (root, for a private engine), or set "
+        "XDG_CONFIG_HOME to a directory of your own",
+    )
 
 
 def set_active_gateway(name: str, env: Mapping[str, str] | None = None) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final, TypedDict
 
 from openshell_core.engine import Engine
+from openshell_core.errors import ReadinessTimeout
 from openshell_core.retry import GiveUp, poll_until
 
 log = logging.getLogger("openshell.gateway")
@@ -188,3 +189,49 @@ class _DownCheck:
                 "while waiting)"
             )
         return doc
+
+
+#: Seconds ``gateway start`` waits for sandboxes the gateway is bringing back (a sandbox whose
+#: container restarts is READY again within a few seconds).
+SANDBOX_RETURN_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class SandboxesBack:
+    """What :func:`wait_sandboxes_back` saw: the sandboxes that came back while it waited, and
+    those still coming back at its deadline."""
+
+    back: tuple[str, ...]
+    pending: tuple[str, ...]
+
+
+def wait_sandboxes_back(
+    coming_back: Callable[[], set[str]], *, timeout: float = SANDBOX_RETURN_TIMEOUT
+) -> SandboxesBack:
+    """Wait until no sandbox is coming back any more, or ``timeout`` passed.
+
+    :param coming_back: the names of the sandboxes on their way back now (see
+        ``cli._gateway``: ``PROVISIONING``, or reported ``READY`` by a gateway that has not yet
+        seen their container stopped).
+
+    A gateway that resumes after its sandboxes' containers were stopped answers at once, but
+    restarts those containers itself, and each is on its way for a few seconds: a user told
+    "ready" then would find them refused. A sandbox in ``ERROR`` is not waited for: the wait is
+    for those on their way, not for those that cannot come.
+    """
+    first = coming_back()
+    if not first:
+        return SandboxesBack(back=(), pending=())
+    log.info("Waiting for %d sandbox(es) to come back: %s", len(first), ", ".join(sorted(first)))
+    try:
+        pending = poll_until(
+            coming_back,
+            lambda names: not names,
+            timeout=timeout,
+            what="sandboxes coming back",
+            describe=lambda names: ", ".join(sorted(names)),
+            schedule=_READINESS_BACKOFF,
+        )
+    except ReadinessTimeout:
+        pending = coming_back()  # at the deadline: those not back are reported, not fatal
+    return SandboxesBack(tuple(sorted(first - pending)), tuple(sorted(pending)))
