@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from openshell_core import sshproxy
 from openshell_core.client import SandboxInfo
-from openshell_core.sandbox.supervisor import AUTHORIZED_KEYS_ENV
+from openshell_core.contract import AUTHORIZED_KEYS_ENV
 from pytest_openshell.artefacts import Artefacts
 from pytest_openshell.drivers import GatewayHandle
 from pytest_openshell.scenarios import Scenario, ScenarioRun, disrupt, recover
