@@ -185,10 +185,14 @@ class InMemoryComputeDriver:
 
 @dataclass(frozen=True)
 class InMemorySettings:
-    """Settings that hand out one given in-memory driver (for a :class:`ServerConfig` in tests)."""
+    """Settings for a :class:`ServerConfig` in tests: they hand out ``compute`` (labelling as the
+    gateway says), or a new in-memory driver."""
 
     compute: InMemoryComputeDriver | None = None
     driver: str = NAME
 
     def open(self, ownership: Ownership) -> ComputeDriver:
-        return self.compute or InMemoryComputeDriver(ownership)
+        if self.compute is None:
+            return InMemoryComputeDriver(ownership)
+        self.compute.ownership = ownership
+        return self.compute
