@@ -143,7 +143,8 @@ class ComputeDriver(Protocol):
         ...
 
     def endpoint(self, sandbox_id: str) -> tuple[str, int]:
-        """Where the gateway dials the sandbox's supervisor."""
+        """Where the gateway dials the sandbox's supervisor (the transport in which the gateway
+        dials in; one whose supervisor dials out to the gateway has no use for it)."""
         ...
 
     def workspace_name(self, sandbox_id: str) -> str:
