@@ -33,12 +33,12 @@ from _common import free_port, machine, median, summarise, wait_for_tcp  # besid
 
 from openshell_core import labels, sshproxy
 from openshell_core.client import GatewayClient
+from openshell_core.contract import AUTHORIZED_KEYS_ENV
 from openshell_core.engine import Engine, PrivateEngine
 from openshell_core.engine.private import DEFAULT_NAME, engines_dir
 from openshell_core.images import ImageSet, ensure_base_image, ensure_images
 from openshell_core.retry import poll_until
 from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_dir
-from openshell_core.sandbox.supervisor import AUTHORIZED_KEYS_ENV
 from pytest_openshell.drivers import GatewayHandle, GatewaySpec, ReferenceDriver
 from pytest_openshell.fixtures import HeldSession, SessionEnded
 from pytest_openshell.scenarios import BUILTIN, Scenario, ScenarioRun

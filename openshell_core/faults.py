@@ -12,9 +12,10 @@ import enum
 import os
 from collections.abc import Iterable, Mapping
 
+from openshell_core import contract
 from openshell_core.errors import UsageError
 
-ENV_VAR = "OPENSHELL_FAULTS"
+ENV_VAR = contract.FAULTS_ENV
 
 
 class Fault(enum.Enum):

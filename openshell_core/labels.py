@@ -9,27 +9,55 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+# The label keys, spelled in openshell_core.contract; re-exported for the label helpers' users.
+from openshell_core.contract import BUILT_BY_LABEL as BUILT_BY
+from openshell_core.contract import GATEWAY_LABEL as GATEWAY
+from openshell_core.contract import INPUT_HASH_LABEL as INPUT_HASH
+from openshell_core.contract import LABEL_PREFIX as PREFIX
+from openshell_core.contract import MANAGED_BY_LABEL as MANAGED_BY
+from openshell_core.contract import MANAGER
+from openshell_core.contract import NODE_NAME_LABEL as NODE_NAME
+from openshell_core.contract import ROLE_LABEL as ROLE
+from openshell_core.contract import RUN_ID_LABEL as RUN_ID
+from openshell_core.contract import SANDBOX_ID_LABEL as SANDBOX_ID
 from openshell_core.errors import UsageError
 
-PREFIX = "openshell.ai/"
-MANAGED_BY = "openshell.ai/managed-by"
-MANAGER = "pytest-openshell"
-GATEWAY = "openshell.ai/gateway"
-RUN_ID = "openshell.ai/run-id"
-ROLE = "openshell.ai/role"
-INPUT_HASH = "openshell.ai/input-hash"
-#: On images instead of MANAGED_BY: a container inherits its image's labels, so an image labelled
-#: MANAGED_BY would make every container run from it (ours or anyone's) look like ours.
-BUILT_BY = "openshell.ai/built-by"
-SANDBOX_ID = "openshell.ai/sandbox-id"
-NODE_NAME = "openshell.ai/node-name"
+__all__ = [
+    "BUILT_BY",
+    "GATEWAY",
+    "INPUT_HASH",
+    "MANAGED_BY",
+    "MANAGER",
+    "NODE_NAME",
+    "PREFIX",
+    "ROLE",
+    "RUN_ID",
+    "SANDBOX_ID",
+    "built_by_us",
+    "is_ours",
+    "merge_user_labels",
+    "ownership",
+]
+
+#: The keyword of :func:`ownership` for each label it can set.
+_KEYS = {
+    "gateway": GATEWAY,
+    "run_id": RUN_ID,
+    "role": ROLE,
+    "sandbox_id": SANDBOX_ID,
+    "node_name": NODE_NAME,
+}
 
 
 def ownership(**extra: str) -> dict[str, str]:
-    """Labels for a new object: our manager label plus ``extra`` (keys without the prefix)."""
+    """Labels for a new object: our manager label plus ``extra`` (``gateway``, ``run_id``,
+    ``role``, ``sandbox_id``, ``node_name``)."""
+    unknown = sorted(set(extra) - set(_KEYS))
+    if unknown:
+        raise ValueError(f"no ownership label for {', '.join(unknown)}")
     labels = {MANAGED_BY: MANAGER}
     for key, value in extra.items():
-        labels[PREFIX + key.replace("_", "-")] = value
+        labels[_KEYS[key]] = value
     return labels
 
 

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from openshell_core import contract
+
 log = logging.getLogger("openshell.pki")
 
 #: The server certificate's names, before any extra ones (seed spec 4.1).
@@ -46,14 +48,7 @@ VALIDITY: Final = datetime.timedelta(days=36525)
 BACKDATE: Final = datetime.timedelta(days=1)
 
 #: File name of each bundle field in a PKI directory.
-FILES: Final = {
-    "ca_cert": "ca.crt",
-    "ca_key": "ca.key",
-    "server_cert": "server.crt",
-    "server_key": "server.key",
-    "client_cert": "client.crt",
-    "client_key": "client.key",
-}
+FILES: Final = contract.PKI_FILES
 
 
 @dataclass(frozen=True)
@@ -257,7 +252,7 @@ def _check_issued(certs: dict[str, x509.Certificate], problems: list[str]) -> No
     except x509.ExtensionNotFound:
         is_ca = False
     if not is_ca:
-        problems.append("ca.crt is not a CA certificate")
+        problems.append(f"{contract.CA_CERT_FILE} is not a CA certificate")
     for role in ("server", "client"):
         issued = certs.get(role)
         if issued is None:
@@ -265,7 +260,7 @@ def _check_issued(certs: dict[str, x509.Certificate], problems: list[str]) -> No
         try:
             issued.verify_directly_issued_by(ca)
         except (ValueError, TypeError, InvalidSignature):
-            problems.append(f"{FILES[role + '_cert']} is not signed by ca.crt")
+            problems.append(f"{FILES[role + '_cert']} is not signed by {contract.CA_CERT_FILE}")
 
 
 def _check_sans(server: x509.Certificate, extra_sans: Iterable[str], problems: list[str]) -> None:
@@ -275,7 +270,7 @@ def _check_sans(server: x509.Certificate, extra_sans: Iterable[str], problems: l
         present = []
     missing = [str(name.value) for name in _san_names(extra_sans) if name not in present]
     if missing:
-        problems.append("server.crt lacks the names " + ", ".join(missing))
+        problems.append(f"{contract.SERVER_CERT_FILE} lacks the names " + ", ".join(missing))
 
 
 # -- files ---------------------------------------------------------------------------------------

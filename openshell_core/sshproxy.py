@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Final, Protocol
 from urllib.parse import urlparse
 
+from openshell_core import contract
 from openshell_core.errors import NotFoundError, OpenShellError
 from openshell_core.gateway.metadata import MtlsFiles, gateway_dir, read_metadata
 from openshell_core.retry import backoff
@@ -57,7 +58,7 @@ from openshell_core.sandbox.resumable import (
 
 log = logging.getLogger("openshell.sshproxy")
 
-CONNECT_PATH: Final = "/connect/ssh"
+CONNECT_PATH: Final = contract.CONNECT_PATH
 #: 412 is retried while less than this many seconds have passed since the first attempt.
 RETRY_WINDOW: Final = 60.0
 FIRST_BACKOFF: Final = 1.0
@@ -127,8 +128,8 @@ def connect_request(host: str, sandbox_id: str, token: str) -> bytes:
     return (
         f"CONNECT {CONNECT_PATH} HTTP/1.1\r\n"
         f"Host: {host}\r\n"
-        f"X-Sandbox-Id: {sandbox_id}\r\n"
-        f"X-Sandbox-Token: {token}\r\n"
+        f"{contract.SANDBOX_ID_HEADER}: {sandbox_id}\r\n"
+        f"{contract.TOKEN_HEADER}: {token}\r\n"
         "\r\n"
     ).encode()
 

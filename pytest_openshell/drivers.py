@@ -18,24 +18,17 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from openshell_core import labels
+from openshell_core.contract import GATEWAY_SECRET_STATE, RUN_ID_ENV, SANDBOX_ROLE
 from openshell_core.engine import Engine
 from openshell_core.errors import OpenShellError
+from openshell_core.faults import ENV_VAR as FAULTS_ENV
 from openshell_core.faults import Fault, format_faults
 from openshell_core.gateway import DeployOptions, deploy, destroy, names, stop
-from openshell_core.gateway.deployment import RUN_ID_ENV
 from openshell_core.gateway.metadata import remove_gateway_files
 from openshell_core.gateway.reconcile import STATE_DIR
 
 #: The gateway's persistent secret state, relative to its state directory on the volume.
-STATE_FILES = (
-    "secrets/ssh-handshake",
-    "pki/ca.crt",
-    "pki/ca.key",
-    "pki/server.crt",
-    "pki/server.key",
-    "pki/client.crt",
-    "pki/client.key",
-)
+STATE_FILES = GATEWAY_SECRET_STATE
 
 
 @dataclass(frozen=True)
@@ -198,7 +191,7 @@ class ReferenceDriver:
             **os.environ,
             **self.env,
             "DOCKER_HOST": self.engine.host,
-            "OPENSHELL_FAULTS": format_faults(gateway.spec.faults),
+            FAULTS_ENV: format_faults(gateway.spec.faults),
             RUN_ID_ENV: gateway.spec.run_id,
         }
         result = subprocess.run(
@@ -261,7 +254,7 @@ class ReferenceDriver:
             label_filters=[
                 f"{labels.MANAGED_BY}={labels.MANAGER}",
                 f"{labels.GATEWAY}={gateway.name}",
-                f"{labels.ROLE}=sandbox",
+                f"{labels.ROLE}={SANDBOX_ROLE}",
             ],
             all=not running,
         )

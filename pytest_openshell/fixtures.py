@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from openshell_core import sshproxy
 from openshell_core.client import SandboxInfo
+from openshell_core.contract import AUTHORIZED_KEYS_ENV
 from openshell_core.errors import ReadinessTimeout
 from openshell_core.retry import GiveUp, poll_until
-from openshell_core.sandbox.supervisor import AUTHORIZED_KEYS_ENV
 from pytest_openshell.artefacts import Artefacts
 from pytest_openshell.drivers import GatewayHandle
 from pytest_openshell.pipes import PipeReader

@@ -27,7 +27,7 @@ from openshell_core import sshproxy
 from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine
 from openshell_core.images import ImageSet
-from openshell_core.server.compute import container_name
+from openshell_core.server.compute_docker import container_name
 from pytest_openshell.pipes import PipeReader
 
 SANDBOX = "live"

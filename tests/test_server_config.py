@@ -9,7 +9,9 @@ import pytest
 
 from openshell_core.errors import UsageError
 from openshell_core.faults import Fault
+from openshell_core.server import __main__ as server_main
 from openshell_core.server import healthcheck
+from openshell_core.server.compute_docker import DockerSettings
 from openshell_core.server.config import LISTEN_PORT, ServerConfig
 
 BASE = {
@@ -97,3 +99,34 @@ def test_the_health_check_names_what_is_missing(tmp_path: Path) -> None:
     assert "the server has not reported ready" in found
     assert "no SSH handshake secret" in found
     assert any(problem.startswith("PKI files missing: ca.crt") for problem in found)
+
+
+def test_the_docker_compute_driver_is_the_default_with_its_own_settings() -> None:
+    config = ServerConfig.from_env(BASE)
+    assert config.compute == DockerSettings(
+        host="unix:///run/openshell-engine/docker.sock", network="openshell-cluster-demo"
+    )
+    assert config.compute.driver == "docker"
+
+
+def test_the_compute_driver_is_picked_by_name() -> None:
+    config = ServerConfig.from_env({**BASE, "OPENSHELL_COMPUTE_DRIVER": "docker"})
+    assert isinstance(config.compute, DockerSettings)
+
+
+def test_an_unknown_compute_driver_is_a_configuration_error_naming_the_known_ones() -> None:
+    with pytest.raises(UsageError) as refused:
+        ServerConfig.from_env({**BASE, "OPENSHELL_COMPUTE_DRIVER": "kubernetes"})
+    assert refused.value.message == (
+        "OPENSHELL_COMPUTE_DRIVER='kubernetes' names no compute driver this gateway has"
+    )
+    assert refused.value.hint == "set it to one of: docker (or leave it unset for docker)"
+
+
+def test_an_unknown_compute_driver_stops_the_gateway_with_the_usage_exit_code(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name, value in {**BASE, "OPENSHELL_COMPUTE_DRIVER": "kubernetes"}.items():
+        monkeypatch.setenv(name, value)
+    assert server_main.main() == server_main.EXIT_USAGE
+    assert "names no compute driver this gateway has" in caplog.text

@@ -24,7 +24,7 @@ from server_support import (
 from openshell_core.client import GatewayClient, GatewayRpcError
 from openshell_core.engine import Engine
 from openshell_core.images import ImageSet
-from openshell_core.server.compute import container_name, volume_name
+from openshell_core.server.compute_docker import container_name, volume_name
 
 Lab = Callable[[str], LabGateway]
 

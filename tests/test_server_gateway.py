@@ -22,7 +22,7 @@ from openshell_core.cli import main
 from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine
 from openshell_core.images import ImageSet
-from openshell_core.server.compute import container_name, volume_name
+from openshell_core.server.compute_docker import container_name, volume_name
 
 WORKSPACE = "default"
 

@@ -1,8 +1,8 @@
-"""The gateway's sandbox lifecycle and reconciliation rules, against an in-memory compute driver.
+"""The gateway's sandbox lifecycle and reconciliation rules, against the in-memory compute driver.
 
-These are the pure-logic rules (what the gateway does when a container is missing, stopped, or its
-workspace is gone; what each server-side fault changes). The same behaviours are exercised on a
-real engine by the integration tests in ``test_server_gateway.py``.
+These are the pure-logic rules (what the gateway does when a sandbox's runtime is missing,
+stopped or out of reach, or its workspace is gone; what each server-side fault changes). The same
+behaviours are exercised on a real engine by the integration tests in ``test_server_gateway.py``.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import asyncio
 import socketserver
 import threading
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from openshell_core import labels
-from openshell_core.errors import NotFoundError, StateError
+from openshell_core.errors import StateError
 from openshell_core.faults import Fault
-from openshell_core.server.compute import ContainerSpec, Observed
+from openshell_core.server.compute import Ownership, RuntimeState
+from openshell_core.server.compute_memory import InMemoryComputeDriver, InMemorySettings
 from openshell_core.server.config import ServerConfig
 from openshell_core.server.model import Desired, Phase
 from openshell_core.server.reconciler import Reconciler
@@ -27,74 +26,20 @@ from openshell_core.server.sandboxes import SandboxService
 from openshell_core.server.store import Store, open_store
 
 SECRET = "ab" * 32
+RUNNING, STOPPED = RuntimeState.RUNNING, RuntimeState.STOPPED
 
 
 def run(scenario: Coroutine[object, object, None]) -> None:
     asyncio.run(scenario)
 
 
-@dataclass
-class FakeDriver:
-    """Containers and volumes in memory; every sandbox's supervisor is one local TCP port."""
+def memory_driver(port: int, node: str = "openshell-test") -> InMemoryComputeDriver:
+    """Sandboxes in memory, labelled as gateway ``test``'s; every supervisor is ``port``."""
+    return InMemoryComputeDriver(Ownership("test", node), supervisor=("127.0.0.1", port))
 
-    port: int
-    node: str = "openshell-test"
-    gateway: str = "test"
-    containers: dict[str, str] = field(default_factory=dict)
-    container_labels: dict[str, dict[str, str]] = field(default_factory=dict)
-    volumes: set[str] = field(default_factory=set)
-    seeded: list[str] = field(default_factory=list)
-    envs: dict[str, dict[str, str]] = field(default_factory=dict)
-    detached: set[str] = field(default_factory=set)
 
-    def observe(self, sandbox_id: str) -> Observed:
-        return Observed(
-            sandbox_id,
-            self.containers.get(sandbox_id),
-            sandbox_id in self.volumes,
-            self.container_labels.get(sandbox_id, {}),
-            sandbox_id not in self.detached,
-        )
-
-    def list_owned(self, gateway_label: str | None = None) -> list[Observed]:
-        owner = gateway_label or self.gateway
-        return [
-            self.observe(sandbox_id)
-            for sandbox_id, found in self.container_labels.items()
-            if found.get(labels.GATEWAY) == owner and sandbox_id in self.containers
-        ]
-
-    def provision(self, spec: ContainerSpec) -> None:
-        if spec.workspace_volume:
-            self.volumes.add(spec.sandbox_id)
-            self.seeded.append(spec.sandbox_id)
-        if spec.sandbox_id not in self.containers:
-            self.envs[spec.sandbox_id] = dict(spec.environment)
-            self.container_labels[spec.sandbox_id] = {
-                labels.GATEWAY: self.gateway,
-                labels.SANDBOX_ID: spec.sandbox_id,
-                labels.NODE_NAME: self.node,
-            }
-        self.containers[spec.sandbox_id] = "running"
-
-    def start(self, sandbox_id: str) -> None:
-        if sandbox_id not in self.containers:
-            raise NotFoundError("container", sandbox_id)
-        self.detached.discard(sandbox_id)
-        self.containers[sandbox_id] = "running"
-
-    def stop(self, sandbox_id: str) -> None:
-        if sandbox_id not in self.containers:
-            raise NotFoundError("container", sandbox_id)
-        self.containers[sandbox_id] = "exited"
-
-    def remove(self, sandbox_id: str, *, workspace: bool) -> None:
-        self.containers.pop(sandbox_id, None)
-        if workspace:
-            self.volumes.discard(sandbox_id)
-
-    def address(self, sandbox_id: str) -> tuple[str, int]:
-        return "127.0.0.1", self.port
+def _states(driver: InMemoryComputeDriver) -> dict[str, RuntimeState]:
+    return {sandbox_id: runtime.state for sandbox_id, runtime in driver.runtimes.items()}
 
 
 @pytest.fixture
@@ -122,15 +67,14 @@ def _config(*faults: Fault, node: str = "openshell-test", variant: str = "v1") -
         gateway_name="test",
         node_name=node,
         node_name_source="env",
-        network="openshell-cluster-test",
         sandbox_image="openshell-sandbox:v1",
-        docker_host="unix:///nonexistent",
+        compute=InMemorySettings(),
         variant=variant,
         faults=frozenset(faults),
     )
 
 
-def _service(store: Store, driver: FakeDriver, *faults: Fault) -> SandboxService:
+def _service(store: Store, driver: InMemoryComputeDriver, *faults: Fault) -> SandboxService:
     return SandboxService(store, driver, _config(*faults), secret=SECRET)
 
 
@@ -154,25 +98,25 @@ def _phase(service: SandboxService, sandbox_id: str) -> Phase:
 
 def test_a_created_sandbox_is_ready_once_its_supervisor_answers(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver)
 
         sandbox_id = await _created(service)
 
         assert _phase(service, sandbox_id) is Phase.READY
-        assert driver.containers[sandbox_id] == "running"
-        assert sandbox_id in driver.volumes
+        assert _states(driver) == {sandbox_id: RUNNING}
+        assert driver.workspaces[sandbox_id].seeded == 1
         await service.close()
 
     run(scenario())
 
 
-def test_the_container_environment_is_frozen_at_creation(store, supervisor_port):
+def test_the_sandbox_environment_is_frozen_at_creation(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver)
         sandbox_id = await _created(service)
-        env = driver.envs[sandbox_id]
+        env = driver.runtimes[sandbox_id].spec.environment
 
         assert env["OPENSHELL_SSH_HANDSHAKE_SECRET"] == SECRET
         assert env["OPENSHELL_SANDBOX_ID"] == sandbox_id
@@ -182,58 +126,62 @@ def test_the_container_environment_is_frozen_at_creation(store, supervisor_port)
         assert env["OPENSHELL_SSH_AUTHORIZED_KEYS"] == "ssh-ed25519 AAAA user"
         assert env["OPENSHELL_SSH_HOST_KEY"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
 
-        del driver.containers[sandbox_id]
+        driver.vanish(sandbox_id)
         service.secret = "cd" * 32  # what a regenerated secret would be
         await service.reconcile(sandbox_id)
-        assert driver.envs[sandbox_id]["OPENSHELL_SSH_HANDSHAKE_SECRET"] == SECRET
+        assert (
+            driver.runtimes[sandbox_id].spec.environment["OPENSHELL_SSH_HANDSHAKE_SECRET"] == SECRET
+        )
         await service.close()
 
     run(scenario())
 
 
-def test_a_vanished_container_is_made_again_on_the_same_workspace(store, supervisor_port):
+def test_a_vanished_runtime_is_made_again_on_the_same_workspace(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver)
         sandbox_id = await _created(service)
 
-        del driver.containers[sandbox_id]
+        driver.vanish(sandbox_id)
         await service.reconcile(sandbox_id)
 
-        assert driver.containers[sandbox_id] == "running"
-        assert sandbox_id in driver.volumes
+        assert _states(driver) == {sandbox_id: RUNNING}
+        assert driver.workspaces[sandbox_id].seeded == 1  # the same workspace, not seeded again
         assert _phase(service, sandbox_id) is Phase.READY
         await service.close()
 
     run(scenario())
 
 
-def test_a_container_stopped_out_of_band_is_started_again(store, supervisor_port):
+def test_a_sandbox_stopped_out_of_band_is_started_again(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver)
         sandbox_id = await _created(service)
 
-        driver.containers[sandbox_id] = "exited"
+        driver.halt(sandbox_id)
         await service.reconcile(sandbox_id)
 
-        assert driver.containers[sandbox_id] == "running"
+        assert _states(driver) == {sandbox_id: RUNNING}
+        assert driver.runtimes[sandbox_id].starts == 2
         assert _phase(service, sandbox_id) is Phase.READY
         await service.close()
 
     run(scenario())
 
 
-def test_a_running_sandbox_taken_off_the_network_is_attached_again(store, supervisor_port):
+def test_a_running_sandbox_out_of_reach_is_adopted_again_without_a_restart(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver)
         sandbox_id = await _created(service)
 
-        driver.detached.add(sandbox_id)
+        driver.cut_off(sandbox_id)
         await service.reconcile(sandbox_id)
 
-        assert driver.detached == set()
+        assert driver.observe(sandbox_id).reachable
+        assert driver.runtimes[sandbox_id].starts == 1
         assert _phase(service, sandbox_id) is Phase.READY
         record = service.get(sandbox_id)
         assert record is not None
@@ -245,7 +193,7 @@ def test_a_running_sandbox_taken_off_the_network_is_attached_again(store, superv
 
 def test_a_sandbox_the_user_stopped_stays_stopped(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver)
         sandbox_id = await _created(service)
         record = service.get(sandbox_id)
@@ -254,7 +202,7 @@ def test_a_sandbox_the_user_stopped_stays_stopped(store, supervisor_port):
         await service.stop(record)
         await service.reconcile(sandbox_id)
 
-        assert driver.containers[sandbox_id] == "exited"
+        assert _states(driver) == {sandbox_id: STOPPED}
         assert _phase(service, sandbox_id) is Phase.STOPPED
         await service.close()
 
@@ -263,7 +211,7 @@ def test_a_sandbox_the_user_stopped_stays_stopped(store, supervisor_port):
 
 def test_a_stopped_sandbox_can_be_started_again(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver)
         sandbox_id = await _created(service)
         record = service.get(sandbox_id)
@@ -281,19 +229,22 @@ def test_a_stopped_sandbox_can_be_started_again(store, supervisor_port):
 
 def test_a_sandbox_whose_workspace_is_gone_fails_with_the_reason(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver)
         sandbox_id = await _created(service)
 
-        driver.volumes.discard(sandbox_id)
-        del driver.containers[sandbox_id]
+        driver.lose_workspace(sandbox_id)
+        driver.vanish(sandbox_id)
         await service.reconcile(sandbox_id)
 
         record = service.get(sandbox_id)
         assert record is not None
         assert record.phase is Phase.ERROR
-        assert "is gone" in record.reason
-        assert sandbox_id not in driver.containers  # not recreated on an empty workspace
+        assert record.reason == (
+            f"workspace in-memory workspace {sandbox_id} is gone; the sandbox's files cannot be "
+            "recovered"
+        )
+        assert sandbox_id not in driver.runtimes  # not recreated on an empty workspace
         await service.close()
 
     run(scenario())
@@ -301,10 +252,10 @@ def test_a_sandbox_whose_workspace_is_gone_fails_with_the_reason(store, supervis
 
 def test_a_failed_sandbox_refuses_to_start(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver)
         sandbox_id = await _created(service)
-        driver.volumes.discard(sandbox_id)
+        driver.lose_workspace(sandbox_id)
         await service.reconcile(sandbox_id)
         record = service.get(sandbox_id)
         assert record is not None
@@ -316,9 +267,9 @@ def test_a_failed_sandbox_refuses_to_start(store, supervisor_port):
     run(scenario())
 
 
-def test_delete_removes_container_workspace_and_record(store, supervisor_port):
+def test_delete_removes_runtime_workspace_and_record(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver)
         sandbox_id = await _created(service)
         record = service.get(sandbox_id)
@@ -326,29 +277,25 @@ def test_delete_removes_container_workspace_and_record(store, supervisor_port):
 
         await service.delete(record)
 
-        assert sandbox_id not in driver.containers
-        assert sandbox_id not in driver.volumes
+        assert sandbox_id not in driver.runtimes
+        assert sandbox_id not in driver.workspaces
         assert service.get(sandbox_id) is None
         await service.close()
 
     run(scenario())
 
 
-def test_startup_adopts_known_containers_and_leaves_unknown_ones_alone(store, supervisor_port):
+def test_startup_adopts_known_sandboxes_and_leaves_unknown_ones_alone(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver)
         sandbox_id = await _created(service)
-        driver.containers["stranger"] = "running"
-        driver.container_labels["stranger"] = {
-            labels.GATEWAY: "test",
-            labels.SANDBOX_ID: "stranger",
-        }
-        driver.containers[sandbox_id] = "exited"
+        driver.plant("stranger", gateway_label="test", node_name="openshell-test")
+        driver.halt(sandbox_id)
 
         await Reconciler(service, interval=60).startup()
 
-        assert driver.containers == {sandbox_id: "running", "stranger": "running"}
+        assert _states(driver) == {sandbox_id: RUNNING, "stranger": RUNNING}
         assert _phase(service, sandbox_id) is Phase.READY
         await service.close()
 
@@ -357,13 +304,14 @@ def test_startup_adopts_known_containers_and_leaves_unknown_ones_alone(store, su
 
 def test_a_gateway_with_a_new_node_name_still_adopts_its_sandboxes(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port, node="old-node")
+        driver = memory_driver(supervisor_port, node="old-node")
         sandbox_id = await _created(_service(store, driver))
 
+        driver.ownership = Ownership("test", "new-node")  # what the new gateway labels with
         service = SandboxService(store, driver, _config(node="new-node"), secret=SECRET)
         await Reconciler(service, interval=60).startup()
 
-        assert sandbox_id in driver.volumes
+        assert sandbox_id in driver.workspaces
         assert _phase(service, sandbox_id) is Phase.READY
         await service.close()
 
@@ -373,31 +321,31 @@ def test_a_gateway_with_a_new_node_name_still_adopts_its_sandboxes(store, superv
 # -- server-side faults ---------------------------------------------------------------------
 
 
-def test_fault_error_is_terminal_leaves_a_stopped_container_in_error(store, supervisor_port):
+def test_fault_error_is_terminal_leaves_a_stopped_sandbox_in_error(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver, Fault.ERROR_IS_TERMINAL)
         sandbox_id = await _created(service)
 
-        driver.containers[sandbox_id] = "exited"
+        driver.halt(sandbox_id)
         await service.reconcile(sandbox_id)
         await service.reconcile(sandbox_id)
 
-        assert driver.containers[sandbox_id] == "exited"
+        assert _states(driver) == {sandbox_id: STOPPED}
         assert _phase(service, sandbox_id) is Phase.ERROR
         await service.close()
 
     run(scenario())
 
 
-def test_fault_no_workspace_volume_makes_no_volume(store, supervisor_port):
+def test_fault_no_workspace_volume_makes_no_persistent_workspace(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver, Fault.NO_WORKSPACE_VOLUME)
 
         sandbox_id = await _created(service)
 
-        assert driver.volumes == set()
+        assert driver.workspaces == {}
         assert _phase(service, sandbox_id) is Phase.READY
         await service.close()
 
@@ -406,14 +354,14 @@ def test_fault_no_workspace_volume_makes_no_volume(store, supervisor_port):
 
 def test_fault_reseed_workspace_seeds_again_when_the_sandbox_restarts(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         service = _service(store, driver, Fault.RESEED_WORKSPACE)
         sandbox_id = await _created(service)
-        driver.containers[sandbox_id] = "exited"
+        driver.halt(sandbox_id)
 
         await service.reconcile(sandbox_id)
 
-        assert driver.seeded == [sandbox_id, sandbox_id]
+        assert driver.workspaces[sandbox_id].seeded == 2
         await service.close()
 
     run(scenario())
@@ -421,14 +369,15 @@ def test_fault_reseed_workspace_seeds_again_when_the_sandbox_restarts(store, sup
 
 def test_fault_container_id_hostname_purges_sandboxes_of_another_node(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port, node="old-container-id")
+        driver = memory_driver(supervisor_port, node="old-container-id")
         sandbox_id = await _created(_service(store, driver))
 
+        driver.ownership = Ownership("test", "new-container-id")
         config = _config(Fault.CONTAINER_ID_HOSTNAME, node="new-container-id")
         service = SandboxService(store, driver, config, secret=SECRET)
         await Reconciler(service, interval=60).startup()
 
-        assert sandbox_id not in driver.volumes
+        assert sandbox_id not in driver.workspaces
         assert _phase(service, sandbox_id) is Phase.ERROR
         await service.close()
 
@@ -437,14 +386,15 @@ def test_fault_container_id_hostname_purges_sandboxes_of_another_node(store, sup
 
 def test_fault_relabel_on_upgrade_purges_existing_sandboxes_in_v2(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         sandbox_id = await _created(_service(store, driver))
 
+        driver.ownership = Ownership("openshell-test", "openshell-test")  # v2: the node's label
         config = _config(Fault.RELABEL_ON_UPGRADE, variant="v2")
         service = SandboxService(store, driver, config, secret=SECRET)
         await Reconciler(service, interval=60).startup()
 
-        assert sandbox_id not in driver.containers
+        assert sandbox_id not in driver.runtimes
         assert service.list(None) == []
         await service.close()
 
@@ -453,7 +403,7 @@ def test_fault_relabel_on_upgrade_purges_existing_sandboxes_in_v2(store, supervi
 
 def test_fault_relabel_on_upgrade_does_nothing_in_v1(store, supervisor_port):
     async def scenario() -> None:
-        driver = FakeDriver(supervisor_port)
+        driver = memory_driver(supervisor_port)
         sandbox_id = await _created(_service(store, driver))
 
         service = SandboxService(store, driver, _config(Fault.RELABEL_ON_UPGRADE), secret=SECRET)

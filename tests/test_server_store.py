@@ -28,7 +28,7 @@ def _record(sandbox_id: str = "sb-1", name: str = "alpha", **labels: str) -> San
         image="openshell-sandbox:v1",
         environment={"GREETING": "hello"},
         labels=labels or {"team": "red", "tier": "gold"},
-        container_env={"GREETING": "hello", "OPENSHELL_SANDBOX_ID": sandbox_id},
+        sandbox_env={"GREETING": "hello", "OPENSHELL_SANDBOX_ID": sandbox_id},
         host_key_public="ssh-ed25519 AAAA",
         host_key_fingerprint="SHA256:abc",
     )

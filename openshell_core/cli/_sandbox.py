@@ -15,6 +15,7 @@ from typing import Any
 from openshell_core import sshproxy
 from openshell_core.cli._ssh_proxy import resume_options
 from openshell_core.client import GatewayClient, GatewayRpcError, SandboxInfo, active_gateway
+from openshell_core.contract import AUTHORIZED_KEYS_ENV
 from openshell_core.engine import EngineMode, open_engine
 from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
 from openshell_core.gateway import DeployOptions, deploy, read_active_gateway, set_active_gateway
@@ -22,9 +23,6 @@ from openshell_core.gateway.metadata import gateway_dir
 from openshell_core.gateway.names import DEFAULT_NAME
 
 log = logging.getLogger("openshell.cli")
-
-#: The environment variable a sandbox reads its authorized SSH keys from.
-AUTHORIZED_KEYS_ENV = "OPENSHELL_SSH_AUTHORIZED_KEYS"
 
 
 def register(commands: Any) -> None:

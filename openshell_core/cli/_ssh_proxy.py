@@ -8,7 +8,7 @@ import asyncio
 import signal
 from typing import Any
 
-from openshell_core import sshproxy
+from openshell_core import contract, sshproxy
 from openshell_core.sandbox.resumable import MAX_RESUME_TIMEOUT, RESUME_TIMEOUT
 
 
@@ -17,11 +17,12 @@ def register(commands: Any) -> None:
     proxy = commands.add_parser(
         "ssh-proxy",
         help="relay stdin/stdout to a sandbox through its gateway (ssh's ProxyCommand)",
-        description="Open CONNECT /connect/ssh on the gateway's TLS port (retrying 412 for up to "
-        "60 s) and relay stdin/stdout through it. The session is resumable: when the tunnel "
-        "breaks (a gateway restart), it reconnects through the gateway and resumes where it "
-        "stopped, logging the break and the resume on stderr. Used by `sandbox connect` as ssh's "
-        "ProxyCommand; nothing but the SSH stream is ever written to stdout.",
+        description=f"Open CONNECT {contract.CONNECT_PATH} on the gateway's TLS port "
+        "(retrying 412 for up to 60 s) and relay stdin/stdout through it. The session is "
+        "resumable: when the tunnel breaks (a gateway restart), it reconnects through the gateway "
+        "and resumes where it stopped, logging the break and the resume on stderr. Used by "
+        "`sandbox connect` as ssh's ProxyCommand; nothing but the SSH stream is ever written to "
+        "stdout.",
     )
     proxy.add_argument("--gateway", required=True, help="gateway name (its host-side files)")
     proxy.add_argument("--sandbox-id", required=True, help="the sandbox's id")

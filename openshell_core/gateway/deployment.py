@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from openshell_core.contract import RUN_ID_ENV
 from openshell_core.engine import Engine
 from openshell_core.errors import (
     EngineError,
@@ -86,8 +87,6 @@ from openshell_core.images import ImageSet
 log = logging.getLogger("openshell.gateway")
 
 DEFAULT_PORT = 8080
-#: The environment variable that puts a deploy's objects into a test run (see ``run_id``).
-RUN_ID_ENV = "OPENSHELL_RUN_ID"
 #: Files the host-side client needs, from the gateway's PKI on its volume, by their host name.
 _CLIENT_PKI = {"ca.crt": "ca.crt", "client.crt": "tls.crt", "client.key": "tls.key"}
 

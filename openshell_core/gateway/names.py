@@ -11,11 +11,12 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from openshell_core import contract
 from openshell_core.errors import UsageError
 
 #: The gateway name upstream's CLI uses when none is given.
 DEFAULT_NAME: Final = "openshell"
-OBJECT_PREFIX: Final = "openshell-cluster-"
+OBJECT_PREFIX: Final = contract.GATEWAY_OBJECT_PREFIX
 NODE_PREFIX: Final = "openshell-"
 #: Upstream's node name normalisation: the suffix when nothing usable is left, and the cap.
 NODE_FALLBACK: Final = "gateway"

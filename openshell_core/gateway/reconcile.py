@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from openshell_core import labels
+from openshell_core import contract, labels
 from openshell_core.engine import Engine
 from openshell_core.errors import EngineError, NotFoundError, StateError
 from openshell_core.faults import ENV_VAR as FAULTS_ENV
@@ -26,9 +26,9 @@ from openshell_core.gateway.state import GATEWAY_PORT_KEY
 log = logging.getLogger("openshell.gateway")
 
 #: Where the gateway keeps its whole state: the volume is mounted here.
-STATE_DIR = "/var/lib/openshell"
+STATE_DIR = contract.STATE_DIR
 #: Where the engine's socket directory is mounted in the gateway container.
-ENGINE_SOCKET_MOUNT = "/run/openshell-engine"
+ENGINE_SOCKET_MOUNT = contract.ENGINE_SOCKET_MOUNT
 RESTART_POLICY = "unless-stopped"
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -50,7 +50,7 @@ class ContainerSpec:
 
 def gateway_labels(name: str, run_id: str | None = None) -> dict[str, str]:
     """Ownership labels for gateway ``name``'s container, volume and network."""
-    extra = {"gateway": name, "role": "gateway"}
+    extra = {"gateway": name, "role": contract.GATEWAY_ROLE}
     if run_id:
         extra["run_id"] = run_id
     return labels.ownership(**extra)
@@ -75,18 +75,18 @@ def gateway_container_spec(
     node = node_name(name)
     pin_identity = Fault.CONTAINER_ID_HOSTNAME not in faults
     environment = {
-        "OPENSHELL_GATEWAY_NAME": name,
-        "OPENSHELL_NETWORK": network_name(name),
-        "OPENSHELL_SANDBOX_IMAGE": sandbox_image,
-        "OPENSHELL_GATEWAY_PORT": str(port),
+        contract.GATEWAY_NAME_ENV: name,
+        contract.NETWORK_ENV: network_name(name),
+        contract.SANDBOX_IMAGE_ENV: sandbox_image,
+        contract.GATEWAY_PORT_ENV: str(port),
     }
     if pin_identity:
-        environment["OPENSHELL_NODE_NAME"] = node
+        environment[contract.NODE_NAME_ENV] = node
     sans = extra_sans(engine.host, gateway_host)
     if sans:
-        environment["OPENSHELL_EXTRA_SANS"] = ",".join(sans)
+        environment[contract.EXTRA_SANS_ENV] = ",".join(sans)
     if run_id:
-        environment["OPENSHELL_RUN_ID"] = run_id
+        environment[contract.RUN_ID_ENV] = run_id
     if faults:
         environment[FAULTS_ENV] = format_faults(faults)
     binds = [f"{volume_name(name)}:{STATE_DIR}"]
@@ -94,9 +94,9 @@ def gateway_container_spec(
     if socket_dir is not None:
         socket_file = PurePosixPath(engine.host.removeprefix("unix://")).name
         binds.append(f"{socket_dir}:{ENGINE_SOCKET_MOUNT}")
-        environment["DOCKER_HOST"] = f"unix://{ENGINE_SOCKET_MOUNT}/{socket_file}"
+        environment[contract.DOCKER_HOST_ENV] = f"unix://{ENGINE_SOCKET_MOUNT}/{socket_file}"
     else:
-        environment["DOCKER_HOST"] = engine.host
+        environment[contract.DOCKER_HOST_ENV] = engine.host
     return ContainerSpec(
         name=container_name(name),
         image=image,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from openshell_core import labels
+from openshell_core import contract, labels
 from openshell_core.engine import Engine
 from openshell_core.errors import BuildError, EngineError
 from openshell_core.images.base import BaseImageSpec, ensure_base_image
@@ -42,7 +42,7 @@ class ImageSet:
     gateway: str = "openshell-gateway:v1"
     #: A second gateway tag for the image-upgrade scenario (v1 -> v2 on the same volume).
     gateway_upgrade: str = "openshell-gateway:v2"
-    sandbox: str = "openshell-sandbox:v1"
+    sandbox: str = contract.DEFAULT_SANDBOX_IMAGE
 
 
 @dataclass(frozen=True)

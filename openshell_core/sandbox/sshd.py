@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from openshell_core import contract
+
 log = logging.getLogger("openshell.sandbox.sshd")
 
 SSHD: Final = "/usr/sbin/sshd"
 #: Variables that are copied into SSH sessions (sshd builds a fresh environment for them).
-SESSION_ENV: Final = ("OPENSHELL_SANDBOX_ID", "OPENSHELL_SANDBOX")
+SESSION_ENV: Final = (contract.SANDBOX_ID_ENV, contract.SANDBOX_NAME_ENV)
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9._:/@+-]*")
 
 
@@ -117,7 +119,9 @@ def prepare(
     if host_key.strip():
         _write(files.host_key, host_key.strip() + "\n", 0o600)
     else:
-        log.warning("OPENSHELL_SSH_HOST_KEY is not set: using a host key made for this start")
+        log.warning(
+            "%s is not set: using a host key made for this start", contract.SSH_HOST_KEY_ENV
+        )
         files.host_key.unlink(missing_ok=True)
         files.host_key.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
@@ -127,7 +131,7 @@ def prepare(
         )
     keys = [line.strip() for line in authorized_keys.splitlines() if line.strip()]
     if not keys:
-        log.warning("OPENSHELL_SSH_AUTHORIZED_KEYS is empty: nobody can log in over SSH")
+        log.warning("%s is empty: nobody can log in over SSH", contract.AUTHORIZED_KEYS_ENV)
     _write(files.authorized_keys, "".join(f"{key}\n" for key in keys), 0o644)
     _write(files.config, sshd_config(files, session_env), 0o644)
 

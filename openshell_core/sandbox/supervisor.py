@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from openshell_core import contract
 from openshell_core.handshake import (
     ERR_LINE,
     OK_LINE,
@@ -67,15 +68,15 @@ from openshell_core.sandbox.resumable import (
 
 log = logging.getLogger("openshell.sandbox")
 
-SECRET_ENV: Final = "OPENSHELL_SSH_HANDSHAKE_SECRET"
-SKEW_ENV: Final = "OPENSHELL_SSH_HANDSHAKE_SKEW_SECS"
-LISTEN_ENV: Final = "OPENSHELL_SSH_LISTEN_ADDR"
-HOST_KEY_ENV: Final = "OPENSHELL_SSH_HOST_KEY"
-AUTHORIZED_KEYS_ENV: Final = "OPENSHELL_SSH_AUTHORIZED_KEYS"
+SECRET_ENV: Final = contract.HANDSHAKE_SECRET_ENV
+SKEW_ENV: Final = contract.HANDSHAKE_SKEW_ENV
+LISTEN_ENV: Final = contract.SSH_LISTEN_ENV
+HOST_KEY_ENV: Final = contract.SSH_HOST_KEY_ENV
+AUTHORIZED_KEYS_ENV: Final = contract.AUTHORIZED_KEYS_ENV
 #: Never handed to anything the supervisor starts.
-SECRET_VARIABLES: Final = frozenset({SECRET_ENV, HOST_KEY_ENV})
-DEFAULT_LISTEN: Final = "0.0.0.0:2222"
-DEFAULT_WORKDIR: Final = "/sandbox"
+SECRET_VARIABLES: Final = frozenset(contract.SECRET_ENV_NAMES)
+DEFAULT_LISTEN: Final = f"0.0.0.0:{contract.SUPERVISOR_PORT}"
+DEFAULT_WORKDIR: Final = contract.WORKSPACE_DIR
 #: Seconds a connection may take to send its preface, and then its first bytes.
 PREFACE_TIMEOUT: Final = 10.0
 MODE_TIMEOUT: Final = 60.0
@@ -107,7 +108,7 @@ class ConfigError(ValueError):
 class SupervisorConfig:
     secret: str = field(repr=False)
     host: str = "0.0.0.0"
-    port: int = 2222
+    port: int = contract.SUPERVISOR_PORT
     skew: float = SKEW_SECONDS
     #: The environment children get: the container's, minus the secrets.
     child_env: Mapping[str, str] = field(default_factory=dict, repr=False)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Final
 
-IMAGE_DIR: Final = "/sandbox"
+from openshell_core import contract
+
+IMAGE_DIR: Final = contract.WORKSPACE_DIR
 INIT_MOUNT: Final = "/workspace-pvc"
-SENTINEL: Final = ".workspace-initialized"
+SENTINEL: Final = contract.WORKSPACE_SENTINEL
 
 _COPY: Final = f"tar -C {IMAGE_DIR} -cf - . | tar -C {INIT_MOUNT} -xpf -"
 

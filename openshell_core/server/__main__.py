@@ -2,8 +2,9 @@
 
 Start order matters: the store is opened (and migrated) first, so that a store the gateway must
 not use stops it before anything else changes; then the handshake secret and the PKI are
-reconciled; then the engine is reached, the API and the TLS port come up, the ready marker is
-written (the image's health check looks for it), and the sandboxes are reconciled.
+reconciled; then the compute driver named by the configuration reaches its platform, the API and
+the TLS port come up, the ready marker is written (the image's health check looks for it), and the
+sandboxes are reconciled.
 SIGTERM stops it within a couple of seconds; sandboxes keep running.
 """
 
@@ -20,13 +21,13 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from openshell_core.engine import Engine, connect
+from openshell_core import contract
 from openshell_core.errors import OpenShellError, StateError, UsageError
 from openshell_core.faults import Fault
 from openshell_core.protocol import add_servicer_to_server
 from openshell_core.server import tunnel
 from openshell_core.server.api import GatewayServicer
-from openshell_core.server.compute import DockerComputeDriver, Ownership
+from openshell_core.server.compute import Ownership
 from openshell_core.server.config import ServerConfig
 from openshell_core.server.front import Front, server_tls_context
 from openshell_core.server.reconciler import Reconciler, gateway_label
@@ -51,7 +52,7 @@ def _version(variant: str) -> str:
 
 
 class Gateway:
-    """The running gateway: store, secrets, engine, API, TLS port and reconciler."""
+    """The running gateway: store, secrets, compute driver, API, TLS port and reconciler."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -74,9 +75,10 @@ class Gateway:
         reconcile_gateway_pki(
             config.pki_dir, config.server_sans, rotate=config.has(Fault.ROTATE_PKI_ON_RESUME)
         )
-        engine = await asyncio.to_thread(connect, config.docker_host, source="DOCKER_HOST")
-        self._closers.append(_async(engine.close))
-        service = SandboxService(store, self._driver(engine), config, secret=secret)
+        driver = await asyncio.to_thread(config.compute.open, self._ownership())
+        self._closers.append(_async(driver.close))
+        log.info("compute driver %s", driver.name)
+        service = SandboxService(store, driver, config, secret=secret)
         self._closers.append(service.close)
         await self._serve_api(service)
         self._start_reconciling(service)
@@ -89,13 +91,12 @@ class Gateway:
             config.variant,
         )
 
-    def _driver(self, engine: Engine) -> DockerComputeDriver:
+    def _ownership(self) -> Ownership:
         config = self.config
         label = gateway_label(
             config.gateway_name, config.node_name, relabel=config.has(Fault.RELABEL_ON_UPGRADE)
         )
-        ownership = Ownership(gateway_label=label, node_name=config.node_name, run_id=config.run_id)
-        return DockerComputeDriver(engine, network=config.network, ownership=ownership)
+        return Ownership(gateway_label=label, node_name=config.node_name, run_id=config.run_id)
 
     async def _serve_api(self, service: SandboxService) -> None:
         config = self.config
@@ -117,9 +118,9 @@ class Gateway:
             await tunnel.serve_connect(reader, writer, head, resolver)
 
         context = server_tls_context(
-            cert=config.pki_dir / "server.crt",
-            key=config.pki_dir / "server.key",
-            client_ca=config.pki_dir / "ca.crt",
+            cert=config.pki_dir / contract.SERVER_CERT_FILE,
+            key=config.pki_dir / contract.SERVER_KEY_FILE,
+            client_ca=config.pki_dir / contract.CA_CERT_FILE,
         )
         front = Front(context, grpc_socket=config.grpc_socket, tunnel=tunnel_handler)
         await front.start(config.listen_host, config.listen_port)

@@ -13,7 +13,7 @@ import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -34,7 +34,6 @@ from openshell_core.server.store import StoreConflict
 
 log = logging.getLogger("openshell.server.api")
 
-DRIVER_NAME: Final = "docker"
 _Response = TypeVar("_Response")
 _Method = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[_Response]]
 
@@ -86,7 +85,7 @@ class GatewayServicer(Servicer):
         return pb.GetGatewayInfoResponse(
             status=pb.SERVICE_STATUS_HEALTHY,
             gateway_version=self._version,
-            compute_drivers=[pb.ComputeDriverInfo(name=DRIVER_NAME)],
+            compute_drivers=[pb.ComputeDriverInfo(name=self._service.driver.name)],
         )
 
     # -- sandboxes --
@@ -175,7 +174,7 @@ class GatewayServicer(Servicer):
                 raise UsageError("command must not be empty")
         except OpenShellError as exc:
             await context.abort(_status_of(exc), exc.message)
-        host, port = self._service.driver.address(record.id)
+        host, port = self._service.driver.endpoint(record.id)
         timeout = request.execution_timeout.ToTimedelta().total_seconds() or None
         events = exec_in_sandbox(
             host,

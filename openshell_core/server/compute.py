@@ -1,117 +1,88 @@
-"""Compute drivers: where a sandbox runs. The Docker driver makes each sandbox a container on the
-gateway's own engine, on the gateway's network, with its ``/sandbox`` on a named volume.
+"""Compute drivers: where a sandbox runs, declared as a :class:`ComputeDriver` protocol.
 
-Docker objects of a sandbox (see ``docs/internals.md``): container ``openshell-sandbox-{id}``
-(network alias the same), volume ``openshell-sandbox-{id}-workspace`` and, while it seeds the
-volume, the init container ``openshell-sandbox-{id}-init``. Calls here block: the gateway runs
-them in worker threads.
+The gateway's lifecycle rules (:mod:`.sandboxes`, :mod:`.reconciler`) speak only this module's
+words: a sandbox has a *runtime* (what runs its supervisor) and a *workspace* (its persistent
+``/sandbox``, seeded once from the image), both labelled with the owning gateway. Each platform's
+words stay in its driver module. The gateway picks its driver by name from its configuration
+(:data:`~openshell_core.contract.COMPUTE_DRIVER_ENV`); :data:`DRIVERS` lists the names it knows.
+The in-memory driver (:mod:`.compute_memory`) is for tests of the lifecycle rules; the compliance
+suite (``tests/test_compute_compliance.py``) holds every driver to this contract.
+
+Driver calls block: the gateway runs them in worker threads.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
+import enum
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
-from openshell_core import labels
-from openshell_core.engine import Engine
-from openshell_core.errors import EngineError, NotFoundError
-from openshell_core.sandbox import workspace
+from openshell_core import contract, labels
+from openshell_core.errors import UsageError
 
-log = logging.getLogger("openshell.server.compute")
-
-WORKSPACE_MOUNT: Final = workspace.IMAGE_DIR
-SANDBOX_ROLE: Final = "sandbox"
-INIT_ROLE: Final = "sandbox-init"
-#: Seconds a sandbox container gets to stop before it is killed.
-STOP_TIMEOUT: Final = 5
-#: Seconds the workspace seeding may take.
-SEED_TIMEOUT: Final = 300
+#: The drivers a gateway can be configured with, and the module that holds each.
+DRIVERS: Final = {contract.DEFAULT_COMPUTE_DRIVER: "openshell_core.server.compute_docker"}
 
 
-def container_name(sandbox_id: str) -> str:
-    return f"openshell-sandbox-{sandbox_id}"
+class RuntimeState(enum.StrEnum):
+    """What a sandbox's runtime is doing, in the platform-neutral words of the lifecycle rules."""
 
-
-def volume_name(sandbox_id: str) -> str:
-    return f"openshell-sandbox-{sandbox_id}-workspace"
-
-
-def init_container_name(sandbox_id: str) -> str:
-    return f"openshell-sandbox-{sandbox_id}-init"
+    #: There is no runtime (never made, or it vanished): the gateway makes it again.
+    ABSENT = "absent"
+    RUNNING = "running"
+    #: It exists and does not run (exited, never started, paused, dead, ...).
+    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
-class ContainerSpec:
-    """What a sandbox container is made from; frozen into the container at creation."""
+class Observation:
+    """A sandbox's runtime and workspace as the platform reports them now.
+
+    :param detail: the platform's own word for the runtime's state (for messages and logs).
+    :param workspace: True when the sandbox's persistent workspace exists.
+    :param reachable: False when the platform knows the gateway cannot reach the running
+        sandbox until :meth:`ComputeDriver.adopt` re-establishes the way (never a restart).
+    """
 
     sandbox_id: str
+    state: RuntimeState
+    detail: str
+    workspace: bool
+    labels: Mapping[str, str] = field(default_factory=dict)
+    reachable: bool = True
+
+    @property
+    def running(self) -> bool:
+        return self.state is RuntimeState.RUNNING
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What a sandbox is made from; frozen into its runtime when the runtime is made, and the same
+    every time it has to be made again.
+
+    :param environment: the supervisor's whole environment (secrets included: drivers must not
+        log it).
+    :param persistent_workspace: False only with the ``no-workspace-volume`` fault: the
+        workspace is not kept apart from the runtime, and goes when the runtime goes.
+    :param reseed: True only with the ``reseed-workspace`` fault: seeding ignores the sentinel.
+    """
+
+    sandbox_id: str
+    name: str
     image: str
-    environment: Mapping[str, str]
-    #: False only with the ``no-workspace-volume`` fault: ``/sandbox`` stays in the container.
-    workspace_volume: bool = True
-    #: True only with the ``reseed-workspace`` fault: seeding ignores the sentinel.
+    environment: Mapping[str, str] = field(repr=False)
+    persistent_workspace: bool = True
     reseed: bool = False
 
 
 @dataclass(frozen=True)
-class Observed:
-    """A sandbox's compute objects as the engine reports them now.
-
-    :param state: the container's state (``running``, ``exited``, ``created``, ...), or None
-        when there is no container.
-    """
-
-    sandbox_id: str
-    state: str | None
-    workspace_volume: bool
-    labels: Mapping[str, str] = field(default_factory=dict)
-    #: False when the container is not on the gateway's current network (it was taken off, or
-    #: the network was re-created since): the gateway cannot reach it until it is attached again.
-    attached: bool = True
-
-    @property
-    def running(self) -> bool:
-        return self.state in {"running", "restarting"}
-
-
-class ComputeDriver(Protocol):
-    """What the gateway needs from a compute platform to run sandboxes."""
-
-    def observe(self, sandbox_id: str) -> Observed:
-        """The sandbox's container and workspace as they are now."""
-        ...
-
-    def list_owned(self, gateway_label: str | None = None) -> list[Observed]:
-        """Sandbox containers labelled as this gateway's (or as ``gateway_label``'s)."""
-        ...
-
-    def provision(self, spec: ContainerSpec) -> None:
-        """Make the workspace (once) and the container, and start it."""
-        ...
-
-    def start(self, sandbox_id: str) -> None:
-        """Attach the container to the gateway's network when it is not, and start it."""
-        ...
-
-    def stop(self, sandbox_id: str) -> None: ...
-
-    def remove(self, sandbox_id: str, *, workspace: bool) -> None:
-        """Remove the container (and the workspace volume when ``workspace``)."""
-        ...
-
-    def address(self, sandbox_id: str) -> tuple[str, int]:
-        """Where the sandbox's supervisor listens, seen from the gateway."""
-        ...
-
-
-@dataclass(frozen=True)
 class Ownership:
-    """How this gateway labels what it creates.
+    """How this gateway labels what it makes.
 
-    :param gateway_label: the value of ``openshell.ai/gateway`` on sandbox objects.
+    :param gateway_label: the value of :data:`~openshell_core.contract.GATEWAY_LABEL`.
     """
 
     gateway_label: str
@@ -130,173 +101,83 @@ class Ownership:
         return labels.ownership(**extra)
 
 
-class DockerComputeDriver:
-    """Sandboxes as containers on the engine the gateway runs on."""
+@runtime_checkable
+class ComputeDriver(Protocol):
+    """What the gateway needs from a platform to run sandboxes.
 
-    def __init__(
-        self, engine: Engine, *, network: str, ownership: Ownership, supervisor_port: int = 2222
-    ) -> None:
-        self._engine = engine
-        self._network = network
-        self._ownership = ownership
-        self._port = supervisor_port
+    Every call is idempotent where it can be; one naming a sandbox whose runtime is needed and
+    absent raises :class:`~openshell_core.errors.NotFoundError`. Nothing is ever removed except by
+    :meth:`delete`, and a workspace only when asked.
+    """
 
-    def observe(self, sandbox_id: str) -> Observed:
-        found = self._engine.inspect_container(container_name(sandbox_id))
-        volume = self._engine.inspect_volume(volume_name(sandbox_id)) is not None
-        if found is None:
-            return Observed(sandbox_id, None, volume)
-        state = str((found.get("State") or {}).get("Status") or "unknown")
-        container_labels = dict((found.get("Config") or {}).get("Labels") or {})
-        attached = _on_network(_network_id(found, self._network), self._network_id())
-        return Observed(sandbox_id, state, volume, container_labels, attached)
+    #: The driver's name in the gateway's configuration (also reported by ``GetGatewayInfo``).
+    name: str
 
-    def list_owned(self, gateway_label: str | None = None) -> list[Observed]:
-        owner = gateway_label or self._ownership.gateway_label
-        found = self._engine.list_containers(
-            label_filters=[
-                f"{labels.MANAGED_BY}={labels.MANAGER}",
-                f"{labels.GATEWAY}={owner}",
-                f"{labels.ROLE}={SANDBOX_ROLE}",
-            ]
-        )
-        volumes = {
-            str(v.get("Name"))
-            for v in self._engine.list_volumes(
-                label_filters=[f"{labels.MANAGED_BY}={labels.MANAGER}"]
-            )
-        }
-        network_id = self._network_id()
-        observed = []
-        for container in found:
-            container_labels = dict(container.get("Labels") or {})
-            sandbox_id = container_labels.get(labels.SANDBOX_ID, "")
-            if not sandbox_id:
-                continue
-            observed.append(
-                Observed(
-                    sandbox_id,
-                    str(container.get("State") or "unknown"),
-                    volume_name(sandbox_id) in volumes,
-                    container_labels,
-                    _on_network(_network_id(container, self._network), network_id),
-                )
-            )
-        return observed
-
-    def provision(self, spec: ContainerSpec) -> None:
-        binds: list[str] = []
-        if spec.workspace_volume:
-            self._ensure_volume(spec.sandbox_id)
-            self._seed(spec)
-            binds.append(f"{volume_name(spec.sandbox_id)}:{WORKSPACE_MOUNT}")
-        name = container_name(spec.sandbox_id)
-        if self._engine.inspect_container(name) is None:
-            self._engine.create_container(
-                name=name,
-                image=spec.image,
-                environment=spec.environment,
-                labels=self._ownership.labels(spec.sandbox_id, SANDBOX_ROLE),
-                network=self._network,
-                network_aliases=[name],
-                binds=binds,
-                restart_policy="unless-stopped",
-                init=True,
-            )
-            log.info("created container %s", name)
-        self.start(spec.sandbox_id)
+    def create(self, spec: SandboxSpec) -> None:
+        """Make the workspace (seeded once) and the runtime when missing, and start it."""
+        ...
 
     def start(self, sandbox_id: str) -> None:
-        name = container_name(sandbox_id)
-        self._attach(name)
-        self._engine.start_container(name)
+        """Start the existing runtime (reachable again if it was not)."""
+        ...
 
     def stop(self, sandbox_id: str) -> None:
-        self._engine.stop_container(container_name(sandbox_id), timeout=STOP_TIMEOUT)
+        """Stop the runtime; its workspace and its frozen spec stay."""
+        ...
 
-    def remove(self, sandbox_id: str, *, workspace: bool) -> None:
-        self._engine.remove_container(init_container_name(sandbox_id))
-        self._engine.remove_container(container_name(sandbox_id))
-        if workspace:
-            self._engine.remove_volume(volume_name(sandbox_id))
+    def delete(self, sandbox_id: str, *, workspace: bool) -> None:
+        """Remove the runtime, and the workspace too when ``workspace``; missing parts are fine."""
+        ...
 
-    def address(self, sandbox_id: str) -> tuple[str, int]:
-        return container_name(sandbox_id), self._port
+    def adopt(self, sandbox_id: str) -> None:
+        """Take over a running sandbox found on the platform: make it reachable from this gateway
+        instance without restarting it."""
+        ...
 
-    # -- network --
+    def observe(self, sandbox_id: str) -> Observation:
+        """The sandbox's runtime and workspace as they are now."""
+        ...
 
-    def _network_id(self) -> str | None:
-        found = self._engine.inspect_network(self._network)
-        return None if found is None else str(found["Id"])
+    def list_owned(self, gateway_label: str | None = None) -> list[Observation]:
+        """Every sandbox runtime labelled as this gateway's (or as ``gateway_label``'s)."""
+        ...
 
-    def _attach(self, name: str) -> None:
-        """Put the container on the gateway's current network, under its alias.
+    def endpoint(self, sandbox_id: str) -> tuple[str, int]:
+        """Where the gateway dials the sandbox's supervisor (the transport in which the gateway
+        dials in; one whose supervisor dials out to the gateway has no use for it)."""
+        ...
 
-        A container keeps the id of each network it joined: taken off its network, or left with
-        the id of a network that was removed and made again under the same name, it cannot be
-        reached (or, stopped, cannot even start: ``network ... not found``).
-        """
-        found = self._engine.inspect_container(name)
-        if found is None:
-            raise NotFoundError("container", name)
-        current = self._network_id()
-        if current is None:
-            raise EngineError(f"the gateway network {self._network} does not exist")
-        recorded = _network_id(found, self._network)
-        if _on_network(recorded, current):
-            return
-        if recorded is not None:
-            log.info("detaching %s from a stale %s", name, self._network)
-            with contextlib.suppress(EngineError):
-                self._engine.disconnect_network(self._network, name)
-        log.info("attaching %s to %s", name, self._network)
-        self._engine.connect_network(self._network, name, aliases=[name])
+    def workspace_name(self, sandbox_id: str) -> str:
+        """The workspace as the platform's user would look for it (for messages)."""
+        ...
 
-    # -- workspace --
+    def close(self) -> None:
+        """Let go of the platform (the sandboxes keep running)."""
+        ...
 
-    def _ensure_volume(self, sandbox_id: str) -> None:
-        name = volume_name(sandbox_id)
-        if self._engine.inspect_volume(name) is None:
-            self._engine.create_volume(
-                name, labels=self._ownership.labels(sandbox_id, "sandbox-workspace")
-            )
-            log.info("created workspace volume %s", name)
 
-    def _seed(self, spec: ContainerSpec) -> None:
-        """Run the init step: copy the image's /sandbox into the volume unless already done."""
-        name = init_container_name(spec.sandbox_id)
-        self._engine.remove_container(name)
-        self._engine.create_container(
-            name=name,
-            image=spec.image,
-            entrypoint=workspace.seed_command(reseed=spec.reseed),
-            labels=self._ownership.labels(spec.sandbox_id, INIT_ROLE),
-            network=self._network,
-            binds=[f"{volume_name(spec.sandbox_id)}:{workspace.INIT_MOUNT}"],
-            init=False,
+class ComputeSettings(Protocol):
+    """A driver's own settings, read from the gateway's environment at start."""
+
+    @property
+    def driver(self) -> str: ...
+
+    def open(self, ownership: Ownership) -> ComputeDriver:
+        """Reach the platform and return the driver (blocking)."""
+        ...
+
+
+def settings_from_env(env: Mapping[str, str], *, gateway_name: str) -> ComputeSettings:
+    """The configured driver's settings; :class:`UsageError` for an unknown driver name or
+    settings the driver refuses."""
+    name = env.get(contract.COMPUTE_DRIVER_ENV, "").strip() or contract.DEFAULT_COMPUTE_DRIVER
+    module = DRIVERS.get(name)
+    if module is None:
+        raise UsageError(
+            f"{contract.COMPUTE_DRIVER_ENV}={name!r} names no compute driver this gateway has",
+            hint=f"set it to one of: {', '.join(sorted(DRIVERS))} (or leave it unset for "
+            f"{contract.DEFAULT_COMPUTE_DRIVER})",
         )
-        try:
-            self._engine.start_container(name)
-            code = self._engine.wait_container(name, timeout=SEED_TIMEOUT)
-            if code != 0:
-                tail = "; ".join(self._engine.container_logs(name, tail=5))
-                raise EngineError(
-                    f"seeding the workspace of {spec.sandbox_id} failed ({code}): {tail}"
-                )
-        finally:
-            self._engine.remove_container(name)
-
-
-def _network_id(container: Mapping[str, Any], network: str) -> str | None:
-    """The id of ``network`` as ``container`` (inspect or list document) recorded it."""
-    networks = (container.get("NetworkSettings") or {}).get("Networks") or {}
-    entry = networks.get(network)
-    if entry is None:
-        return None
-    return str(entry.get("NetworkID") or "")
-
-
-def _on_network(recorded: str | None, current: str | None) -> bool:
-    """True when a container's record of the network is the current network (an empty id is
-    what a container that never ran records: it joins at its first start)."""
-    return recorded is not None and current is not None and recorded in {"", current}
+    loaded = importlib.import_module(module)
+    settings: ComputeSettings = loaded.settings_from_env(env, gateway_name=gateway_name)
+    return settings

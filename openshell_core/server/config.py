@@ -1,9 +1,10 @@
 """The reference gateway's configuration, read once from its environment at start.
 
-The environment contract is in ``docs/internals.md`` (the gateway container's ``env``). Two
-variables exist for running the server outside its image (tests, development):
-``OPENSHELL_STATE_DIR`` (default ``/var/lib/openshell``) and ``OPENSHELL_RUN_DIR`` (default
-``/run/openshell``).
+The environment contract is in ``docs/internals.md`` (the gateway's ``env``; the names are
+:mod:`openshell_core.contract`'s). The compute driver reads its own settings
+(:func:`~openshell_core.server.compute.settings_from_env`). Two variables exist for running the
+server outside its image (tests, development): :data:`~openshell_core.contract.STATE_DIR_ENV` and
+:data:`~openshell_core.contract.RUN_DIR_ENV`.
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from openshell_core import contract
 from openshell_core.errors import UsageError
 from openshell_core.faults import Fault, parse_faults
+from openshell_core.server.compute import ComputeSettings, settings_from_env
 from openshell_core.server.store import schema_for_variant
 
-#: The port the gateway listens on inside its container (TLS: gRPC and SSH tunnels).
-LISTEN_PORT: Final = 30051
-#: The sandbox supervisor's port.
-SANDBOX_SSH_PORT: Final = 2222
-DEFAULT_SANDBOX_IMAGE: Final = "openshell-sandbox:v1"
+#: The port the gateway listens on (TLS: gRPC and SSH tunnels).
+LISTEN_PORT: Final = contract.GATEWAY_PORT
 
 
 @dataclass(frozen=True)
@@ -36,16 +36,16 @@ class ServerConfig:
     gateway_name: str
     node_name: str
     node_name_source: str
-    network: str
     sandbox_image: str
-    docker_host: str
+    #: The compute driver's settings (which driver, and what it needs to reach its platform).
+    compute: ComputeSettings
     variant: str = "v1"
     extra_sans: tuple[str, ...] = ()
     gateway_port: int = LISTEN_PORT
     run_id: str | None = None
     faults: frozenset[Fault] = frozenset()
-    state_dir: Path = Path("/var/lib/openshell")
-    run_dir: Path = Path("/run/openshell")
+    state_dir: Path = Path(contract.STATE_DIR)
+    run_dir: Path = Path(contract.RUN_DIR)
     listen_host: str = "0.0.0.0"
     listen_port: int = LISTEN_PORT
     reconcile_interval: float = 2.0
@@ -55,43 +55,38 @@ class ServerConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerConfig:
         """Read the configuration from ``env``; :class:`UsageError` names what is missing."""
-        name = env.get("OPENSHELL_GATEWAY_NAME", "").strip()
+        name = env.get(contract.GATEWAY_NAME_ENV, "").strip()
         if not name:
             raise UsageError(
-                "OPENSHELL_GATEWAY_NAME is not set",
-                hint="the gateway container is made by `pytest-openshell gateway start`",
+                f"{contract.GATEWAY_NAME_ENV} is not set",
+                hint="the gateway is deployed by `pytest-openshell gateway start`",
             )
-        docker_host = env.get("DOCKER_HOST", "").strip()
-        if not docker_host:
-            raise UsageError(
-                "DOCKER_HOST is not set",
-                hint="mount the engine socket directory and point "
-                "DOCKER_HOST at it (unix:///run/openshell-engine/docker.sock)",
-            )
-        faults = parse_faults(env.get("OPENSHELL_FAULTS", ""))
+        compute = settings_from_env(env, gateway_name=name)
+        faults = parse_faults(env.get(contract.FAULTS_ENV, ""))
         node_name, source = _node_identity(env, faults)
-        variant = env.get("OPENSHELL_GATEWAY_VARIANT", "v1").strip() or "v1"
+        variant = env.get(contract.VARIANT_ENV, "v1").strip() or "v1"
         schema_for_variant(variant)  # refuse an unknown variant early
-        port_text = env.get("OPENSHELL_GATEWAY_PORT", "").strip()
+        port_text = env.get(contract.GATEWAY_PORT_ENV, "").strip()
         try:
             gateway_port = int(port_text) if port_text else LISTEN_PORT
         except ValueError:
-            raise UsageError(f"OPENSHELL_GATEWAY_PORT={port_text!r} is not a port") from None
-        sans = tuple(s.strip() for s in env.get("OPENSHELL_EXTRA_SANS", "").split(",") if s.strip())
+            raise UsageError(f"{contract.GATEWAY_PORT_ENV}={port_text!r} is not a port") from None
+        sans_text = env.get(contract.EXTRA_SANS_ENV, "")
+        sans = tuple(s.strip() for s in sans_text.split(",") if s.strip())
+        image = env.get(contract.SANDBOX_IMAGE_ENV, "").strip()
         return cls(
             gateway_name=name,
             node_name=node_name,
             node_name_source=source,
-            network=env.get("OPENSHELL_NETWORK", "").strip() or f"openshell-cluster-{name}",
-            sandbox_image=env.get("OPENSHELL_SANDBOX_IMAGE", "").strip() or DEFAULT_SANDBOX_IMAGE,
-            docker_host=docker_host,
+            sandbox_image=image or contract.DEFAULT_SANDBOX_IMAGE,
+            compute=compute,
             variant=variant,
             extra_sans=sans,
             gateway_port=gateway_port,
-            run_id=env.get("OPENSHELL_RUN_ID", "").strip() or None,
+            run_id=env.get(contract.RUN_ID_ENV, "").strip() or None,
             faults=faults,
-            state_dir=Path(env.get("OPENSHELL_STATE_DIR", "/var/lib/openshell")),
-            run_dir=Path(env.get("OPENSHELL_RUN_DIR", "/run/openshell")),
+            state_dir=Path(env.get(contract.STATE_DIR_ENV, contract.STATE_DIR)),
+            run_dir=Path(env.get(contract.RUN_DIR_ENV, contract.RUN_DIR)),
         )
 
     def has(self, fault: Fault) -> bool:
@@ -103,23 +98,24 @@ class ServerConfig:
     # -- where things are --
 
     @property
-    def container_name(self) -> str:
-        return f"openshell-cluster-{self.gateway_name}"
+    def service_name(self) -> str:
+        """The name sandboxes reach the gateway by."""
+        return f"{contract.GATEWAY_OBJECT_PREFIX}{self.gateway_name}"
 
     @property
     def store_path(self) -> Path:
         if self.has(Fault.FORGET_SANDBOXES_ON_START):
-            # The fault: the store is not on the volume, and a new start does not find it.
-            return self.run_dir / "ephemeral-store" / "openshell.db"
-        return self.state_dir / "openshell.db"
+            # The fault: the store is not kept with the state, and a new start does not find it.
+            return self.run_dir / "ephemeral-store" / contract.STORE_FILE
+        return self.state_dir / contract.STORE_FILE
 
     @property
     def secret_path(self) -> Path:
-        return self.state_dir / "secrets" / "ssh-handshake"
+        return self.state_dir / contract.HANDSHAKE_SECRET_FILE
 
     @property
     def pki_dir(self) -> Path:
-        return self.state_dir / "pki"
+        return self.state_dir / contract.PKI_DIR
 
     @property
     def grpc_socket(self) -> Path:
@@ -127,7 +123,7 @@ class ServerConfig:
 
     @property
     def ready_marker(self) -> Path:
-        return self.run_dir / "ready"
+        return self.run_dir / contract.READY_MARKER_FILE
 
     @property
     def schema(self) -> int:
@@ -136,18 +132,19 @@ class ServerConfig:
     @property
     def server_sans(self) -> tuple[str, ...]:
         """SANs the server certificate carries beyond the standard ones: its names on the
-        gateway network and whatever the deploy asked for."""
-        names = [self.container_name, self.node_name, *self.extra_sans]
+        sandboxes' way and whatever the deploy asked for."""
+        names = [self.service_name, self.node_name, *self.extra_sans]
         return tuple(dict.fromkeys(names))
 
 
 def _node_identity(env: Mapping[str, str], faults: frozenset[Fault]) -> tuple[str, str]:
-    """The node name: ``OPENSHELL_NODE_NAME``, or the container's hostname when it is missing.
+    """The node name: :data:`~openshell_core.contract.NODE_NAME_ENV`, or the hostname when it is
+    missing.
 
-    With the ``container-id-hostname`` fault the hostname wins even when the variable is set,
-    which is how upstream's node identity followed the container id.
+    With the fault switched on (its name says how upstream's node identity followed the host's
+    generated id) the hostname wins even when the variable is set.
     """
-    pinned = env.get("OPENSHELL_NODE_NAME", "").strip()
+    pinned = env.get(contract.NODE_NAME_ENV, "").strip()
     if pinned and Fault.CONTAINER_ID_HOSTNAME not in faults:
         return pinned, "env"
     return socket.gethostname(), "hostname"

@@ -1,9 +1,10 @@
 """The gateway image's HEALTHCHECK: healthy when the server has reported ready, the handshake
-secret and the PKI are on the volume, and the TLS port accepts connections.
+secret and the PKI are in the state directory, and the TLS port accepts connections.
 
 The server writes its ready marker only after it opened the store, reconciled the secret and the
-PKI and started listening; it removes the marker when it starts and when it stops. Docker runs this
-every second, so it imports nothing but the standard library (no configuration parsing).
+PKI and started listening; it removes the marker when it starts and when it stops. The image's
+health check runs this every second, so it imports nothing but the standard library and the
+contract (no configuration parsing).
 """
 
 from __future__ import annotations
@@ -14,20 +15,30 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-LISTEN_PORT = 30051  # the server's port inside the container (server.config.LISTEN_PORT)
-_PKI_FILES = ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
+from openshell_core import contract
+
+LISTEN_PORT = contract.GATEWAY_PORT
+#: All but the CA's key, which the server keeps only to sign.
+_PKI_FILES = (
+    contract.CA_CERT_FILE,
+    contract.SERVER_CERT_FILE,
+    contract.SERVER_KEY_FILE,
+    contract.CLIENT_CERT_FILE,
+    contract.CLIENT_KEY_FILE,
+)
 
 
 def problems(env: Mapping[str, str]) -> list[str]:
     """What keeps the gateway from being healthy (empty when healthy)."""
-    state = Path(env.get("OPENSHELL_STATE_DIR") or "/var/lib/openshell")
-    run = Path(env.get("OPENSHELL_RUN_DIR") or "/run/openshell")
+    state = Path(env.get(contract.STATE_DIR_ENV) or contract.STATE_DIR)
+    run = Path(env.get(contract.RUN_DIR_ENV) or contract.RUN_DIR)
     found = []
-    if not (run / "ready").exists():
+    if not (run / contract.READY_MARKER_FILE).exists():
         found.append("the server has not reported ready")
-    if not (state / "secrets" / "ssh-handshake").exists():
+    if not (state / contract.HANDSHAKE_SECRET_FILE).exists():
         found.append("no SSH handshake secret")
-    missing = [name for name in _PKI_FILES if not (state / "pki" / name).exists()]
+    pki = state / contract.PKI_DIR
+    missing = [name for name in _PKI_FILES if not (pki / name).exists()]
     if missing:
         found.append("PKI files missing: " + ", ".join(missing))
     try:

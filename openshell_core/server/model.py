@@ -31,10 +31,10 @@ class Desired(enum.StrEnum):
 class SandboxRecord:
     """One sandbox as the gateway remembers it.
 
-    ``environment`` is what the creating request asked for; ``container_env`` is the complete
-    environment frozen into the sandbox's container at creation (handshake secret and host key
-    included), reused unchanged whenever the container has to be made again.
-    ``workspace_created`` records that the sandbox's workspace volume was made, so that a volume
+    ``environment`` is what the creating request asked for; ``sandbox_env`` is the complete
+    environment frozen into the sandbox's runtime at creation (handshake secret and host key
+    included), reused unchanged whenever the runtime has to be made again.
+    ``workspace_created`` records that the sandbox's workspace was made, so that a workspace
     found missing later is a loss, not a sandbox still to be provisioned.
     """
 
@@ -44,7 +44,7 @@ class SandboxRecord:
     image: str
     environment: Mapping[str, str]
     labels: Mapping[str, str]
-    container_env: Mapping[str, str]
+    sandbox_env: Mapping[str, str]
     host_key_public: str
     host_key_fingerprint: str
     desired: Desired = Desired.RUNNING

@@ -1,10 +1,10 @@
-"""Startup and periodic reconciliation of the gateway's sandboxes with the engine.
+"""Startup and periodic reconciliation of the gateway's sandboxes with its compute driver.
 
-At start the gateway adopts the sandbox containers it owns: labelled with its gateway name *and*
-carrying a sandbox id its store knows (never matched by hostname). Containers with our gateway
-label but an id the store does not know are left alone (logged): only a delete through the API
-removes anything. Then, and every few seconds while it runs, each sandbox is brought towards what
-its user asked for (:meth:`SandboxService.reconcile`).
+At start the gateway adopts the sandboxes it owns: labelled with its gateway name *and* carrying a
+sandbox id its store knows (never matched by hostname). Sandboxes with our gateway label but an id
+the store does not know are left alone (logged): only a delete through the API removes anything.
+Then, and every few seconds while it runs, each sandbox is brought towards what its user asked for
+(:meth:`SandboxService.reconcile`).
 
 Two fault switches re-create upstream purges here, on purpose and only when switched on:
 ``container-id-hostname`` (sandboxes labelled with another node name are treated as left over by a
@@ -22,7 +22,7 @@ from typing import Final
 from openshell_core import labels
 from openshell_core.errors import OpenShellError
 from openshell_core.faults import Fault
-from openshell_core.server.compute import Observed
+from openshell_core.server.compute import Observation
 from openshell_core.server.model import Desired
 from openshell_core.server.sandboxes import SandboxService
 
@@ -42,7 +42,8 @@ def gateway_label(gateway_name: str, node_name: str, *, relabel: bool) -> str:
 
 
 class Reconciler:
-    """Keeps the engine in line with the store, at start and then periodically."""
+    """Keeps the compute driver's sandboxes in line with the store, at start and then
+    periodically."""
 
     def __init__(self, service: SandboxService, *, interval: float) -> None:
         self._service = service
@@ -58,17 +59,17 @@ class Reconciler:
         if self._config.has(Fault.CONTAINER_ID_HOSTNAME):
             owned = await self._purge_stale_nodes(owned)
         known = {record.id: record for record in self._service.list(None)}
-        by_id: dict[str, Observed] = {}
+        by_id: dict[str, Observation] = {}
         for observed in owned:
             if observed.sandbox_id in known:
                 by_id[observed.sandbox_id] = observed
             else:
                 log.warning(
-                    "leaving container of sandbox %s alone: this gateway's store does not know it",
+                    "leaving sandbox %s alone: this gateway's store does not know it",
                     observed.sandbox_id,
                 )
         log.info(
-            "adopted %d sandbox container(s); %d sandbox(es) in the store",
+            "adopted %d running sandbox(es); %d sandbox(es) in the store",
             len(by_id),
             len(known),
         )
@@ -93,7 +94,7 @@ class Reconciler:
             except Exception:  # the loop must outlive any one failure
                 log.exception("reconciliation pass failed")
 
-    async def reconcile_all(self, observed: dict[str, Observed] | None = None) -> None:
+    async def reconcile_all(self, observed: dict[str, Observation] | None = None) -> None:
         if observed is None:
             found = await asyncio.to_thread(self._service.driver.list_owned)
             observed = {item.sandbox_id: item for item in found}
@@ -102,12 +103,12 @@ class Reconciler:
             *(self._one(record.id, observed) for record in records), return_exceptions=False
         )
 
-    async def _one(self, sandbox_id: str, observed: dict[str, Observed]) -> None:
+    async def _one(self, sandbox_id: str, observed: dict[str, Observation]) -> None:
         if self._service.lock(sandbox_id).locked():
             return  # an API call or an earlier pass is working on it
         async with self._limit:
             try:
-                # A container absent from the listing is inspected again inside reconcile():
+                # A sandbox absent from the listing is observed again inside reconcile():
                 # the listing may predate a concurrent change.
                 await self._service.reconcile(sandbox_id, observed=observed.get(sandbox_id))
             except OpenShellError as exc:
@@ -117,8 +118,8 @@ class Reconciler:
 
     # -- faults --
 
-    async def _purge_stale_nodes(self, owned: list[Observed]) -> list[Observed]:
-        """The ``container-id-hostname`` fault: sandboxes of "other nodes" are purged."""
+    async def _purge_stale_nodes(self, owned: list[Observation]) -> list[Observation]:
+        """The node identity fault: sandboxes of "other nodes" are purged."""
         kept = []
         for observed in owned:
             node = observed.labels.get(labels.NODE_NAME, "")
@@ -132,7 +133,7 @@ class Reconciler:
                 self._config.node_name,
             )
             await asyncio.to_thread(
-                self._service.driver.remove, observed.sandbox_id, workspace=True
+                self._service.driver.delete, observed.sandbox_id, workspace=True
             )
         return kept
 
@@ -145,7 +146,7 @@ class Reconciler:
         for observed in old:
             log.warning("purging foreign sandbox %s", observed.sandbox_id)
             await asyncio.to_thread(
-                self._service.driver.remove, observed.sandbox_id, workspace=True
+                self._service.driver.delete, observed.sandbox_id, workspace=True
             )
             with contextlib.suppress(OpenShellError):
                 self._service.store.delete_sandbox(observed.sandbox_id)

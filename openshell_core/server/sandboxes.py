@@ -1,14 +1,14 @@
 """The sandbox lifecycle: what the API asks for (create, stop, start, delete) and how one sandbox
 is brought to what the user asked for (:meth:`SandboxService.reconcile`).
 
-Every change to one sandbox happens under that sandbox's lock, on the event loop; engine calls run
-in worker threads. The rules:
+Every change to one sandbox happens under that sandbox's lock, on the event loop; compute driver
+calls run in worker threads. The rules (in the words of :mod:`.compute`):
 
-- a sandbox's container or workspace volume is removed only by :meth:`SandboxService.delete`;
-- a sandbox the user stopped stays stopped; one that should run and whose container stopped or
-  vanished is started or made again, with its workspace volume and its frozen environment;
-- a sandbox whose workspace volume was made and is now gone goes to ERROR with the reason, and
-  stays there (making a fresh, empty workspace would hide the loss).
+- a sandbox's runtime or workspace is removed only by :meth:`SandboxService.delete`;
+- a sandbox the user stopped stays stopped; one that should run and whose runtime stopped or
+  vanished is started or made again, on its workspace and with its frozen environment;
+- a sandbox whose workspace was made and is now gone goes to ERROR with the reason, and stays
+  there (making a fresh, empty workspace would hide the loss).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import uuid
 from collections.abc import Coroutine, Mapping
 from typing import Any, Final
 
-from openshell_core import pki
+from openshell_core import contract, pki
 from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
 from openshell_core.faults import Fault
-from openshell_core.server.compute import ComputeDriver, ContainerSpec, Observed, volume_name
-from openshell_core.server.config import SANDBOX_SSH_PORT, ServerConfig
+from openshell_core.server.compute import ComputeDriver, Observation, RuntimeState, SandboxSpec
+from openshell_core.server.config import ServerConfig
 from openshell_core.server.model import Desired, Phase, SandboxRecord, SshSessionRecord
 from openshell_core.server.store import Store
 
@@ -41,7 +41,7 @@ HANDSHAKE_SKEW_SECS: Final = 300
 
 
 class SandboxService:
-    """The gateway's sandboxes: store records plus their compute objects."""
+    """The gateway's sandboxes: store records plus what the compute driver runs for them."""
 
     def __init__(
         self, store: Store, driver: ComputeDriver, config: ServerConfig, *, secret: str
@@ -100,9 +100,7 @@ class SandboxService:
             image=image or self.config.sandbox_image,
             environment=dict(environment),
             labels=dict(labels),
-            container_env=self._container_env(
-                sandbox_id, name, private_key, environment, self.secret
-            ),
+            sandbox_env=self._sandbox_env(sandbox_id, name, private_key, environment, self.secret),
             host_key_public=public_key,
             host_key_fingerprint=pki.ssh_fingerprint(public_key),
         )
@@ -133,22 +131,22 @@ class SandboxService:
             )
             try:
                 if self.config.has(Fault.RESEED_WORKSPACE):
-                    await asyncio.to_thread(self.driver.provision, self._spec(current))
+                    await asyncio.to_thread(self.driver.create, self._spec(current))
                 else:
                     await asyncio.to_thread(self.driver.start, record.id)
             except NotFoundError:
-                pass  # the container is gone: the reconciliation below makes it again
+                pass  # the runtime is gone: the reconciliation below makes it again
         self.spawn(self.reconcile(record.id))
         return updated
 
     async def delete(self, record: SandboxRecord) -> None:
-        """Remove the sandbox's container and workspace, then forget it."""
+        """Remove the sandbox's runtime and workspace, then forget it."""
         async with self.lock(record.id):
             self._update(record.id, desired=Desired.DELETED, phase=Phase.DELETING, reason="")
             await self._remove(record.id)
 
     async def _remove(self, sandbox_id: str) -> None:
-        await asyncio.to_thread(self.driver.remove, sandbox_id, workspace=True)
+        await asyncio.to_thread(self.driver.delete, sandbox_id, workspace=True)
         self.store.delete_sandbox(sandbox_id)
         self._locks.pop(sandbox_id, None)
         log.info("sandbox %s deleted", sandbox_id)
@@ -169,11 +167,11 @@ class SandboxService:
 
     # -- reconciliation --
 
-    async def reconcile(self, sandbox_id: str, *, observed: Observed | None = None) -> None:
+    async def reconcile(self, sandbox_id: str, *, observed: Observation | None = None) -> None:
         """Bring one sandbox towards what the user asked for (one step; safe to repeat).
 
         :param observed: what a listing said about it; used only when it shows a healthy running
-            container, since anything calling for action is looked at again, under the lock.
+            sandbox, since anything calling for action is looked at again, under the lock.
         """
         async with self.lock(sandbox_id):
             record = self.store.get_sandbox(sandbox_id)
@@ -182,40 +180,39 @@ class SandboxService:
             if record.desired is Desired.DELETED:
                 await self._remove(sandbox_id)
                 return
-            if observed is None or not (observed.running and observed.attached):
+            if observed is None or not (observed.running and observed.reachable):
                 observed = await asyncio.to_thread(self.driver.observe, sandbox_id)
             if record.desired is Desired.STOPPED:
                 await self._keep_stopped(record, observed)
             elif record.phase is not Phase.ERROR:
                 await self._keep_running(record, observed)
 
-    async def _keep_stopped(self, record: SandboxRecord, observed: Observed) -> None:
+    async def _keep_stopped(self, record: SandboxRecord, observed: Observation) -> None:
         if observed.running:
             await asyncio.to_thread(self.driver.stop, record.id)
         if record.phase is not Phase.STOPPED:
             self._update(record.id, phase=Phase.STOPPED, reason="stopped by the user")
 
-    async def _keep_running(self, record: SandboxRecord, observed: Observed) -> None:
-        uses_volume = not self.config.has(Fault.NO_WORKSPACE_VOLUME)
-        if uses_volume and record.workspace_created and not observed.workspace_volume:
+    async def _keep_running(self, record: SandboxRecord, observed: Observation) -> None:
+        persistent = not self.config.has(Fault.NO_WORKSPACE_VOLUME)
+        if persistent and record.workspace_created and not observed.workspace:
+            where = self.driver.workspace_name(record.id)
             self._fail(
-                record,
-                f"workspace volume {volume_name(record.id)} is gone; the sandbox's files cannot "
-                "be recovered",
+                record, f"workspace {where} is gone; the sandbox's files cannot be recovered"
             )
             return
         try:
-            if observed.state is None:
-                why = "container missing" if record.workspace_created else "creating"
+            if observed.state is RuntimeState.ABSENT:
+                why = "runtime missing" if record.workspace_created else "creating"
                 await self._provision(record, why)
             elif not observed.running:
                 if self.config.has(Fault.ERROR_IS_TERMINAL):
-                    self._fail(record, f"sandbox container stopped unexpectedly ({observed.state})")
+                    self._fail(record, f"sandbox stopped unexpectedly ({observed.detail})")
                     return
                 await self._restart(record, observed)
-            elif not observed.attached:
-                log.info("sandbox %s is off the gateway network: attaching it again", record.id)
-                await asyncio.to_thread(self.driver.start, record.id)
+            elif not observed.reachable:
+                log.info("sandbox %s is out of the gateway's reach: adopting it again", record.id)
+                await asyncio.to_thread(self.driver.adopt, record.id)
         except OpenShellError as exc:
             self._update(record.id, phase=Phase.PROVISIONING, reason=exc.message)
             log.warning("sandbox %s: %s", record.id, exc.message)
@@ -225,20 +222,20 @@ class SandboxService:
     async def _provision(self, record: SandboxRecord, why: str) -> None:
         log.info("provisioning sandbox %s (%s)", record.id, why)
         self._update(record.id, phase=Phase.PROVISIONING, reason=why)
-        await asyncio.to_thread(self.driver.provision, self._spec(record))
+        await asyncio.to_thread(self.driver.create, self._spec(record))
         if not self.config.has(Fault.NO_WORKSPACE_VOLUME):
             self._update(record.id, workspace_created=True)
 
-    async def _restart(self, record: SandboxRecord, observed: Observed) -> None:
-        log.info("starting sandbox %s again (its container was %s)", record.id, observed.state)
+    async def _restart(self, record: SandboxRecord, observed: Observation) -> None:
+        log.info("starting sandbox %s again (it was %s)", record.id, observed.detail)
         self._update(
             record.id,
             phase=Phase.PROVISIONING,
-            reason=f"container was {observed.state}",
+            reason=f"runtime was {observed.detail}",
             restart_count=record.restart_count + 1,
         )
         if self.config.has(Fault.RESEED_WORKSPACE):
-            await asyncio.to_thread(self.driver.provision, self._spec(record))
+            await asyncio.to_thread(self.driver.create, self._spec(record))
         else:
             await asyncio.to_thread(self.driver.start, record.id)
 
@@ -247,13 +244,13 @@ class SandboxService:
         with the ``reseed-workspace`` fault it overwrites the user's changes)."""
         async with self.lock(record.id):
             try:
-                await asyncio.to_thread(self.driver.provision, self._spec(record))
+                await asyncio.to_thread(self.driver.create, self._spec(record))
             except OpenShellError as exc:
                 log.warning("sandbox %s: workspace check failed: %s", record.id, exc.message)
 
     async def _settle(self, sandbox_id: str) -> None:
         """READY once the supervisor accepts connections; otherwise PROVISIONING."""
-        host, port = self.driver.address(sandbox_id)
+        host, port = self.driver.endpoint(sandbox_id)
         deadline = time.monotonic() + SUPERVISOR_WAIT
         while True:
             if await _accepts(host, port):
@@ -275,30 +272,31 @@ class SandboxService:
 
     # -- helpers --
 
-    def _spec(self, record: SandboxRecord) -> ContainerSpec:
-        return ContainerSpec(
+    def _spec(self, record: SandboxRecord) -> SandboxSpec:
+        return SandboxSpec(
             sandbox_id=record.id,
+            name=record.name,
             image=record.image,
-            environment=record.container_env,
-            workspace_volume=not self.config.has(Fault.NO_WORKSPACE_VOLUME),
+            environment=record.sandbox_env,
+            persistent_workspace=not self.config.has(Fault.NO_WORKSPACE_VOLUME),
             reseed=self.config.has(Fault.RESEED_WORKSPACE),
         )
 
     @staticmethod
-    def _container_env(
+    def _sandbox_env(
         sandbox_id: str, name: str, host_key: str, requested: Mapping[str, str], secret: str
     ) -> dict[str, str]:
         """The environment frozen into the sandbox at creation (as upstream: the handshake
         secret too, which is why a regenerated secret locks old sandboxes out)."""
         return {
             **requested,
-            "OPENSHELL_SANDBOX_ID": sandbox_id,
-            "OPENSHELL_SANDBOX": name,
-            "OPENSHELL_SSH_HANDSHAKE_SECRET": secret,
-            "OPENSHELL_SSH_HANDSHAKE_SKEW_SECS": str(HANDSHAKE_SKEW_SECS),
-            "OPENSHELL_SSH_LISTEN_ADDR": f"0.0.0.0:{SANDBOX_SSH_PORT}",
-            "OPENSHELL_SSH_HOST_KEY": host_key,
-            "OPENSHELL_SSH_AUTHORIZED_KEYS": requested.get("OPENSHELL_SSH_AUTHORIZED_KEYS", ""),
+            contract.SANDBOX_ID_ENV: sandbox_id,
+            contract.SANDBOX_NAME_ENV: name,
+            contract.HANDSHAKE_SECRET_ENV: secret,
+            contract.HANDSHAKE_SKEW_ENV: str(HANDSHAKE_SKEW_SECS),
+            contract.SSH_LISTEN_ENV: f"0.0.0.0:{contract.SUPERVISOR_PORT}",
+            contract.SSH_HOST_KEY_ENV: host_key,
+            contract.AUTHORIZED_KEYS_ENV: requested.get(contract.AUTHORIZED_KEYS_ENV, ""),
         }
 
     def _require(self, sandbox_id: str) -> SandboxRecord:

@@ -1,12 +1,11 @@
 """Start-time reconciliation of the gateway's secrets: the SSH handshake secret and the PKI.
 
-Both live on the gateway volume and are reconciled only after the store opened (a gateway that
-cannot read its store changes nothing). The handshake secret is reused when present and generated
-only when absent; it is never logged. The PKI is reused when present and valid, and regenerated
-only when absent or invalid. Two fault switches break these rules on purpose:
+Both live in the gateway's state directory and are reconciled only after the store opened (a gateway
+that cannot read its store changes nothing). The handshake secret is reused when present and
+generated only when absent; it is never logged. The PKI is reused when present and valid, and
+regenerated only when absent or invalid. Two fault switches break these rules on purpose:
 ``regenerate-handshake-secret`` (a new secret at every start) and ``rotate-pki-on-resume`` (new
-certificates at every start).
-"""
+certificates at every start)."""
 
 from __future__ import annotations
 

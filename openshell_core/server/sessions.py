@@ -32,7 +32,7 @@ class SessionResolver:
             raise TunnelRefused(404, "sandbox not found")
         if record.phase is not Phase.READY:
             raise TunnelRefused(412, f"sandbox is not ready ({record.phase.value})")
-        host, port = self._service.driver.address(sandbox_id)
+        host, port = self._service.driver.endpoint(sandbox_id)
         return TunnelTarget(
             sandbox_id=sandbox_id, host=host, port=port, secret=self._service.secret, token=token
         )

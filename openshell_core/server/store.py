@@ -1,11 +1,11 @@
 """The gateway's SQLite store: sandboxes and SSH sessions, with a schema version and forward
 migrations.
 
-The store lives on the gateway's volume (``/var/lib/openshell/openshell.db``). Its schema version
-is ``PRAGMA user_version``. :func:`open_store` checks a store read-only before it touches it: a
-store written by newer code, or a corrupt one, is refused with :class:`StoreTooNewError` or
-:class:`StoreCorruptError` and nothing on disk changes. Migrations run forward only, each in one
-transaction together with the version bump.
+The store lives with the gateway's persistent state (``/var/lib/openshell/openshell.db``). Its
+schema version is ``PRAGMA user_version``. :func:`open_store` checks a store read-only before it
+touches it: a store written by newer code, or a corrupt one, is refused with
+:class:`StoreTooNewError` or :class:`StoreCorruptError` and nothing on disk changes. Migrations run
+forward only, each in one transaction together with the version bump.
 
 Two schema targets exist, one per gateway image variant: ``v1`` stops at version 1, ``v2`` (the
 image-upgrade scenario's target) runs one more migration that moves sandbox labels out of a JSON
@@ -82,7 +82,7 @@ def _migration_1(conn: sqlite3.Connection) -> None:
             image TEXT NOT NULL,
             environment_json TEXT NOT NULL,
             labels_json TEXT NOT NULL,
-            container_env_json TEXT NOT NULL,
+            container_env_json TEXT NOT NULL, -- the sandbox's frozen environment (old name)
             host_key_public TEXT NOT NULL,
             host_key_fingerprint TEXT NOT NULL,
             desired TEXT NOT NULL,
@@ -280,7 +280,7 @@ class Store:
             "workspace": record.workspace,
             "image": record.image,
             "environment_json": json.dumps(dict(record.environment), sort_keys=True),
-            "container_env_json": json.dumps(dict(record.container_env), sort_keys=True),
+            "container_env_json": json.dumps(dict(record.sandbox_env), sort_keys=True),
             "host_key_public": record.host_key_public,
             "host_key_fingerprint": record.host_key_fingerprint,
             "desired": str(record.desired),
@@ -372,7 +372,7 @@ class Store:
             image=row["image"],
             environment=json.loads(row["environment_json"]),
             labels=labels,
-            container_env=json.loads(row["container_env_json"]),
+            sandbox_env=json.loads(row["container_env_json"]),
             host_key_public=row["host_key_public"],
             host_key_fingerprint=row["host_key_fingerprint"],
             desired=Desired(row["desired"]),

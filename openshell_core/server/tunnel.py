@@ -19,15 +19,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from openshell_core import contract
 from openshell_core.errors import OpenShellError
 from openshell_core.handshake import HandshakeError, client_handshake
 from openshell_core.sandbox.relay import close_writer, relay
 
 log = logging.getLogger("openshell.server.tunnel")
 
-CONNECT_PATH: Final = "/connect/ssh"
-SANDBOX_ID_HEADER: Final = "x-sandbox-id"
-TOKEN_HEADER: Final = "x-sandbox-token"
+CONNECT_PATH: Final = contract.CONNECT_PATH
+#: Header names as the request parser gives them (lowercased).
+SANDBOX_ID_HEADER: Final = contract.SANDBOX_ID_HEADER.lower()
+TOKEN_HEADER: Final = contract.TOKEN_HEADER.lower()
 #: Concurrent tunnels allowed per session token and per sandbox (upstream's limits).
 PER_TOKEN: Final = 3
 PER_SANDBOX: Final = 20
