@@ -17,27 +17,20 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from openshell_core import pki
-from openshell_core.sandbox.supervisor import SECRET_VARIABLES
-from openshell_core.server.tunnel import TOKEN_HEADER
+from openshell_core import contract
 
 #: What a secret is replaced with.
 MASK: Final = "[REDACTED]"
 
 #: Environment variables whose value is a secret (the sandbox's handshake secret, its SSH host key).
-SECRET_ENV_NAMES: Final = frozenset(SECRET_VARIABLES)
-#: Files that hold a private key or secret: the gateway's PKI keys, the client's mTLS key, the
-#: gateway's handshake secret, a run's SSH key.
+SECRET_ENV_NAMES: Final = frozenset(contract.SECRET_ENV_NAMES)
+#: Files that hold a private key or secret: the gateway's PKI keys and handshake secret (the
+#: contract's list), the client's mTLS key and a run's SSH key (host-side only).
 SECRET_FILE_NAMES: Final = frozenset(
-    {
-        *(name for field, name in pki.FILES.items() if field.endswith("_key")),
-        "tls.key",
-        "ssh-handshake",
-        "id_ed25519",
-    }
+    {*(Path(name).name for name in contract.SECRET_FILE_NAMES), "tls.key", "id_ed25519"}
 )
 #: Headers whose value is a credential (the tunnel's session token).
-SECRET_HEADER_NAMES: Final = frozenset({TOKEN_HEADER})
+SECRET_HEADER_NAMES: Final = frozenset({contract.TOKEN_HEADER.lower()})
 #: Command-line options whose value is a credential (``ssh-proxy --token=...``).
 SECRET_OPTION_NAMES: Final = frozenset({"--token"})
 #: Every name above that may stand before a secret value in text.
