@@ -23,6 +23,7 @@ import grpc
 from openshell_core.engine import Engine, connect
 from openshell_core.errors import OpenShellError, StateError, UsageError
 from openshell_core.faults import Fault
+from openshell_core.gateway.volume_record import VolumeRecord, write_record
 from openshell_core.protocol import add_servicer_to_server
 from openshell_core.server import tunnel
 from openshell_core.server.api import GatewayServicer
@@ -68,6 +69,9 @@ class Gateway:
         store = open_store(config.store_path, schema=config.schema)
         self._closers.append(_async(store.close))
         log.info("store %s open at schema version %d", config.store_path, store.version)
+        # Only an image that opened the store is recorded: the host resumes on it after the
+        # container is gone, and refuses an image too old for the store (volume_record).
+        write_record(config.state_dir, VolumeRecord(config.image, store.version))
         secret, _ = reconcile_handshake_secret(
             config.secret_path, regenerate=config.has(Fault.REGENERATE_HANDSHAKE_SECRET)
         )

@@ -16,6 +16,7 @@ from typing import Final
 
 from openshell_core.errors import UsageError
 from openshell_core.faults import Fault, parse_faults
+from openshell_core.gateway.volume_record import IMAGE_ENV
 from openshell_core.server.store import schema_for_variant
 
 #: The port the gateway listens on inside its container (TLS: gRPC and SSH tunnels).
@@ -43,6 +44,8 @@ class ServerConfig:
     extra_sans: tuple[str, ...] = ()
     gateway_port: int = LISTEN_PORT
     run_id: str | None = None
+    #: the image this gateway runs (recorded on the volume; empty when the host did not say)
+    image: str = ""
     faults: frozenset[Fault] = frozenset()
     state_dir: Path = Path("/var/lib/openshell")
     run_dir: Path = Path("/run/openshell")
@@ -89,6 +92,7 @@ class ServerConfig:
             extra_sans=sans,
             gateway_port=gateway_port,
             run_id=env.get("OPENSHELL_RUN_ID", "").strip() or None,
+            image=env.get(IMAGE_ENV, "").strip(),
             faults=faults,
             state_dir=Path(env.get("OPENSHELL_STATE_DIR", "/var/lib/openshell")),
             run_dir=Path(env.get("OPENSHELL_RUN_DIR", "/run/openshell")),
