@@ -38,6 +38,8 @@ def gateway(
     monkeypatch.delenv("OPENSHELL_GATEWAY", raising=False)
     monkeypatch.delenv("OPENSHELL_FAULTS", raising=False)
     with lab_run(engine) as run_id:
+        # What the command line makes carries the run's id too, so the run removes it.
+        monkeypatch.setenv("OPENSHELL_RUN_ID", run_id)
         yield LabGateway(engine, f"img{run_id[:8]}", run_id, tmp_path / "config")
 
 
