@@ -96,6 +96,8 @@ log = logging.getLogger("openshell.gateway")
 DEFAULT_PORT = 8080
 #: The environment variable that puts a deploy's objects into a test run (see ``run_id``).
 RUN_ID_ENV = "OPENSHELL_RUN_ID"
+#: Container states in which a container holds its published port.
+_HOLDING = frozenset({"running", "restarting", "paused"})
 #: Files the host-side client needs, from the gateway's PKI on its volume, by their host name.
 _CLIENT_PKI = {"ca.crt": "ca.crt", "client.crt": "tls.crt", "client.key": "tls.key"}
 
@@ -288,7 +290,8 @@ def _plan(
         port = _wanted_port(options, metadata)
     gateway_host = options.gateway_host or (metadata.gateway_host() if metadata else None)
     check_port_free(engine, port, own_container=container_name(name))
-    check_port_bindable(engine, name, port)
+    if not (facts.host_port == port and facts.container_status in _HOLDING):
+        check_port_bindable(engine, name, port)  # (our own container holds it: --recreate)
     return _Plan(mode, reuse, image, port, gateway_host, record)
 
 
