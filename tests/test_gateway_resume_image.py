@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_server_support import GATEWAY_IMAGE, SANDBOX_IMAGE, UPGRADE_IMAGE, LabGateway, lab_run
+from test_server_support import (
+    GATEWAY_IMAGE,
+    SANDBOX_IMAGE,
+    STATE,
+    UPGRADE_IMAGE,
+    LabGateway,
+    lab_run,
+)
 
 from openshell_core.cli import main
 from openshell_core.engine import Engine
@@ -106,6 +113,24 @@ def test_a_resume_on_an_image_too_old_for_the_store_is_refused_before_a_containe
     ) in err
     assert gateway.engine.inspect_container(gateway.container) is None
     assert record(gateway) == {"image": UPGRADE_IMAGE, "store_schema": 2}
+
+
+def test_a_volume_without_a_record_is_checked_by_its_stores_own_schema_version(
+    gateway: LabGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway.deploy(image=UPGRADE_IMAGE)
+    code, output = gateway.engine.exec_run(gateway.container, ["rm", f"{STATE}/{RECORD_FILE}"])
+    assert code == 0, output  # as on a volume from before gateways wrote the record
+    gateway.remove_container()
+    capsys.readouterr()
+
+    assert start(gateway, "--image", GATEWAY_IMAGE) == 4
+    err = capsys.readouterr().err
+    assert (
+        f"is at schema version 2, and {GATEWAY_IMAGE} opens at most version 1; nothing was created"
+    ) in err
+    assert "hint: resume with an image that opens store schema version 2" in err
+    assert gateway.engine.inspect_container(gateway.container) is None
 
 
 def test_the_hint_of_a_failed_resume_names_a_command_that_resumes(

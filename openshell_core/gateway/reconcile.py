@@ -25,7 +25,13 @@ from openshell_core.faults import ENV_VAR as FAULTS_ENV
 from openshell_core.faults import Fault, format_faults
 from openshell_core.gateway.names import container_name, network_name, node_name, volume_name
 from openshell_core.gateway.state import GATEWAY_PORT_KEY
-from openshell_core.gateway.volume_record import IMAGE_ENV, RECORD_FILE, VolumeRecord
+from openshell_core.gateway.volume_record import (
+    IMAGE_ENV,
+    RECORD_FILE,
+    STORE_FILE,
+    VolumeRecord,
+    store_schema_of,
+)
 
 log = logging.getLogger("openshell.gateway")
 
@@ -341,7 +347,8 @@ def read_volume_record(
     labelled helper container that is never started (of the first of ``images`` that is on the
     engine: creating a container needs an image, and nothing is pulled).
 
-    None when there is no record, or no image to read it with.
+    Without ``gateway.json``, the store's schema version is read from its header (the image is
+    then unknown). None when neither is there, or there is no image to read them with.
     """
     reader = next((ref for ref in images if ref and engine.inspect_image(ref)), None)
     if reader is None:
@@ -360,12 +367,23 @@ def read_volume_record(
         init=False,
     )
     try:
-        data = engine.read_container_file(helper, f"{STATE_DIR}/{RECORD_FILE}")
-    except NotFoundError:
-        return None
+        try:
+            return VolumeRecord.parse(
+                engine.read_container_file(helper, f"{STATE_DIR}/{RECORD_FILE}")
+            )
+        except NotFoundError:
+            pass
+        # No record (a volume from before gateways wrote one): the store's header still says
+        # its schema version; which image wrote it is unknown.
+        try:
+            schema = store_schema_of(
+                engine.read_container_file(helper, f"{STATE_DIR}/{STORE_FILE}")
+            )
+        except NotFoundError:
+            return None
+        return None if schema is None else VolumeRecord(image="", store_schema=schema)
     finally:
         engine.remove_container(helper)
-    return VolumeRecord.parse(data)
 
 
 # -- ownership --------------------------------------------------------------------------------

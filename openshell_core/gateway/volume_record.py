@@ -26,6 +26,11 @@ RECORD_FILE: Final = "gateway.json"
 IMAGE_ENV: Final = "OPENSHELL_GATEWAY_IMAGE"
 #: Image label: the highest store schema version the gateway image opens.
 STORE_SCHEMA_LABEL: Final = "openshell.ai/store-schema"
+#: The store's file name in the state directory, and where SQLite keeps ``user_version`` (the
+#: store's schema version) in its header: 4 bytes, big-endian, at offset 60.
+STORE_FILE: Final = "openshell.db"
+_SQLITE_HEADER: Final = b"SQLite format 3\x00"
+_USER_VERSION: Final = slice(60, 64)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,15 @@ class VolumeRecord:
         if not isinstance(image, str) or not isinstance(schema, int) or isinstance(schema, bool):
             return None
         return cls(image=image, store_schema=schema)
+
+
+def store_schema_of(data: bytes) -> int | None:
+    """The schema version of a store file's contents (its header), for a volume that has no
+    record (made before gateways wrote one); None when it is not an SQLite file of ours."""
+    if not data.startswith(_SQLITE_HEADER) or len(data) < _USER_VERSION.stop:
+        return None
+    version = int.from_bytes(data[_USER_VERSION], "big")
+    return version or None
 
 
 def write_record(state_dir: Path, record: VolumeRecord) -> Path:
