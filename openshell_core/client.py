@@ -28,6 +28,7 @@ from openshell_core.errors import (
 from openshell_core.gateway.metadata import MtlsFiles, read_active_gateway, read_metadata
 from openshell_core.protocol import (
     DEFAULT_WORKSPACE,
+    HINT_METADATA,
     HOST_PUBLIC_KEY_ANNOTATION,
     pb,
     phase_name,
@@ -112,6 +113,16 @@ _STATUS_FAMILIES: Final[Mapping[grpc.StatusCode, type[OpenShellError]]] = {
 }
 
 
+def _hint_of(exc: grpc.RpcError) -> str | None:
+    """The hint the gateway sent with an error (trailing metadata ``openshell-hint-bin``)."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == HINT_METADATA:
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            return text or None
+    return None
+
+
 def _translate(exc: grpc.RpcError, what: str, *, target: str = "") -> OpenShellError:
     """The one place where gRPC failures become our error families."""
     code_of = getattr(exc, "code", None)
@@ -120,13 +131,15 @@ def _translate(exc: grpc.RpcError, what: str, *, target: str = "") -> OpenShellE
     details = (details_of() if callable(details_of) else None) or str(exc)
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
+    hint = _hint_of(exc)
     if code is grpc.StatusCode.NOT_FOUND:
-        return NotFoundError("sandbox", target or what, hint="`sandbox list` shows what exists")
+        return NotFoundError(
+            "sandbox", target or what, hint=hint or "`sandbox list` shows what exists"
+        )
     family = _STATUS_FAMILIES.get(code)
     if family is not None:
-        return family(f"{what}: {details}")
-    hint = None
-    if code is grpc.StatusCode.UNAVAILABLE:
+        return family(f"{what}: {details}", hint=hint)
+    if code is grpc.StatusCode.UNAVAILABLE and hint is None:
         hint = "is the gateway running? `pytest-openshell gateway status` tells"
     return GatewayRpcError(f"{what} failed ({code.name}): {details}", code=code.name, hint=hint)
 

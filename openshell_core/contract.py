@@ -48,6 +48,9 @@ PKI_FILES: Final = {
     "client_cert": CLIENT_CERT_FILE,
     "client_key": CLIENT_KEY_FILE,
 }
+#: Under :data:`STATE_DIR`: what the gateway remembers of itself (the image that last opened the
+#: store and the store's schema version), read by the host before it makes a new container.
+VOLUME_RECORD_FILE: Final = "gateway.json"
 #: Under :data:`RUN_DIR`: present while the server is ready (the image's health check reads it).
 READY_MARKER_FILE: Final = "ready"
 
@@ -70,6 +73,8 @@ GATEWAY_PORT_ENV: Final = "OPENSHELL_GATEWAY_PORT"
 EXTRA_SANS_ENV: Final = "OPENSHELL_EXTRA_SANS"
 RUN_ID_ENV: Final = "OPENSHELL_RUN_ID"
 FAULTS_ENV: Final = "OPENSHELL_FAULTS"
+#: The image the gateway container runs (it records it on its volume).
+GATEWAY_IMAGE_ENV: Final = "OPENSHELL_GATEWAY_IMAGE"
 #: Set by the gateway image itself (``v1``, or ``v2`` in the upgrade image).
 VARIANT_ENV: Final = "OPENSHELL_GATEWAY_VARIANT"
 #: Which compute driver runs the sandboxes (default :data:`DEFAULT_COMPUTE_DRIVER`).
@@ -117,6 +122,8 @@ GATEWAY_LABEL: Final = "openshell.ai/gateway"
 RUN_ID_LABEL: Final = "openshell.ai/run-id"
 ROLE_LABEL: Final = "openshell.ai/role"
 INPUT_HASH_LABEL: Final = "openshell.ai/input-hash"
+#: On gateway images: the highest store schema version the image opens.
+STORE_SCHEMA_LABEL: Final = "openshell.ai/store-schema"
 #: On images instead of :data:`MANAGED_BY_LABEL` (a container inherits its image's labels).
 BUILT_BY_LABEL: Final = "openshell.ai/built-by"
 SANDBOX_ID_LABEL: Final = "openshell.ai/sandbox-id"

@@ -23,6 +23,9 @@ DEFAULT_WORKSPACE: Final = "default"
 #: Sandbox annotation carrying its SSH host public key (``ssh-ed25519 AAAA...``): the API has a
 #: field for the key's fingerprint only, and an ``ssh`` client needs the key itself.
 HOST_PUBLIC_KEY_ANNOTATION: Final = "openshell.ai/ssh-host-public-key"
+#: Trailing metadata in which the reference gateway sends an error's hint (the next thing to do),
+#: beside the status message. Binary (``-bin``): a hint may be any UTF-8 text.
+HINT_METADATA: Final = "openshell-hint-bin"
 
 #: Base class of a server-side implementation; methods it does not override answer UNIMPLEMENTED.
 Servicer = openshell_pb2_grpc.OpenShellServicer

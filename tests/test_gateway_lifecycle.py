@@ -440,6 +440,62 @@ def test_status_reports_the_state_and_exits_0_only_when_running(
     assert code == (0 if state is GatewayState.RUNNING else 4)
 
 
+def test_status_of_a_look_alike_gateway_that_is_not_ours_says_so_and_exits_4(
+    lab: Lab, cli_engine: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine, name = lab.engine, container_name(lab.name)
+    engine.create_volume(name, labels={})
+    lab.foreign("volume", name)
+    engine.create_network(f"{name}-foreign", labels={})
+    lab.foreign("network", f"{name}-foreign")
+    engine.create_container(
+        name=name,
+        image=lab.base_image,
+        command=["sleep", "600"],
+        network=f"{name}-foreign",
+        binds=[f"{name}:{STATE_DIR}"],
+    )
+    engine.start_container(name)
+    lab.foreign("container", name)
+    status = ["gateway", "status", "--name", lab.name, "--engine", cli_engine]
+
+    assert main(status) == 4
+    out = capsys.readouterr().out
+    assert out.startswith(
+        f"gateway {lab.name}: not ours: Docker holds container {name!r}, volume {name!r} without "
+        "the openshell.ai/managed-by=pytest-openshell label"
+    )
+    assert "running" not in out
+    assert main([*status, "--json"]) == 4
+    record = json.loads(capsys.readouterr().out)
+    assert (record["state"], record["docker_state"]) == ("not-ours", "running")
+
+
+@pytest.mark.parametrize("verb", ["start", "stop", "destroy", "status"])
+@pytest.mark.parametrize("name", ["", "  "], ids=["empty", "blank"])
+def test_an_empty_or_blank_gateway_name_is_a_usage_error_for_every_verb(
+    lab: Lab,
+    cli_engine: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    verb: str,
+    name: str,
+) -> None:
+    # Were the name taken for "none given", this gateway would be the one acted on.
+    monkeypatch.setenv("OPENSHELL_GATEWAY", lab.name)
+    lab.make(GatewayState.RUNNING)
+    argv = ["gateway", verb, "--name", name, "--engine", cli_engine]
+    if verb == "start":
+        argv += ["--image", lab.images.test1, "--port", str(lab.port)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        "a gateway name has at least one character, only letters, digits, '.', '_' and '-', "
+        "and starts with a letter or digit" in err
+    )
+    assert lab.state() is GatewayState.RUNNING
+
+
 # -- the container contract -------------------------------------------------------------------
 
 
@@ -637,12 +693,51 @@ def test_a_failed_fresh_deploy_leaves_nothing_behind(lab: Lab) -> None:
     assert not gateway_dir(lab.name).exists()
 
 
-def test_a_fresh_deploy_whose_port_is_taken_on_the_host_leaves_nothing_behind(lab: Lab) -> None:
+def test_a_port_taken_by_a_process_refuses_a_fresh_deploy_before_anything_is_created(
+    lab: Lab,
+) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", lab.port))
         holder.listen()
-        with pytest.raises(EngineError, match="address already in use"):
+        with pytest.raises(StateError) as refused:
             lab.deploy()
+    assert refused.value.message == (
+        f"cannot start gateway {lab.name!r}: port {lab.port} on 127.0.0.1 is in use by another "
+        "process (not a container); nothing was created"
+    )
+    assert f"pytest-openshell gateway start --name {lab.name} --port N" in str(refused.value.hint)
+    assert leftovers(lab.engine, lab.name) == []
+
+
+def test_a_port_taken_by_a_process_refuses_a_resume_and_keeps_the_stopped_gateway(
+    lab: Lab,
+) -> None:
+    lab.make(GatewayState.STOPPED)
+    before = lab.inspect()["Id"]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", lab.port))
+        holder.listen()
+        with pytest.raises(StateError, match=f"port {lab.port} on 127.0.0.1 is in use"):
+            lab.deploy(port=None)
+    assert lab.state() is GatewayState.STOPPED
+    assert lab.inspect()["Id"] == before, "the stopped container was not touched"
+
+
+def test_cli_start_on_a_port_taken_by_a_process_exits_4_naming_the_port_and_the_fix(
+    lab: Lab, cli_engine: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["gateway", "start", "--name", lab.name, "--port", str(lab.port)]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", lab.port))
+        holder.listen()
+        code = main([*argv, "--image", lab.images.test1, "--engine", cli_engine])
+    err = capsys.readouterr().err
+    assert code == 4, err
+    assert (
+        f"error: cannot start gateway '{lab.name}': port {lab.port} on 127.0.0.1 is in use" in err
+    )
+    assert "--port N" in err
+    assert "Error response from daemon" not in err
     assert leftovers(lab.engine, lab.name) == []
 
 
@@ -680,6 +775,53 @@ def test_a_running_gateway_whose_host_files_were_deleted_gets_them_back(lab: Lab
     assert outcome.mode is DeployMode.ALREADY_RUNNING
     assert read_metadata(lab.name) == metadata
     assert lab.host_ca() == ca
+
+
+def test_another_port_for_a_running_gateway_is_refused_and_changes_nothing(lab: Lab) -> None:
+    lab.make(GatewayState.RUNNING)
+    before = lab.inspect()["Id"]
+    port = free_port()
+    with pytest.raises(StateError) as refused:
+        lab.deploy(port=port)
+    assert refused.value.message == (
+        f"gateway {lab.name!r} is already running on port {lab.port}; it was left as it is and "
+        f"--port {port} was not applied"
+    )
+    assert f"`pytest-openshell gateway stop --name {lab.name}`" in str(refused.value.hint)
+    assert lab.inspect()["Id"] == before
+    assert read_metadata(lab.name) == GatewayMetadata.local(lab.name, lab.port)
+
+
+def test_another_port_for_a_stopped_gateway_moves_it_to_a_new_container_on_the_same_volume(
+    lab: Lab,
+) -> None:
+    lab.make(GatewayState.STOPPED)
+    before = lab.inspect()["Id"]
+    ca = lab.host_ca()
+    port = free_port()
+    outcome = lab.deploy(port=port, image=None)
+    assert (outcome.mode, outcome.port) == (DeployMode.RESUME, port)
+    assert outcome.container_id != before
+    assert lab.inspect()["Config"]["Image"] == lab.images.test1, "the gateway's own image"
+    assert lab.host_ca() == ca
+    assert lab.volume_file(MARKER) == b"kept\n"
+    assert read_metadata(lab.name) == GatewayMetadata.local(lab.name, port)
+
+
+def test_cli_start_with_another_port_on_a_running_gateway_exits_4_and_says_how_to_move_it(
+    lab: Lab, cli_engine: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lab.make(GatewayState.RUNNING)
+    port = free_port()
+    start = ["gateway", "start", "--name", lab.name, "--port", str(port), "--engine", cli_engine]
+    assert main(start) == 4
+    err = capsys.readouterr().err
+    assert f"is already running on port {lab.port}" in err
+    assert "already running." not in err, "not the success line"
+    assert main(["gateway", "stop", "--name", lab.name, "--engine", cli_engine]) == 0
+    assert main(start) == 0, capsys.readouterr().err
+    assert detect_state(lab.engine, lab.name).host_port == port
+    assert lab.volume_file(MARKER) == b"kept\n"
 
 
 def test_an_explicit_port_applies_to_a_new_container_on_resume(lab: Lab) -> None:

@@ -254,6 +254,19 @@ def test_ssh_session_passes_stdin_to_its_end(lab: Lab, sandbox: Sandbox) -> None
     assert result.stdout.split()[0].decode() == hashlib.sha256(payload).hexdigest()
 
 
+def test_an_ssh_command_starts_in_the_workspace(lab: Lab, sandbox: Sandbox) -> None:
+    result = lab.ssh(sandbox, "pwd")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"/sandbox\n"
+
+
+def test_an_ssh_shell_session_starts_in_the_workspace(lab: Lab, sandbox: Sandbox) -> None:
+    # No command: sshd starts the user's login shell, which reads this from its input.
+    result = lab.ssh(sandbox, input=b"pwd; echo HOME=$HOME\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == [b"/sandbox", b"HOME=/sandbox"]
+
+
 def test_ssh_session_returns_the_remote_exit_code(lab: Lab, sandbox: Sandbox) -> None:
     assert lab.ssh(sandbox, "exit 7").returncode == 7
 

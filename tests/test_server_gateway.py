@@ -146,6 +146,24 @@ def test_the_cli_creates_lists_runs_in_connects_to_and_deletes_a_sandbox(gateway
     assert "not found" in capfd.readouterr().err
 
 
+def test_cli_sandbox_create_with_a_bad_name_shows_the_gateways_rule(gateway, sdk_env, capfd):
+    assert main(["-q", "sandbox", "create", "Bad_Name"]) == 2
+    err = capfd.readouterr().err
+    assert "error: create sandbox: invalid sandbox name 'Bad_Name'\n" in err
+    assert (
+        "  hint: use 1-63 lowercase letters, digits and '-', starting and ending with a letter "
+        "or digit\n"
+    ) in err
+
+
+def test_cli_sandbox_connect_runs_a_command_in_the_workspace(gateway, sdk_env, capfd):
+    assert main(["-q", "sandbox", "create", "cwd-check"]) == 0
+    capfd.readouterr()
+    assert main(["-q", "sandbox", "connect", "cwd-check", "--", "pwd"]) == 0
+    assert capfd.readouterr().out == "/sandbox\n"
+    assert main(["-q", "sandbox", "delete", "cwd-check"]) == 0
+
+
 def test_a_sandbox_container_removed_behind_the_gateways_back_comes_back_with_its_workspace(
     gateway, client
 ):

@@ -1,7 +1,8 @@
 """The gateway's store across image versions: v2 migrates v1's data, and v1 refuses v2's store.
 
 The two tests share one gateway volume and run in file order: v1 writes, v2 upgrades, v1 is then
-refused without touching the upgraded store.
+refused without touching the upgraded store (by the host, before a container is made; the
+server's own refusal is in ``test_gateway_resume_image.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 from server_support import GATEWAY_IMAGE, UPGRADE_IMAGE, LabGateway, lab_run
 
 from openshell_core.engine import Engine
-from openshell_core.errors import ReadinessTimeout
+from openshell_core.errors import StateError
 from openshell_core.images import ImageSet
 
 _SCHEMA = (
@@ -47,14 +48,17 @@ def test_an_image_upgrade_migrates_the_store_and_keeps_every_sandbox(gateway: La
     assert (after.id, dict(after.labels)) == (before.id, {"team": "red"})
 
 
-def test_an_older_image_refuses_an_upgraded_store_and_changes_nothing(gateway: LabGateway):
+def test_an_older_image_is_refused_for_an_upgraded_store_before_a_container_is_made(
+    gateway: LabGateway,
+):
     gateway.engine.stop_container(gateway.container, timeout=10)
     before = hashlib.sha256(gateway.read("openshell.db")).hexdigest()
     gateway.remove_container()
 
-    with pytest.raises(ReadinessTimeout) as refused:
+    with pytest.raises(StateError) as refused:
         gateway.deploy(image=GATEWAY_IMAGE)
 
-    logs = "\n".join(refused.value.last_logs)
-    assert "schema version 2, newer than this gateway supports (1)" in logs
+    assert "is at schema version 2" in refused.value.message
+    assert f"--image {UPGRADE_IMAGE}" in str(refused.value.hint)
+    assert gateway.engine.inspect_container(gateway.container) is None
     assert hashlib.sha256(gateway.read_volume("openshell.db")).hexdigest() == before

@@ -10,7 +10,7 @@ Exit codes (scripts may rely on them):
 1     the operation failed (engine error, readiness timeout, build failure, ...)
 2     bad usage (unknown option, invalid name or value)
 3     no usable Docker engine, or this machine lacks what a private engine needs
-4     inconsistent state that needs a decision (``gateway status``: not running)
+4     state that needs a decision, nothing changed (``gateway status``: not running, not ours)
 ====  ==========================================================================
 """
 

@@ -45,6 +45,8 @@ log = logging.getLogger("openshell.gateway")
 
 EXIT_OK = 0
 EXIT_NOT_RUNNING = 4
+#: ``status``'s state for a gateway whose Docker objects are not ours (exit 4).
+NOT_OURS = "not-ours"
 #: The environment variable upstream's CLI reads the gateway name from.
 NAME_ENV = "OPENSHELL_GATEWAY"
 
@@ -76,7 +78,8 @@ def register(commands: Any) -> None:
     start.add_argument(
         "--image",
         default=None,
-        help=f"gateway image for a new container (default: {ImageSet().gateway})",
+        help="gateway image for a new container (default: the one that last ran on the "
+        f"gateway's volume, else {ImageSet().gateway})",
     )
     start.add_argument(
         "--sandbox-image",
@@ -138,7 +141,9 @@ def _common(parser: argparse.ArgumentParser, *, default_name: str) -> None:
 
 
 def _name(args: argparse.Namespace, *, use_active: bool) -> str:
-    name = args.name or os.environ.get(NAME_ENV) or (read_active_gateway() if use_active else None)
+    if args.name is not None:  # given, even empty: it is the name, never a reason to pick another
+        return validate_name(args.name)
+    name = os.environ.get(NAME_ENV) or (read_active_gateway() if use_active else None)
     return validate_name(name or DEFAULT_NAME)
 
 
@@ -155,7 +160,7 @@ def _start(args: argparse.Namespace) -> int:
     defaults = ImageSet()
     options = DeployOptions(
         name=name,
-        image=args.image or defaults.gateway,
+        image=args.image or None,
         port=args.port,
         gateway_host=args.gateway_host,
         recreate=args.recreate,
@@ -246,6 +251,10 @@ def _status(args: argparse.Namespace) -> int:
     with _engine(args) as engine:
         facts = detect_state(engine, name)
     record = facts.to_json()
+    if facts.foreign:
+        # Docker's view of objects that are not ours is not this gateway's state.
+        record["docker_state"] = record["state"]
+        record["state"] = NOT_OURS
     record["container"] = container_name(name)
     record["active"] = read_active_gateway() == name
     try:
@@ -259,10 +268,24 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(record, indent=2, sort_keys=True))
     else:
         print(_describe(record))
+    if facts.foreign:
+        return EXIT_NOT_RUNNING
     return EXIT_OK if facts.state is GatewayState.RUNNING else EXIT_NOT_RUNNING
 
 
 def _describe(record: dict[str, Any]) -> str:
+    if record["state"] == NOT_OURS:
+        return "\n".join(
+            [
+                f"gateway {record['name']}: not ours: Docker holds "
+                + ", ".join(record["foreign"])
+                + f" without the {labels.MANAGED_BY}={labels.MANAGER} label, made by another "
+                "tool (upstream's `openshell` CLI?); pytest-openshell neither reports on it nor "
+                "touches it",
+                "  hint: remove it yourself if it is garbage, or choose another gateway name "
+                "with --name",
+            ]
+        )
     lines = [f"gateway {record['name']}: {record['state']}"]
     if record["container_id"]:
         health = record["health"] or "no health check"

@@ -20,7 +20,7 @@ from openshell_core.engine import EngineMode, open_engine
 from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
 from openshell_core.gateway import DeployOptions, deploy, read_active_gateway, set_active_gateway
 from openshell_core.gateway.metadata import gateway_dir
-from openshell_core.gateway.names import DEFAULT_NAME
+from openshell_core.gateway.names import DEFAULT_NAME, validate_name
 
 log = logging.getLogger("openshell.cli")
 
@@ -81,8 +81,16 @@ def _action(actions: Any, name: str, helptext: str, run: Any) -> argparse.Argume
     return parser
 
 
+def _gateway(args: argparse.Namespace) -> str:
+    """``--gateway``, when given (an empty one is refused, not taken for the default), else
+    the active gateway."""
+    if args.gateway is not None:
+        return validate_name(args.gateway)
+    return active_gateway()
+
+
 def _client(args: argparse.Namespace) -> GatewayClient:
-    return GatewayClient.for_gateway(args.gateway or active_gateway())
+    return GatewayClient.for_gateway(_gateway(args))
 
 
 def user_key(gateway: str) -> Path:
@@ -93,7 +101,7 @@ def user_key(gateway: str) -> Path:
 
 def _create(args: argparse.Namespace) -> int:
     gateway = (
-        args.gateway
+        (validate_name(args.gateway) if args.gateway is not None else None)
         or os.environ.get("OPENSHELL_GATEWAY", "").strip()
         or read_active_gateway()
         or DEFAULT_NAME
@@ -173,7 +181,7 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    gateway = args.gateway or active_gateway()
+    gateway = _gateway(args)
     key = user_key(gateway)
     with GatewayClient.for_gateway(gateway) as client:
         info = client.get_sandbox(args.name)

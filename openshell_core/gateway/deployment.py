@@ -10,12 +10,17 @@ state           ``deploy()``                                         ``deploy(re
 NONE            fresh: network, volume, container                    fresh
 RUNNING         nothing ("already running")                          wipe, then fresh
 STOPPED         resume: the same container, no image is looked at    wipe, then fresh
-VOLUME_ONLY     resume: a new container from the requested image     wipe, then fresh
+                (with another ``port``: a new container, same volume)
+VOLUME_ONLY     resume: a new container, from the requested image,   wipe, then fresh
+                else the one that last ran on the volume
 CONTAINER_ONLY  refused: a container without its volume              wipe, then fresh
 ==============  ===================================================  ===========================
 
-A failed resume removes the container and the network and keeps the volume; a failed fresh deploy
-leaves nothing behind. Lifecycle operations on one gateway are serialised by a lock file on this
+A running gateway asked for another port is refused (it keeps its port). An image too old for
+the store on the volume (its record, :mod:`openshell_core.state_record`) and a host port in use
+are refused before anything is created. A failed resume removes the container and the network and
+keeps the volume, and its hint names the command that resumes; a failed fresh deploy leaves
+nothing behind. Lifecycle operations on one gateway are serialised by a lock file on this
 machine, and a create that loses a race with another machine adopts the winner.
 """
 
@@ -68,11 +73,13 @@ from openshell_core.gateway.readiness import (
 )
 from openshell_core.gateway.reconcile import (
     STATE_DIR,
+    check_port_bindable,
     check_port_free,
     ensure_container,
     ensure_network,
     ensure_volume,
     gateway_container_spec,
+    read_volume_record,
     reconcile_container_network,
 )
 from openshell_core.gateway.state import GatewayFacts, GatewayState, detect_state
@@ -83,10 +90,13 @@ from openshell_core.gateway.teardown import (
     remove_volume_if_ours,
 )
 from openshell_core.images import ImageSet
+from openshell_core.state_record import StateRecord, image_store_schema
 
 log = logging.getLogger("openshell.gateway")
 
 DEFAULT_PORT = 8080
+#: Container states in which a container holds its published port.
+_HOLDING = frozenset({"running", "restarting", "paused"})
 #: Files the host-side client needs, from the gateway's PKI on its volume, by their host name.
 _CLIENT_PKI = {"ca.crt": "ca.crt", "client.crt": "tls.crt", "client.key": "tls.key"}
 
@@ -111,7 +121,9 @@ class DeployOptions:
     """
 
     name: str = DEFAULT_NAME
-    image: str = field(default_factory=lambda: ImageSet().gateway)
+    #: the gateway image; None means the gateway's own: the stopped container's, else the one
+    #: that last ran on the volume (recorded there), else ``ImageSet().gateway``
+    image: str | None = None
     port: int | None = None
     gateway_host: str | None = None
     recreate: bool = False
@@ -161,7 +173,9 @@ def deploy(
         completes a TLS handshake with the client certificate.
     :raises UsageError: an invalid name or port (before Docker is touched).
     :raises StateError: an object with our names that is not ours, a container without its
-        volume, a port held by another container, unusable metadata (nothing is changed).
+        volume, a port held by another container or process, a running gateway asked for
+        another port, an image too old for the store on the volume, unusable metadata (nothing
+        is changed).
     :raises ImageNotFoundError: the image is not on the engine (nothing is created).
     :raises ReadinessTimeout: the gateway did not become ready (cleaned up as described).
     """
@@ -176,6 +190,7 @@ def deploy(
         facts = detect_state(engine, name)
         facts.refuse_foreign("start")
         if not options.recreate and facts.state is GatewayState.RUNNING:
+            _refuse_port_change(facts, options.port)
             return _already_running(engine, facts, options, started)
         metadata = None if options.recreate else read_metadata(name, env)
         if not options.recreate and facts.state is GatewayState.CONTAINER_ONLY:
@@ -197,7 +212,7 @@ def deploy(
                 kept = _cleanup_failed_resume(engine, name, options.faults)
                 after = (
                     f"the container was removed and the volume {volume_name(name)!r} kept: "
-                    f"`pytest-openshell gateway start --name {name}` resumes from it once the "
+                    f"{_resume_command(engine, name, plan, options)} resumes from it once the "
                     "cause is fixed"
                     if kept
                     else "the container was removed"
@@ -220,6 +235,8 @@ class _Plan:
     image: str
     port: int
     gateway_host: str | None
+    #: what the volume recorded about the image that last ran on it (None: not read, or none)
+    record: StateRecord | None = None
 
 
 def _plan(
@@ -229,7 +246,7 @@ def _plan(
     metadata: GatewayMetadata | None,
 ) -> _Plan:
     """Decide mode, image, port and host, and check what can be checked before any change: the
-    image is on the engine, the port is not held by another container."""
+    image is on the engine and opens the store on the volume, the port is free."""
     name = options.name
     if options.recreate:
         mode = DeployMode.RECREATE
@@ -239,26 +256,94 @@ def _plan(
     else:
         mode = DeployMode.FRESH
         log.info("Deploying a new gateway")
-    reuse = mode is DeployMode.RESUME and facts.state is GatewayState.STOPPED
+    # A stopped container is started as it is, unless the user asked for another port: a
+    # published port is fixed at create, so that takes a new container on the same volume.
+    moved = (
+        facts.state is GatewayState.STOPPED
+        and options.port is not None
+        and facts.host_port is not None
+        and options.port != facts.host_port
+    )
+    reuse = mode is DeployMode.RESUME and facts.state is GatewayState.STOPPED and not moved
+    record: StateRecord | None = None
     if reuse:
-        image = facts.image or options.image  # the container's own: nothing is looked up
+        image = facts.image or options.image or ImageSet().gateway  # the container's own
         port = facts.host_port or _wanted_port(options, metadata)
-        if options.port is not None and options.port != port:
-            log.warning(
-                "the stopped container keeps port %d; --port %d applies to a new container "
-                "(remove the container with `docker rm %s`: the volume stays, and the next start "
-                "creates one)",
+    elif mode is DeployMode.RESUME:
+        readers = [options.image, facts.image, ImageSet().gateway]
+        record = read_volume_record(engine, name, readers, options.run_id)
+        image = _resume_image(options, facts, record)
+        engine.require_image(image)
+        _check_store_schema(engine, name, image, record)
+        port = _wanted_port(options, metadata)
+        if moved:
+            log.info(
+                "Moving gateway %s from port %s to %d: a new container on the same volume",
+                name,
+                facts.host_port,
                 port,
-                options.port,
-                container_name(name),
             )
     else:
-        image = options.image
+        image = options.image or ImageSet().gateway
         engine.require_image(image)
         port = _wanted_port(options, metadata)
     gateway_host = options.gateway_host or (metadata.gateway_host() if metadata else None)
     check_port_free(engine, port, own_container=container_name(name))
-    return _Plan(mode, reuse, image, port, gateway_host)
+    if not (facts.host_port == port and facts.container_status in _HOLDING):
+        check_port_bindable(engine, name, port)  # (our own container holds it: --recreate)
+    return _Plan(mode, reuse, image, port, gateway_host, record)
+
+
+def _resume_image(options: DeployOptions, facts: GatewayFacts, record: StateRecord | None) -> str:
+    """The image of a new container on an existing volume: the user's, else the one that last
+    ran on the volume (its record), else the stopped container's, else the default."""
+    if options.image:
+        return options.image
+    if record is not None and record.image:
+        log.info("Using %s, the image that last ran on the volume", record.image)
+        return record.image
+    return facts.image or ImageSet().gateway
+
+
+def _check_store_schema(engine: Engine, name: str, image: str, record: StateRecord | None) -> None:
+    """Refuse, before a container is made, an image that cannot open the store on the volume
+    (it would refuse it at every start: a restart loop)."""
+    if record is None:
+        return
+    opens = image_store_schema((engine.inspect_image(image) or {}).get("Config", {}).get("Labels"))
+    if opens is None or opens >= record.store_schema:
+        return
+    writer = f", last opened by {record.image}" if record.image else ""
+    if record.image and record.image != image:
+        fix = (
+            f"resume with the image that last ran on it: `pytest-openshell gateway start --name "
+            f"{name} --image {record.image}` (or without --image, which uses it)"
+        )
+    else:
+        fix = (
+            f"resume with an image that opens store schema version {record.store_schema}: "
+            f"`pytest-openshell gateway start --name {name} --image IMAGE`"
+        )
+    raise StateError(
+        f"cannot resume gateway {name!r} on image {image!r}: the store on volume "
+        f"{volume_name(name)!r} is at schema version {record.store_schema}{writer}, and "
+        f"{image} opens at most version {opens}; nothing was created",
+        hint=f"{fix}; downgrades are not supported",
+    )
+
+
+def _resume_command(engine: Engine, name: str, plan: _Plan, options: DeployOptions) -> str:
+    """The command that resumes after a failed resume: on the image that last opened the store
+    (the volume's record, read again: this attempt may have upgraded it), else this attempt's."""
+    try:
+        record = read_volume_record(engine, name, [plan.image], options.run_id)
+    except OpenShellError:
+        record = plan.record
+    image = record.image if record is not None and record.image else plan.image
+    command = f"`pytest-openshell gateway start --name {name} --image {image}"
+    if options.port is not None:
+        command += f" --port {plan.port}"
+    return command + "`"
 
 
 def _wanted_port(options: DeployOptions, metadata: GatewayMetadata | None) -> int:
@@ -292,6 +377,9 @@ def _bring_up(
         if Fault.NO_NETWORK_RECONCILE not in options.faults:
             reconcile_container_network(engine, container, network_name(name))
     else:
+        if facts.state is GatewayState.STOPPED and not options.recreate:
+            # moving to another port: the stopped container goes, its volume stays
+            remove_container_if_ours(engine, container)
         spec = gateway_container_spec(
             engine,
             name=name,
@@ -364,6 +452,20 @@ def _answers(
     except (OSError, OpenShellError):
         return None
     return mtls
+
+
+def _refuse_port_change(facts: GatewayFacts, port: int | None) -> None:
+    """A running gateway keeps its port: a request for another one is refused, not ignored."""
+    if port is None or facts.host_port is None or port == facts.host_port:
+        return
+    name = facts.name
+    raise StateError(
+        f"gateway {name!r} is already running on port {facts.host_port}; it was left as it is "
+        f"and --port {port} was not applied",
+        hint=f"to move it to port {port} (its state and sandboxes are kept): `pytest-openshell "
+        f"gateway stop --name {name}`, then `pytest-openshell gateway start --name {name} "
+        f"--port {port}`; or leave out --port",
+    )
 
 
 def _already_running(

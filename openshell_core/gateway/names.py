@@ -30,6 +30,11 @@ MAX_NORMALISED_LENGTH: Final = HOSTNAME_MAX - len(NODE_PREFIX)
 #: Docker accepts ``[a-zA-Z0-9][a-zA-Z0-9_.-]*`` for container and volume names; the name is also a
 #: directory under ``$XDG_CONFIG_HOME/openshell/gateways``, so no ``/`` and no leading dot.
 _VALID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: The rule :data:`_VALID` enforces, as users read it.
+NAME_RULE: Final = (
+    "a gateway name has at least one character, only letters, digits, '.', '_' and '-', and "
+    "starts with a letter or digit"
+)
 
 
 def container_name(name: str) -> str:
@@ -80,12 +85,12 @@ def validate_name(name: str) -> str:
     """
     if not name:
         raise UsageError(
-            "the gateway name is empty", hint=f"pass --name, e.g. --name {DEFAULT_NAME}"
+            f"the gateway name is empty: {NAME_RULE}",
+            hint=f"pass a name, e.g. --name {DEFAULT_NAME}, or leave out --name for the default",
         )
     if not _VALID.fullmatch(name):
         raise UsageError(
-            f"gateway name {name!r} is not usable: it may contain only letters, digits, '.', '_' "
-            "and '-', and must start with a letter or digit",
+            f"gateway name {name!r} is not usable: {NAME_RULE}",
             hint=f"it names the Docker objects {OBJECT_PREFIX}{{name}} and a directory",
         )
     node = node_name(name)

@@ -7,8 +7,11 @@ with the gateway's name but without our labels is refused with a
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -22,6 +25,12 @@ from openshell_core.faults import ENV_VAR as FAULTS_ENV
 from openshell_core.faults import Fault, format_faults
 from openshell_core.gateway.names import container_name, network_name, node_name, volume_name
 from openshell_core.gateway.state import GATEWAY_PORT_KEY
+from openshell_core.state_record import (
+    RECORD_FILE,
+    STORE_FILE,
+    StateRecord,
+    store_schema_of,
+)
 
 log = logging.getLogger("openshell.gateway")
 
@@ -79,6 +88,8 @@ def gateway_container_spec(
         contract.NETWORK_ENV: network_name(name),
         contract.SANDBOX_IMAGE_ENV: sandbox_image,
         contract.GATEWAY_PORT_ENV: str(port),
+        # recorded on the volume by the gateway, for a resume after this container is gone
+        contract.GATEWAY_IMAGE_ENV: image,
     }
     if pin_identity:
         environment[contract.NODE_NAME_ENV] = node
@@ -286,6 +297,92 @@ def check_port_free(engine: Engine, port: int, *, own_container: str) -> None:
                     f"cannot start gateway: port {port} is held by container {holder!r}",
                     hint=f"stop it (`docker stop {holder}`) or choose another port with --port",
                 )
+
+
+def check_port_bindable(engine: Engine, name: str, port: int) -> None:
+    """Refuse a host port that a process on this machine holds (a container's is named by
+    :func:`check_port_free`), before anything is created: Docker would fail the container's
+    start with a long error, after the container was made.
+
+    Only for an engine on this machine (a Unix socket or a loopback address): a remote engine
+    publishes on its own host. The probe binds as Docker's port proxy does (``SO_REUSEADDR``), so
+    a connection in ``TIME_WAIT`` does not count as taken.
+
+    :raises StateError: naming the port and the fix.
+    """
+    if not _engine_is_local(engine.host):
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # e.g. a port below 1024 for a user that is not root: Docker's to judge
+            raise StateError(
+                f"cannot start gateway {name!r}: port {port} on 127.0.0.1 is in use by another "
+                "process (not a container); nothing was created",
+                hint=f"stop that process (`ss -ltnp 'sport = :{port}'` names it), or start the "
+                f"gateway on another port: `pytest-openshell gateway start --name {name} "
+                "--port N` (a resume keeps the gateway's state)",
+            ) from None
+
+
+def _engine_is_local(host: str) -> bool:
+    if host.startswith("unix://"):
+        return True
+    if host.startswith("tcp://"):
+        return (urlparse(host).hostname or "") in _LOOPBACK
+    return False
+
+
+# -- the record on the volume -----------------------------------------------------------------
+
+
+def read_volume_record(
+    engine: Engine, name: str, images: list[str | None], run_id: str | None = None
+) -> StateRecord | None:
+    """What gateway ``name``'s volume records about the image that last ran on it, read through a
+    labelled helper container that is never started (of the first of ``images`` that is on the
+    engine: creating a container needs an image, and nothing is pulled).
+
+    Without ``gateway.json``, the store's schema version is read from its header (the image is
+    then unknown). None when neither is there, or there is no image to read them with.
+    """
+    reader = next((ref for ref in images if ref and engine.inspect_image(ref)), None)
+    if reader is None:
+        return None
+    helper = f"{container_name(name)}-reader-{uuid.uuid4().hex[:8]}"
+    extra = {"gateway": name, "role": "reader"}
+    if run_id:
+        extra["run_id"] = run_id
+    engine.create_container(
+        name=helper,
+        image=reader,
+        command=["true"],
+        network="none",
+        binds=[f"{volume_name(name)}:{STATE_DIR}:ro"],
+        labels=labels.ownership(**extra),
+        init=False,
+    )
+    try:
+        try:
+            return StateRecord.parse(
+                engine.read_container_file(helper, f"{STATE_DIR}/{RECORD_FILE}")
+            )
+        except NotFoundError:
+            pass
+        # No record (a volume from before gateways wrote one): the store's header still says
+        # its schema version; which image wrote it is unknown.
+        try:
+            schema = store_schema_of(
+                engine.read_container_file(helper, f"{STATE_DIR}/{STORE_FILE}")
+            )
+        except NotFoundError:
+            return None
+        return None if schema is None else StateRecord(image="", store_schema=schema)
+    finally:
+        engine.remove_container(helper)
 
 
 # -- ownership --------------------------------------------------------------------------------

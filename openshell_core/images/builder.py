@@ -20,6 +20,7 @@ from openshell_core.errors import BuildError, EngineError
 from openshell_core.images.base import BaseImageSpec, ensure_base_image
 from openshell_core.images.cache import cache_dir, input_hash
 from openshell_core.images.wheelhouse import Wheelhouse, ensure_wheelhouse
+from openshell_core.server.store import schema_for_variant
 
 log = logging.getLogger("openshell.images")
 
@@ -56,16 +57,19 @@ class _ImageRecipe:
 def _recipes(images: ImageSet) -> list[_ImageRecipe]:
     return [
         _ImageRecipe(
-            images.gateway, "gateway.Dockerfile", GATEWAY_REQUIREMENTS, (("GATEWAY_VARIANT", "v1"),)
+            images.gateway, "gateway.Dockerfile", GATEWAY_REQUIREMENTS, _gateway_args("v1")
         ),
         _ImageRecipe(
-            images.gateway_upgrade,
-            "gateway.Dockerfile",
-            GATEWAY_REQUIREMENTS,
-            (("GATEWAY_VARIANT", "v2"),),
+            images.gateway_upgrade, "gateway.Dockerfile", GATEWAY_REQUIREMENTS, _gateway_args("v2")
         ),
         _ImageRecipe(images.sandbox, "sandbox.Dockerfile", ()),
     ]
+
+
+def _gateway_args(variant: str) -> tuple[tuple[str, str], ...]:
+    """A gateway variant, and the store schema it opens (the image's store-schema label, which
+    the host reads before it resumes a volume on the image)."""
+    return (("GATEWAY_VARIANT", variant), ("STORE_SCHEMA", str(schema_for_variant(variant))))
 
 
 def ensure_images(

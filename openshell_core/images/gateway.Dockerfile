@@ -3,6 +3,9 @@
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 ARG GATEWAY_VARIANT=v1
+# The highest store schema version this image opens (read by the host before a resume).
+ARG STORE_SCHEMA=1
+LABEL openshell.ai/store-schema=${STORE_SCHEMA}
 COPY wheels/ /opt/openshell/wheels/
 RUN set -e; \
     pip="$(ls /opt/openshell/wheels/pip-*.whl)/pip"; \

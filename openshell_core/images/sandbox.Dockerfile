@@ -1,5 +1,6 @@
 # The sandbox runtime: OpenSSH plus our supervisor. /sandbox holds the files every new workspace
-# is seeded with (once) from this image.
+# is seeded with (once) from this image. It is also root's home, so that sshd starts every SSH
+# session (shell, command, SFTP) in the workspace, as upstream's sandbox user starts in /sandbox.
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 COPY wheels/ /opt/openshell/wheels/
@@ -11,7 +12,9 @@ RUN set -e; \
     mkdir -p /run/sshd /sandbox/.config; \
     printf 'Welcome to an OpenShell sandbox.\n' > /sandbox/README.md; \
     printf 'seeded-from-image\n' > /sandbox/.config/seed; \
-    ln -s . /sandbox/.config/self
+    ln -s . /sandbox/.config/self; \
+    sed -i 's#^\(root:[^:]*:0:0:[^:]*\):/root:#\1:/sandbox:#' /etc/passwd; \
+    test "$(getent passwd root | cut -d: -f6)" = /sandbox
 ENV PYTHONUNBUFFERED=1
 EXPOSE 2222
 ENTRYPOINT ["python3", "-m", "openshell_core.sandbox"]

@@ -35,6 +35,7 @@ from openshell_core.server.sandboxes import SandboxService
 from openshell_core.server.secrets import reconcile_gateway_pki, reconcile_handshake_secret
 from openshell_core.server.sessions import SessionResolver
 from openshell_core.server.store import open_store
+from openshell_core.state_record import StateRecord, write_record
 
 log = logging.getLogger("openshell.server")
 
@@ -69,6 +70,9 @@ class Gateway:
         store = open_store(config.store_path, schema=config.schema)
         self._closers.append(_async(store.close))
         log.info("store %s open at schema version %d", config.store_path, store.version)
+        # Only an image that opened the store is recorded: the host resumes on it when this
+        # gateway's runtime is gone, and refuses an image too old for the store (state_record).
+        write_record(config.state_dir, StateRecord(config.image, store.version))
         secret, _ = reconcile_handshake_secret(
             config.secret_path, regenerate=config.has(Fault.REGENERATE_HANDSHAKE_SECRET)
         )

@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
 from openshell_core.protocol import (
+    HINT_METADATA,
     HOST_PUBLIC_KEY_ANNOTATION,
     Servicer,
     dm,
@@ -59,6 +60,8 @@ def _translated(method: _Method[_Response]) -> _Method[_Response]:
         try:
             return await method(self, request, context)
         except OpenShellError as exc:
+            if exc.hint:  # the next thing to do travels beside the message (HINT_METADATA)
+                context.set_trailing_metadata(((HINT_METADATA, exc.hint.encode()),))
             await context.abort(_status_of(exc), exc.message)
 
     return wrapper
@@ -173,6 +176,8 @@ class GatewayServicer(Servicer):
             if not request.command:
                 raise UsageError("command must not be empty")
         except OpenShellError as exc:
+            if exc.hint:  # the next thing to do travels beside the message (HINT_METADATA)
+                context.set_trailing_metadata(((HINT_METADATA, exc.hint.encode()),))
             await context.abort(_status_of(exc), exc.message)
         host, port = self._service.driver.endpoint(record.id)
         timeout = request.execution_timeout.ToTimedelta().total_seconds() or None

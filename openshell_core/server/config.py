@@ -43,6 +43,8 @@ class ServerConfig:
     extra_sans: tuple[str, ...] = ()
     gateway_port: int = LISTEN_PORT
     run_id: str | None = None
+    #: the image this gateway runs (kept in its state directory; empty when the host said none)
+    image: str = ""
     faults: frozenset[Fault] = frozenset()
     state_dir: Path = Path(contract.STATE_DIR)
     run_dir: Path = Path(contract.RUN_DIR)
@@ -84,6 +86,7 @@ class ServerConfig:
             extra_sans=sans,
             gateway_port=gateway_port,
             run_id=env.get(contract.RUN_ID_ENV, "").strip() or None,
+            image=env.get(contract.GATEWAY_IMAGE_ENV, "").strip(),
             faults=faults,
             state_dir=Path(env.get(contract.STATE_DIR_ENV, contract.STATE_DIR)),
             run_dir=Path(env.get(contract.RUN_DIR_ENV, contract.RUN_DIR)),
