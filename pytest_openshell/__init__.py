@@ -17,7 +17,6 @@ from pytest_openshell.fixtures import HeldSession, ScenarioFixture
 from pytest_openshell.plugin import parametrize_scenarios
 from pytest_openshell.scenarios import (
     Applies,
-    Capability,
     EngineScope,
     GatewayFate,
     HeldSessionFate,
@@ -33,7 +32,6 @@ from pytest_openshell.survival import SurvivalRecord, SurvivalViolation, Termina
 __all__ = [
     "Ability",
     "Applies",
-    "Capability",
     "EngineScope",
     "GatewayDriver",
     "GatewayFate",

@@ -276,7 +276,9 @@ def openshell_scenario(
         yield ScenarioFixture(openshell, scenario)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip, before any fixture runs, a test that needs a driver ability the driver lacks."""
     marker = item.get_closest_marker("openshell_abilities")
     state = item.config.stash[SESSION_KEY]
     if marker is None or not state.settings.enabled or state.setup_error:

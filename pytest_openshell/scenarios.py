@@ -39,13 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("openshell.plugin")
 
 
-class Capability(enum.Enum):
-    """What a scenario needs from the engine beyond ordinary container operations."""
-
-    #: stop, start and SIGKILL the Docker daemon itself (only an engine we own allows it)
-    DAEMON_CONTROL = "daemon-control"
-
-
 # -- traits -----------------------------------------------------------------------------------
 
 
