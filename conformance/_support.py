@@ -1,18 +1,17 @@
-"""What the conformance tests share: which scenarios each property applies to, the workload put on
-a gateway before a scenario, and the outcome the tests check after it.
+"""What the conformance tests share: which scenario traits each property applies to, the workload
+put on a gateway before a scenario, and the outcome the tests check after it.
 
 One :class:`Outcome` per scenario (a session-scoped fixture in ``conftest.py``): a gateway is
 deployed, the :class:`Workload` creates sandboxes, writes markers, starts a process, holds an SSH
 session open and records what the gateway acknowledged; the scenario disrupts and recovers the
 gateway; then every property test checks its part of the record. Probes read the gateway only the
 way a user can (its API, SSH through it, ``docker inspect`` of the objects named after it), plus the
-optional facts a driver offers (``state_digests``).
+optional facts a driver offers (its abilities: ``state-digests``, ``sandbox-containers``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 import hashlib
 import secrets
@@ -30,34 +29,43 @@ from openshell_core.client import GatewayClient, SandboxInfo
 from openshell_core.errors import NotFoundError, OpenShellError, ReadinessTimeout
 from openshell_core.gateway.metadata import MtlsFiles
 from openshell_core.retry import poll_until
-from pytest_openshell.drivers import GatewayHandle
+from pytest_openshell.drivers import GatewayHandle, ListsSandboxContainers, ReportsStateDigests
 from pytest_openshell.fixtures import HeldSession, SandboxFactory, ScenarioFixture, SshHelper
-from pytest_openshell.scenarios import ScenarioRun
+from pytest_openshell.scenarios import (
+    Applies,
+    EngineScope,
+    GatewayFate,
+    HeldSessionFate,
+    SandboxFate,
+    ScenarioRun,
+    StateOutcome,
+    Traits,
+)
 from pytest_openshell.session import OpenShellSession
 from pytest_openshell.survival import GiveUp, SurvivalRecord
 
-CORE = ("stop-start", "kill", "remove-keep-volume", "image-upgrade", "docker-restart")
-GATEWAY_ONLY = (
-    "stop-start",
-    "kill",
-    "remove-keep-volume",
-    "image-upgrade",
-    "start-while-running",
-    "auto-bootstrap",
-    "resume-failure",
+#: Which scenarios a check applies to, by their traits (never by key: a scenario a downstream
+#: project adds is checked like ours). Every state check needs state that survives.
+SURVIVING = Applies(state=StateOutcome.SURVIVES)
+#: The negative controls: state must NOT survive.
+NEGATIVE = Applies(state=StateOutcome.LOST)
+#: The gateway's container is the one from before (kept, or stopped and started again).
+SAME_CONTAINER = Applies(
+    state=StateOutcome.SURVIVES, gateway=frozenset({GatewayFate.KEPT, GatewayFate.RESTARTED})
 )
-#: docker-daemon-kill's traits: gateway container kept (restarted by the daemon), sandbox
-#: containers restarted, held session ends, engine alone; like docker-crash once the engine starts.
-DAEMON = ("docker-restart", "docker-crash", "docker-daemon-kill")
-#: Every scenario after which state must survive (the negative controls are the others).
-SURVIVING = (*CORE, "docker-crash", "docker-daemon-kill", "sandbox-reschedule",
-             "start-while-running", "auto-bootstrap", "resume-failure")  # fmt: skip
-NEGATIVE = ("recreate", "destroy")
-#: Scenarios that end with a gateway container made anew (volume-only resumes; a failed resume
-#: removes the container, so the next start makes one).
-NEW_CONTAINER = ("remove-keep-volume", "image-upgrade", "resume-failure")
-#: Scenarios that resume the stopped container (the image is never looked up).
-SAME_CONTAINER = ("stop-start", "kill", "auto-bootstrap", "start-while-running")
+#: The gateway's container is made anew on the same volume (a volume-only resume).
+NEW_CONTAINER = Applies(state=StateOutcome.SURVIVES, gateway=frozenset({GatewayFate.RECREATED}))
+#: No sandbox's container is made anew: each one the gateway had is adopted.
+SANDBOXES_ADOPTED = Applies(
+    state=StateOutcome.SURVIVES, sandboxes=frozenset({SandboxFate.KEPT, SandboxFate.RESTARTED})
+)
+#: The Docker daemon itself was disrupted.
+DAEMON = Applies(state=StateOutcome.SURVIVES, engine=EngineScope.DAEMON)
+#: A session held open across the scenario carries on, or ends cleanly.
+SESSION_CONTINUES = Applies(state=StateOutcome.SURVIVES, held_session=HeldSessionFate.CARRIES_ON)
+SESSION_ENDS = Applies(state=StateOutcome.SURVIVES, held_session=HeldSessionFate.ENDS)
+#: A resume was made to fail before the recovering start.
+FAILED_RESUME = Applies(state=StateOutcome.SURVIVES, failed_resume=True)
 #: Seconds a fact that cannot change any more once the gateway answers (its container, its
 #: certificates) is given anyway, for the engine to settle.
 SETTLED = 5.0
@@ -71,9 +79,6 @@ HELD_COMMAND = (
     '(i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.2; done) & '
     'while IFS= read -r line; do echo "echo $line"; done'
 )
-#: Scenarios across which a held session continues (the sandbox keeps running, the gateway is
-#: only a relay); across the others it ends cleanly and a new one works.
-SESSION_CONTINUES = GATEWAY_ONLY
 #: Image-provided workspace files the workload changes and deletes (the sandbox image's own).
 IMAGE_FILE_CHANGED = "/sandbox/README.md"
 IMAGE_FILE_DELETED = "/sandbox/.config/seed"
@@ -81,32 +86,6 @@ SENTINEL = "/sandbox/.workspace-initialized"
 OUTSIDE_FILE = "/var/tmp/openshell-conformance-outside"
 #: The one label on the foreign objects: deliberately not in our namespace.
 FOREIGN_LABEL = "org.example.owner"
-
-
-class Fate(enum.Enum):
-    """What a scenario does to a sandbox's container (the documented rule for files outside
-    ``/sandbox`` and for processes): they survive with the container and only with it."""
-
-    KEPT = "kept"  # the container keeps running: processes and its own files survive
-    RESTARTED = "restarted"  # the container restarts: its files survive, processes do not
-    RECREATED = "recreated"  # a new container on the same workspace: only /sandbox survives
-
-
-def fate(run: ScenarioRun, sandbox_container: str | None) -> Fate | None:
-    """The documented fate of a sandbox's container in ``run`` (None: a scenario this suite does
-    not know, whose rule it cannot state)."""
-    key = run.scenario.key
-    if key in GATEWAY_ONLY:
-        return Fate.KEPT
-    if key in DAEMON:
-        return Fate.RESTARTED
-    if key == "sandbox-reschedule":
-        if sandbox_container and sandbox_container == run.notes.get("removed_sandbox_container"):
-            return Fate.RECREATED
-        if sandbox_container and sandbox_container == run.notes.get("stopped_sandbox_container"):
-            return Fate.RESTARTED
-        return Fate.KEPT
-    return None
 
 
 def sha256(data: bytes) -> str:
@@ -256,11 +235,12 @@ class Workload:
         self._record()
 
     def _sandbox_containers(self) -> dict[str, str]:
-        """Sandbox id -> container name, when the driver can say (reference gateway)."""
-        lister = getattr(self.session.driver, "sandbox_containers", None)
-        if not callable(lister):
+        """Sandbox id -> container name, when the driver can say (``sandbox-containers``)."""
+        driver = self.session.driver
+        if not isinstance(driver, ListsSandboxContainers):
             return {}
-        return {name.removeprefix("openshell-sandbox-"): name for name in lister(self.gateway)}
+        containers = driver.sandbox_containers(self.gateway)
+        return {name.removeprefix("openshell-sandbox-"): name for name in containers}
 
     def _write_markers(self, state: SandboxState) -> None:
         payload = secrets.token_bytes(4096)
@@ -360,9 +340,9 @@ class Workload:
                 f"sandbox {state.name} was not {want} before the scenario"
             )
             record.track(f"host key {state.name}", functools.partial(self.host_key, state.name))
-        digests = getattr(self.session.driver, "state_digests", None)
-        if callable(digests):
-            record.track("state digests", lambda: digests(self.gateway))
+        driver = self.session.driver
+        if isinstance(driver, ReportsStateDigests):
+            record.track("state digests", lambda: driver.state_digests(self.gateway))
         record.track("server certificate", lambda: server_fingerprint(self.gateway))
         mtls = MtlsFiles.of(self.gateway.name, self.gateway.env)
         record.track(
@@ -428,6 +408,10 @@ class Outcome:
         return self.workload.session
 
     @property
+    def traits(self) -> Traits:
+        return self.run.traits
+
+    @property
     def within(self) -> float:
         """Seconds a fact may take to come back once the gateway answers again."""
         return self.session.settings.recovery_timeout
@@ -491,7 +475,7 @@ def check_sandboxes_listed(outcome: Outcome, *, within: float) -> None:
     """Property 2: every acknowledged sandbox is listed with its id and name, none is duplicated,
     and none appears that nobody created (the scenario's own creations aside)."""
     workload = outcome.workload
-    created = set(outcome.run.notes.get("created_sandboxes", []))
+    created = set(outcome.run.created_sandboxes)
     expected = sorted((state.id, state.name) for state in workload.states.values())
 
     def listed() -> list[tuple[str, str]]:

@@ -1,8 +1,9 @@
 """The conformance suite's fixtures: one scenario run, shared by every property test of it.
 
-``lifecycle`` is parametrised (session scope) with the selected scenario keys that apply to each
-test, so pytest runs each scenario once and then all the tests that check its outcome. Under
-``pytest -n N --dist loadgroup`` the tests of one scenario stay on one worker.
+``lifecycle`` is parametrised (session scope) with the selected scenarios whose traits each test's
+``openshell_traits`` marker accepts, so pytest runs each scenario once and then all the tests that
+check its outcome. Under ``pytest -n N --dist loadgroup`` the tests of one scenario stay on one
+worker.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import pytest
 
 from pytest_openshell import OpenShellSession, ScenarioFixture, parametrize_scenarios
 from pytest_openshell.fixtures import GatewayFactory, SandboxFactory, SshHelper
+from pytest_openshell.scenarios import EngineScope
 
-from ._support import DAEMON, Outcome, Workload
+from ._support import Outcome, Workload
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -48,7 +50,7 @@ def lifecycle(
             workload = Workload(openshell, gateway, sandboxes, ssh)
             workload.prepare()
             workload.make_foreign()
-            if key in DAEMON:
+            if scenario.declared_traits.engine is EngineScope.DAEMON:
                 # A gateway its user stopped must stay stopped across the daemon's restart.
                 sibling = openshell_gateway_factory.deploy(label="stopped")
                 openshell.driver.stop(sibling)

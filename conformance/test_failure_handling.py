@@ -6,25 +6,25 @@ from __future__ import annotations
 import pytest
 
 from openshell_core.errors import OpenShellError
-from pytest_openshell import OpenShellSession
+from pytest_openshell import Ability, OpenShellSession
+from pytest_openshell.drivers import CanFailDeploy
 
-from ._support import Outcome, check_sandboxes_listed
+from ._support import FAILED_RESUME, Outcome, check_sandboxes_listed
 
 pytestmark = pytest.mark.openshell_property(number=10)
 
 
-@pytest.mark.openshell_scenarios("resume-failure")
+@pytest.mark.openshell_traits(FAILED_RESUME)
 def test_a_failed_resume_removes_the_container_keeps_the_volume_and_says_why(
     lifecycle: Outcome,
 ) -> None:
-    notes = lifecycle.run.notes
-    error = notes.get("resume_error")
-    assert error is not None, "the resume that was made to fail succeeded"
-    assert "health" in str(error), f"the error does not say what failed: {error}"
-    after = notes["after_failure"]
-    assert after["container"] is None, "the failed resume left its container"
-    assert after["volume"] is not None, "the failed resume lost the volume"
-    network = after["network"]
+    failed = lifecycle.run.failed_resume
+    assert failed is not None, f"scenario {lifecycle.key} recorded no failed resume"
+    assert failed.error is not None, "the resume that was made to fail succeeded"
+    assert "health" in str(failed.error), f"the error does not say what failed: {failed.error}"
+    assert failed.container is None, "the failed resume left its container"
+    assert failed.volume is not None, "the failed resume lost the volume"
+    network = failed.network
     if network is not None:
         # Kept only while sandboxes are on it: a failed start never pulls them off.
         attached = {info.get("Name", "") for info in (network.get("Containers") or {}).values()}
@@ -32,20 +32,19 @@ def test_a_failed_resume_removes_the_container_keeps_the_volume_and_says_why(
         assert all(name.startswith("openshell-sandbox-") for name in attached), attached
 
 
-@pytest.mark.openshell_scenarios("resume-failure")
+@pytest.mark.openshell_traits(FAILED_RESUME)
 def test_after_a_failed_resume_the_next_start_resumes_every_sandbox(lifecycle: Outcome) -> None:
     lifecycle.require_recovered()
     check_sandboxes_listed(lifecycle, within=lifecycle.within)
 
 
+@pytest.mark.openshell_abilities(Ability.FAIL_DEPLOY)
 def test_a_failed_fresh_deploy_leaves_nothing_behind(openshell: OpenShellSession) -> None:
     driver = openshell.driver
-    deploy_failing = getattr(driver, "deploy_failing", None)
-    if not callable(deploy_failing):
-        pytest.skip(f"the gateway driver {type(driver).__name__} cannot make a deploy fail")
+    assert isinstance(driver, CanFailDeploy)
     spec = openshell.gateway_spec("fail")
     with openshell.access.shared(), pytest.raises(OpenShellError) as failed:
-        deploy_failing(spec)
+        driver.deploy_failing(spec)
     assert "health" in str(failed.value)
     engine = openshell.engine
     name = f"openshell-cluster-{spec.name}"

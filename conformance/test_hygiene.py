@@ -12,12 +12,10 @@ import pytest
 from openshell_core import labels
 from openshell_core.redaction import SECRET_FILE_NAMES
 
-from ._support import NEGATIVE, SURVIVING, Outcome
+from ._support import Outcome
 
-pytestmark = [
-    pytest.mark.openshell_property(number=12),
-    pytest.mark.openshell_scenarios(*SURVIVING, *NEGATIVE),
-]
+#: Every scenario, the negative controls included.
+pytestmark = [pytest.mark.openshell_property(number=12), pytest.mark.openshell_traits()]
 
 
 def test_foreign_objects_beside_the_gateway_are_untouched(lifecycle: Outcome) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from openshell_core.gateway.names import node_name
+from pytest_openshell import Ability, SandboxFate
 
-from ._support import DAEMON, GATEWAY_ONLY, SETTLED, SURVIVING, Fate, Outcome, fate
+from ._support import SANDBOXES_ADOPTED, SETTLED, SURVIVING, Outcome
 
 pytestmark = pytest.mark.openshell_property(number=6)
 
 
-@pytest.mark.openshell_scenarios(*SURVIVING)
+@pytest.mark.openshell_traits(SURVIVING)
 def test_hostname_and_node_name_are_the_gateways_node_name_unchanged(lifecycle: Outcome) -> None:
     expected = node_name(lifecycle.gateway.name)
     before = lifecycle.workload.record.expected("node identity")
@@ -21,18 +22,18 @@ def test_hostname_and_node_name_are_the_gateways_node_name_unchanged(lifecycle: 
     lifecycle.verify("node identity", within=SETTLED)
 
 
-@pytest.mark.openshell_scenarios(*GATEWAY_ONLY, *DAEMON)
+@pytest.mark.openshell_traits(SANDBOXES_ADOPTED)
+@pytest.mark.openshell_abilities(Ability.SANDBOX_CONTAINERS)
 def test_sandboxes_of_the_old_container_are_adopted_not_replaced(lifecycle: Outcome) -> None:
     lifecycle.require_recovered()
     workload = lifecycle.workload
     states = [s for s in workload.states.values() if s.container_id]
-    if not states:
-        pytest.skip(
-            f"the gateway driver {type(lifecycle.session.driver).__name__} does not say which "
-            "containers run its sandboxes (sandbox_containers())"
-        )
+    assert states, "the driver named no sandbox container before the scenario"
     for state in states:
-        assert fate(lifecycle.run, state.container) in (Fate.KEPT, Fate.RESTARTED)
+        assert lifecycle.run.sandbox_fate(state.container) in (
+            SandboxFate.KEPT,
+            SandboxFate.RESTARTED,
+        )
         assert state.container is not None
         now = workload.container_id(state.container)
         assert now == state.container_id, (

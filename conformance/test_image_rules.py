@@ -11,12 +11,12 @@ from ._support import NEW_CONTAINER, SAME_CONTAINER, SETTLED, Outcome
 pytestmark = pytest.mark.openshell_property(number=8)
 
 
-@pytest.mark.openshell_scenarios(*SAME_CONTAINER)
+@pytest.mark.openshell_traits(SAME_CONTAINER)
 def test_a_stopped_container_resume_reuses_the_container_and_its_image(lifecycle: Outcome) -> None:
     lifecycle.verify("gateway container", "gateway image", within=SETTLED)
 
 
-@pytest.mark.openshell_scenarios(*NEW_CONTAINER)
+@pytest.mark.openshell_traits(NEW_CONTAINER)
 def test_a_volume_only_resume_creates_the_container_from_the_requested_image(
     lifecycle: Outcome,
 ) -> None:
@@ -24,7 +24,7 @@ def test_a_volume_only_resume_creates_the_container_from_the_requested_image(
     gateway, engine = lifecycle.gateway, lifecycle.session.engine
     doc = lifecycle.workload.inspect_gateway()
     assert doc["Id"] != lifecycle.workload.record.expected("gateway container")
-    requested = gateway.upgrade_image if lifecycle.key == "image-upgrade" else gateway.spec.image
+    requested = lifecycle.run.image or gateway.spec.image
     image = engine.inspect_image(requested)
     assert image is not None, f"image {requested} is not on the engine"
     assert doc["Image"] == image["Id"], (

@@ -1,15 +1,15 @@
-"""Property 11: after ``recreate`` or ``destroy`` the checks of properties 2, 3 and 5 fail, as they
-must: proof that they can."""
+"""Property 11: after a negative control (``recreate``, ``destroy``: state must not survive) the
+checks of properties 2, 3 and 5 fail, as they must: proof that they can."""
 
 from __future__ import annotations
 
 import pytest
 
-from pytest_openshell import SurvivalViolation
+from pytest_openshell import Ability, SurvivalViolation
 
 from ._support import NEGATIVE, Outcome, check_markers, check_sandboxes_listed, check_state_digests
 
-pytestmark = [pytest.mark.openshell_property(number=11), pytest.mark.openshell_scenarios(*NEGATIVE)]
+pytestmark = [pytest.mark.openshell_property(number=11), pytest.mark.openshell_traits(NEGATIVE)]
 
 #: The state is gone for good; a few seconds show that it does not come back.
 SHORT = 5.0
@@ -27,10 +27,8 @@ def test_the_workspace_check_fails(lifecycle: Outcome) -> None:
         check_markers(lifecycle, within=SHORT)
 
 
+@pytest.mark.openshell_abilities(Ability.STATE_DIGESTS)
 def test_the_secrets_check_fails(lifecycle: Outcome) -> None:
-    if "state digests" not in lifecycle.workload.record.facts:
-        driver = type(lifecycle.session.driver).__name__
-        pytest.skip(f"the gateway driver {driver} offers no state_digests()")
     lifecycle.require_recovered()
     with pytest.raises(SurvivalViolation):
         check_state_digests(lifecycle, within=SHORT)

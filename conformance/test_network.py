@@ -6,7 +6,7 @@ import pytest
 
 from ._support import SURVIVING, Outcome
 
-pytestmark = [pytest.mark.openshell_property(number=7), pytest.mark.openshell_scenarios(*SURVIVING)]
+pytestmark = [pytest.mark.openshell_property(number=7), pytest.mark.openshell_traits(SURVIVING)]
 
 
 def test_the_gateway_is_attached_only_to_its_network_with_the_current_id(

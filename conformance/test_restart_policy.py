@@ -10,14 +10,14 @@ from ._support import DAEMON, SURVIVING, Outcome
 pytestmark = pytest.mark.openshell_property(number=9)
 
 
-@pytest.mark.openshell_scenarios(*SURVIVING)
+@pytest.mark.openshell_traits(SURVIVING)
 def test_the_gateway_restart_policy_is_unless_stopped(lifecycle: Outcome) -> None:
     lifecycle.require_recovered()
     doc = lifecycle.workload.inspect_gateway()
     assert doc["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
 
 
-@pytest.mark.openshell_scenarios(*DAEMON)
+@pytest.mark.openshell_traits(DAEMON)
 def test_a_running_gateway_comes_back_after_the_daemon_without_any_command(
     lifecycle: Outcome,
 ) -> None:
@@ -27,7 +27,7 @@ def test_a_running_gateway_comes_back_after_the_daemon_without_any_command(
     assert doc["State"]["Running"]
 
 
-@pytest.mark.openshell_scenarios(*DAEMON)
+@pytest.mark.openshell_traits(DAEMON)
 def test_a_gateway_its_user_stopped_stays_stopped_across_the_daemon(lifecycle: Outcome) -> None:
     sibling = lifecycle.stopped_sibling
     assert sibling is not None

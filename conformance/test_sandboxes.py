@@ -6,7 +6,7 @@ import pytest
 
 from ._support import SURVIVING, Outcome, check_sandboxes_listed
 
-pytestmark = [pytest.mark.openshell_property(number=2), pytest.mark.openshell_scenarios(*SURVIVING)]
+pytestmark = [pytest.mark.openshell_property(number=2), pytest.mark.openshell_traits(SURVIVING)]
 
 
 def test_every_sandbox_is_listed_with_its_id_and_name_and_no_other(lifecycle: Outcome) -> None:

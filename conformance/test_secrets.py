@@ -6,18 +6,15 @@ from __future__ import annotations
 import pytest
 
 from openshell_core.client import GatewayClient
+from pytest_openshell import Ability
 
 from ._support import SETTLED, SURVIVING, Outcome, check_state_digests, eventually
 
-pytestmark = [pytest.mark.openshell_property(number=5), pytest.mark.openshell_scenarios(*SURVIVING)]
+pytestmark = [pytest.mark.openshell_property(number=5), pytest.mark.openshell_traits(SURVIVING)]
 
 
+@pytest.mark.openshell_abilities(Ability.STATE_DIGESTS)
 def test_the_handshake_secret_and_the_pki_are_unchanged(lifecycle: Outcome) -> None:
-    if "state digests" not in lifecycle.workload.record.facts:
-        pytest.skip(
-            f"the gateway driver {type(lifecycle.session.driver).__name__} offers no "
-            "state_digests(); the server certificate and the host files are still compared"
-        )
     lifecycle.require_recovered()
     check_state_digests(lifecycle)
 

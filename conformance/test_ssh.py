@@ -7,16 +7,9 @@ import re
 
 import pytest
 
-from ._support import (
-    DAEMON,
-    GATEWAY_ONLY,
-    SESSION_CONTINUES,
-    SETTLED,
-    SURVIVING,
-    Fate,
-    Outcome,
-    fate,
-)
+from pytest_openshell import SandboxFate
+
+from ._support import SESSION_CONTINUES, SESSION_ENDS, SETTLED, SURVIVING, Outcome
 
 pytestmark = pytest.mark.openshell_property(number=4)
 
@@ -40,7 +33,7 @@ def assert_contiguous(numbers: list[int]) -> None:
     )
 
 
-@pytest.mark.openshell_scenarios(*SURVIVING)
+@pytest.mark.openshell_traits(SURVIVING)
 def test_a_new_ssh_session_reaches_every_old_sandbox_with_its_old_host_key(
     lifecycle: Outcome,
 ) -> None:
@@ -52,16 +45,16 @@ def test_a_new_ssh_session_reaches_every_old_sandbox_with_its_old_host_key(
     lifecycle.reachable()
 
 
-@pytest.mark.openshell_scenarios(*GATEWAY_ONLY, *DAEMON)
+@pytest.mark.openshell_traits(SURVIVING)
 def test_a_process_started_before_lives_exactly_as_long_as_its_container(
     lifecycle: Outcome,
 ) -> None:
     lifecycle.reachable()
     workload = lifecycle.workload
     for state in workload.running_states():
-        expected = fate(lifecycle.run, state.container)
+        expected = lifecycle.run.sandbox_fate(state.container)
         pid1 = workload.pid1_start(state.name)
-        if expected is Fate.KEPT:
+        if expected is SandboxFate.KEPT:
             alive = workload.shell(
                 state.name, f"kill -0 {state.process} 2>/dev/null && echo alive || echo gone"
             ).strip()
@@ -73,11 +66,12 @@ def test_a_process_started_before_lives_exactly_as_long_as_its_container(
         else:
             # A new PID 1 means a new process tree: nothing started before can be in it.
             assert pid1 != state.pid1_start, (
-                f"the container of {state.name} did not restart across {lifecycle.key}"
+                f"the container of {state.name} should have been {expected.value} by "
+                f"{lifecycle.key}, and its PID 1 is the one from before"
             )
 
 
-@pytest.mark.openshell_scenarios(*SESSION_CONTINUES)
+@pytest.mark.openshell_traits(SESSION_CONTINUES)
 def test_a_session_held_open_across_the_scenario_carries_on_byte_for_byte(
     lifecycle: Outcome,
 ) -> None:
@@ -101,7 +95,7 @@ def test_a_session_held_open_across_the_scenario_carries_on_byte_for_byte(
     assert held.alive
 
 
-@pytest.mark.openshell_scenarios(*DAEMON, "sandbox-reschedule")
+@pytest.mark.openshell_traits(SESSION_ENDS)
 def test_a_session_held_open_across_a_sandbox_restart_ends_cleanly_and_a_reconnect_works(
     lifecycle: Outcome,
 ) -> None:

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_openshell import SandboxFate
+
 from ._support import (
     IMAGE_FILE_CHANGED,
     IMAGE_FILE_DELETED,
     OUTSIDE_FILE,
     SENTINEL,
     SURVIVING,
-    Fate,
     Outcome,
     check_markers,
-    fate,
 )
 
-pytestmark = [pytest.mark.openshell_property(number=3), pytest.mark.openshell_scenarios(*SURVIVING)]
+pytestmark = [pytest.mark.openshell_property(number=3), pytest.mark.openshell_traits(SURVIVING)]
 
 
 def test_marker_files_keep_their_bytes_and_mode(lifecycle: Outcome) -> None:
@@ -56,13 +56,11 @@ def test_files_outside_the_workspace_live_exactly_as_long_as_the_container(
     lifecycle.reachable()
     workload = lifecycle.workload
     for state in workload.running_states():
-        expected = fate(lifecycle.run, state.container)
-        if expected is None:
-            pytest.skip(f"no documented rule for the sandboxes of scenario {lifecycle.key!r}")
+        expected = lifecycle.run.sandbox_fate(state.container)
         present = workload.shell(
             state.name, f"test -e {OUTSIDE_FILE} && echo present || echo absent"
         ).strip()
-        want = b"absent" if expected is Fate.RECREATED else b"present"
+        want = b"absent" if expected is SandboxFate.RECREATED else b"present"
         assert present == want, (
             f"{OUTSIDE_FILE} in {state.name} is {present.decode()}, but its container was "
             f"{expected.value}"

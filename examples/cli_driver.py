@@ -7,14 +7,21 @@ conformance suite against it with one command::
 
 (``-p`` loads this module as a plugin; it must be importable, e.g. from the current directory
 with ``PYTHONPATH=.``). Here the CLI is this project's own ``pytest-openshell gateway ...``; point
-``GATEWAY_CLI`` at yours and adapt the argument lists. The module also adds one scenario of its
-own, ``container-restart``, to show the second hook.
+``GATEWAY_CLI`` at yours and adapt the argument lists.
+
+The driver declares what it can do beyond the four verbs by subclassing the ability protocols of
+:mod:`pytest_openshell.drivers` (here: name its sandbox containers, report digests of the gateway's
+secret state); checks that need an ability it lacks are skipped with the reason. The module also
+adds one scenario of its own, ``container-restart``, with the traits that tell the suite which
+checks apply to it (all of those that apply to ``kill``: the same things happen to the gateway's
+container and the sandboxes).
 
 pytest-openshell's own tests run this file (``tests/test_plugin_extension.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import subprocess
@@ -23,7 +30,19 @@ from pathlib import Path
 
 import pytest
 
-from pytest_openshell import GatewayHandle, GatewaySpec, OpenShellSession, Scenario, ScenarioRun
+from pytest_openshell import (
+    GatewayFate,
+    GatewayHandle,
+    GatewaySpec,
+    HeldSessionFate,
+    OpenShellSession,
+    SandboxFate,
+    Scenario,
+    ScenarioRun,
+    StateOutcome,
+    Traits,
+)
+from pytest_openshell.drivers import GatewayDriver, ListsSandboxContainers, ReportsStateDigests
 
 #: The command line that operates the gateway (default: the one installed beside this Python).
 _BESIDE = Path(sys.executable).with_name("pytest-openshell")
@@ -32,7 +51,16 @@ GATEWAY_CLI = os.environ.get("GATEWAY_CLI") or (
 )
 
 
-class CliDriver:
+#: The gateway's secret state, as files in its container (what ``state_digests`` hashes).
+STATE_FILES = (
+    "/var/lib/openshell/secrets/ssh-handshake",
+    "/var/lib/openshell/pki/ca.crt",
+    "/var/lib/openshell/pki/server.crt",
+    "/var/lib/openshell/pki/client.crt",
+)
+
+
+class CliDriver(GatewayDriver, ListsSandboxContainers, ReportsStateDigests):
     """Deploys, starts, stops and destroys gateways through ``GATEWAY_CLI gateway ...``: the
     scenarios then exercise exactly what that CLI's users run."""
 
@@ -86,6 +114,27 @@ class CliDriver:
     def destroy(self, gateway: GatewayHandle) -> None:
         self._gateway("destroy", "--name", gateway.name)
 
+    # -- abilities: what this gateway lets a test see beyond its CLI --
+
+    def sandbox_containers(self, gateway: GatewayHandle, *, running: bool = False) -> list[str]:
+        """The gateway labels its sandbox containers with its name."""
+        found = self.session.engine.list_containers(
+            label_filters=[f"openshell.ai/gateway={gateway.name}", "openshell.ai/role=sandbox"],
+            all=not running,
+        )
+        return sorted(str(container["Names"][0]).lstrip("/") for container in found)
+
+    def state_digests(self, gateway: GatewayHandle) -> dict[str, str]:
+        """SHA-256 of each secret-state file, read from the gateway's container (never the
+        values themselves)."""
+        engine = self.session.engine
+        return {
+            path: hashlib.sha256(
+                engine.read_container_file(gateway.container_name, path)
+            ).hexdigest()
+            for path in STATE_FILES
+        }
+
 
 @pytest.hookimpl
 def pytest_openshell_gateway_driver(target: str, session: OpenShellSession) -> CliDriver | None:
@@ -108,5 +157,11 @@ def pytest_openshell_scenarios(config: pytest.Config) -> list[Scenario]:
             "docker stop, then docker start, of the gateway container (no CLI at all)",
             _stop_container,
             _start_container,
+            traits=Traits(
+                gateway=GatewayFate.RESTARTED,  # the same container, stopped and started
+                sandboxes=SandboxFate.KEPT,  # the sandboxes keep running meanwhile
+                state=StateOutcome.SURVIVES,
+                held_session=HeldSessionFate.CARRIES_ON,
+            ),
         )
     ]

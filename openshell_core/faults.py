@@ -19,7 +19,7 @@ ENV_VAR = contract.FAULTS_ENV
 
 
 class Fault(enum.Enum):
-    """The named regressions of CONFORMANCE.md, and where each one lives."""
+    """The named regressions of docs/conformance.md, and where each one lives."""
 
     #: server: a new handshake secret on every gateway start; old sandboxes reject every tunnel.
     REGENERATE_HANDSHAKE_SECRET = "regenerate-handshake-secret"

@@ -9,27 +9,50 @@ from __future__ import annotations
 from typing import Any
 
 from pytest_openshell import survival as _survival
-from pytest_openshell.drivers import GatewayDriver, GatewayHandle, GatewaySpec, ReferenceDriver
+from pytest_openshell.drivers import (
+    Ability,
+    GatewayDriver,
+    GatewayHandle,
+    GatewaySpec,
+    ReferenceDriver,
+)
 from pytest_openshell.fixtures import HeldSession, ScenarioFixture
 from pytest_openshell.plugin import parametrize_scenarios
-from pytest_openshell.scenarios import Capability, Scenario, ScenarioRun
+from pytest_openshell.scenarios import (
+    Applies,
+    EngineScope,
+    GatewayFate,
+    HeldSessionFate,
+    SandboxFate,
+    Scenario,
+    ScenarioRun,
+    StateOutcome,
+    Traits,
+)
 from pytest_openshell.session import OpenShellSession
 from pytest_openshell.survival import GiveUp, SurvivalRecord, SurvivalViolation
 
 __all__ = [
-    "Capability",
+    "Ability",
+    "Applies",
+    "EngineScope",
     "GatewayDriver",
+    "GatewayFate",
     "GatewayHandle",
     "GatewaySpec",
     "GiveUp",
     "HeldSession",
+    "HeldSessionFate",
     "OpenShellSession",
     "ReferenceDriver",
+    "SandboxFate",
     "Scenario",
     "ScenarioFixture",
     "ScenarioRun",
+    "StateOutcome",
     "SurvivalRecord",
     "SurvivalViolation",
+    "Traits",
     "parametrize_scenarios",
 ]
 

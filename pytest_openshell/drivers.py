@@ -9,6 +9,7 @@ gateway CLI.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import subprocess
@@ -96,31 +97,166 @@ class GatewayHandle:
 class GatewayDriver(Protocol):
     """Operates gateways the way their users do. Four verbs; the core scenarios need nothing else.
 
-    A driver may offer more, found by name and used when present (a scenario or check that needs
-    one of them is skipped with the reason when the driver lacks it):
-
-    - ``recreate(gateway)``, ``start_failing(gateway)``, ``forget(gateway)``,
-      ``auto_bootstrap(gateway)``, ``sandbox_containers(gateway)``: the extra scenarios;
-    - ``state_digests(gateway) -> dict[str, str]``: a digest of each piece of the gateway's
-      persistent secret state (handshake secret, CA, certificates), never the values;
-    - ``down_reason(gateway) -> str | None``: why the gateway is down for good (None while it may
-      still come back), so that waits end early instead of at their deadline.
+    A driver may offer more: each optional ability is a small protocol below (:class:`Ability`
+    names them). A driver declares one by implementing its method (or, better, by subclassing the
+    protocol, so that mypy checks the signature); the plugin finds it with ``isinstance``. A
+    scenario or check that needs an ability the driver lacks is skipped with the reason.
     """
 
     def deploy(self, spec: GatewaySpec) -> GatewayHandle:
         """Deploy a fresh gateway and wait until its API answers."""
+        ...
 
     def start(self, gateway: GatewayHandle, *, image: str | None = None) -> None:
         """``gateway start``: resume from whatever Docker holds (``image`` for a new container)."""
+        ...
 
     def stop(self, gateway: GatewayHandle) -> None:
         """``gateway stop``: keep the volume, the network and the host-side files."""
+        ...
 
     def destroy(self, gateway: GatewayHandle) -> None:
         """``gateway destroy``: remove everything, host-side files included."""
+        ...
 
 
-class ReferenceDriver:
+# -- optional abilities ----------------------------------------------------------------------
+
+
+@runtime_checkable
+class CanRecreate(Protocol):
+    """``gateway start --recreate``: wipe the gateway's state and start it fresh, same name and
+    port (the ``recreate`` negative control)."""
+
+    def recreate(self, gateway: GatewayHandle) -> None: ...
+
+
+@runtime_checkable
+class CanFailResume(Protocol):
+    """A resume made to fail on purpose (the ``resume-failure`` scenario)."""
+
+    def start_failing(self, gateway: GatewayHandle) -> None: ...
+
+
+@runtime_checkable
+class CanFailDeploy(Protocol):
+    """A fresh deploy made to fail on purpose (property 10: it must leave nothing behind)."""
+
+    def deploy_failing(self, spec: GatewaySpec) -> None: ...
+
+
+@runtime_checkable
+class CanForgetHostFiles(Protocol):
+    """Delete the gateway's host-side metadata, as a user wiping ``~/.config`` would."""
+
+    def forget(self, gateway: GatewayHandle) -> None: ...
+
+
+@runtime_checkable
+class CanAutoBootstrap(Protocol):
+    """``sandbox create`` with no resolvable gateway, which must resume it; returns the name of
+    the sandbox it made."""
+
+    def auto_bootstrap(self, gateway: GatewayHandle) -> str: ...
+
+
+@runtime_checkable
+class ReportsStateDigests(Protocol):
+    """A digest of each piece of the gateway's persistent secret state (handshake secret, CA,
+    certificates), never the values; readable while the gateway is stopped too."""
+
+    def state_digests(self, gateway: GatewayHandle) -> dict[str, str]: ...
+
+
+@runtime_checkable
+class ReportsDownReason(Protocol):
+    """Why the gateway is down for good (None while it may still come back), so that waits end
+    early instead of at their deadline."""
+
+    def down_reason(self, gateway: GatewayHandle) -> str | None: ...
+
+
+@runtime_checkable
+class ListsSandboxContainers(Protocol):
+    """The names of the gateway's sandbox containers (only running ones with ``running``)."""
+
+    def sandbox_containers(self, gateway: GatewayHandle, *, running: bool = False) -> list[str]: ...
+
+
+class Ability(enum.Enum):
+    """An optional ability of a gateway driver: what a scenario or a check may need beyond the
+    four verbs. The value is the name used in messages and in docs/conformance.md."""
+
+    RECREATE = "recreate"
+    FAIL_RESUME = "fail-resume"
+    FAIL_DEPLOY = "fail-deploy"
+    FORGET_HOST_FILES = "forget-host-files"
+    AUTO_BOOTSTRAP = "auto-bootstrap"
+    STATE_DIGESTS = "state-digests"
+    DOWN_REASON = "down-reason"
+    SANDBOX_CONTAINERS = "sandbox-containers"
+
+    @property
+    def protocol(self) -> type:
+        """The protocol a driver with this ability satisfies."""
+        return _PROTOCOLS[self]
+
+    @property
+    def method(self) -> str:
+        """The method that provides it."""
+        return _METHODS[self]
+
+    def of(self, driver: object) -> bool:
+        """Whether ``driver`` has this ability."""
+        return isinstance(driver, self.protocol)
+
+    def lacking(self, driver: object) -> str:
+        """Why a driver without this ability cannot do what needs it."""
+        return (
+            f"the gateway driver {type(driver).__name__} lacks the ability {self.value!r} "
+            f"(a {self.method}() method: protocol "
+            f"pytest_openshell.drivers.{self.protocol.__name__})"
+        )
+
+
+_PROTOCOLS: dict[Ability, type] = {
+    Ability.RECREATE: CanRecreate,
+    Ability.FAIL_RESUME: CanFailResume,
+    Ability.FAIL_DEPLOY: CanFailDeploy,
+    Ability.FORGET_HOST_FILES: CanForgetHostFiles,
+    Ability.AUTO_BOOTSTRAP: CanAutoBootstrap,
+    Ability.STATE_DIGESTS: ReportsStateDigests,
+    Ability.DOWN_REASON: ReportsDownReason,
+    Ability.SANDBOX_CONTAINERS: ListsSandboxContainers,
+}
+_METHODS: dict[Ability, str] = {
+    Ability.RECREATE: "recreate",
+    Ability.FAIL_RESUME: "start_failing",
+    Ability.FAIL_DEPLOY: "deploy_failing",
+    Ability.FORGET_HOST_FILES: "forget",
+    Ability.AUTO_BOOTSTRAP: "auto_bootstrap",
+    Ability.STATE_DIGESTS: "state_digests",
+    Ability.DOWN_REASON: "down_reason",
+    Ability.SANDBOX_CONTAINERS: "sandbox_containers",
+}
+
+
+def abilities_of(driver: object) -> frozenset[Ability]:
+    """Every optional ability ``driver`` has."""
+    return frozenset(ability for ability in Ability if ability.of(driver))
+
+
+class ReferenceDriver(
+    GatewayDriver,
+    CanRecreate,
+    CanFailResume,
+    CanFailDeploy,
+    CanForgetHostFiles,
+    CanAutoBootstrap,
+    ReportsStateDigests,
+    ReportsDownReason,
+    ListsSandboxContainers,
+):
     """Drives the embedded reference gateway in-process, through :mod:`openshell_core.gateway`.
 
     Host-side files go under the run's own config home (never the user's ``~/.config``), passed

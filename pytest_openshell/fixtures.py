@@ -20,7 +20,7 @@ from openshell_core.contract import AUTHORIZED_KEYS_ENV
 from openshell_core.errors import ReadinessTimeout
 from openshell_core.retry import GiveUp, poll_until
 from pytest_openshell.artefacts import Artefacts
-from pytest_openshell.drivers import GatewayHandle
+from pytest_openshell.drivers import GatewayHandle, ReportsDownReason
 from pytest_openshell.pipes import PipeReader
 from pytest_openshell.scenarios import Scenario, ScenarioRun, disrupt, recover
 
@@ -120,12 +120,15 @@ class ScenarioFixture:
         if run is None:
             raise RuntimeError(f"scenario {self.key}: recover() before disrupt()")
         driver, gateway = self.session.driver, run.gateway
-        down_reason = getattr(driver, "down_reason", None)
         recover(
             run,
             api_ready=lambda: self.session.driver_ready(gateway),
             deadline=deadline or self.session.settings.recovery_timeout,
-            down_reason=(lambda: down_reason(gateway)) if callable(down_reason) else lambda: None,
+            down_reason=(
+                (lambda: driver.down_reason(gateway))
+                if isinstance(driver, ReportsDownReason)
+                else lambda: None
+            ),
         )
         self.session.config.hook.pytest_openshell_recovered(run=run)
         return run

@@ -26,7 +26,10 @@ def pytest_openshell_gateway_driver(
     """Provide the driver that deploys and operates the gateway under test.
 
     Called once per process with the ``--openshell-gateway=TARGET`` value. Return a driver for a
-    target you know (``None`` otherwise); the built-in driver answers ``reference``.
+    target you know (``None`` otherwise); the built-in driver answers ``reference``. A driver is a
+    :class:`~pytest_openshell.GatewayDriver` (four verbs); what it can do beyond them it declares
+    as abilities, the small protocols of :mod:`pytest_openshell.drivers` (see
+    :class:`~pytest_openshell.Ability`).
 
     :param config: the pytest config.
     :param target: the requested target name.
@@ -46,7 +49,11 @@ def pytest_openshell_scenarios(config: pytest.Config) -> list[Scenario] | None:
     """Contribute extra lifecycle scenarios.
 
     Their keys become selectable with ``--openshell-scenarios`` and parametrise the
-    ``openshell_scenario`` fixture. A key that clashes with an existing one is a usage error.
+    ``openshell_scenario`` fixture. Each declares its :class:`~pytest_openshell.Traits` (what
+    becomes of the gateway's and the sandboxes' containers, whether state survives, whether a held
+    SSH session carries on, ...), and every conformance check those traits allow runs with it. A
+    key that clashes with an existing one, a scenario without traits and one whose traits
+    contradict each other are usage errors, each saying what to change (docs/conformance.md).
 
     :param config: the pytest config.
 

@@ -60,7 +60,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("sandbox-image", "sandbox image the gateway runs", ImageSet().sandbox, "REF"),
     _Option(
         "scenarios",
-        "comma-separated scenario keys to run, or 'core' (the five of CONFORMANCE.md) or 'all'",
+        "comma-separated scenario keys, 'core' (the default set of docs/conformance.md) or 'all'",
         "core",
         "KEYS",
     ),

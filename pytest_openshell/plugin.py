@@ -6,6 +6,7 @@ and fixtures exist, and every test that uses an ``openshell_*`` fixture skips wi
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Generator, Iterator
@@ -18,7 +19,7 @@ from openshell_core.engine import Engine
 from openshell_core.runs import new_run_id
 from pytest_openshell import hookspecs
 from pytest_openshell.artefacts import ARTEFACTS_KEY
-from pytest_openshell.drivers import GatewayDriver, GatewayHandle, ReferenceDriver
+from pytest_openshell.drivers import Ability, GatewayDriver, GatewayHandle, ReferenceDriver
 from pytest_openshell.fixtures import (
     GatewayFactory,
     SandboxFactory,
@@ -26,6 +27,7 @@ from pytest_openshell.fixtures import (
     SshHelper,
 )
 from pytest_openshell.options import REFERENCE_TARGET, add_options, resolve
+from pytest_openshell.scenarios import Applies, applicable
 from pytest_openshell.session import WORKER_INPUT_KEY, OpenShellSession, is_worker
 from pytest_openshell.summary import DOWNTIME, PROPERTY, RECOVERY, SCENARIO
 from pytest_openshell.survival import SurvivalRecord
@@ -39,10 +41,14 @@ DISABLED = (
 )
 
 MARKERS = (
+    "openshell_traits(applies | **traits): run this test with every selected scenario whose "
+    "traits match (pytest_openshell.Applies; see docs/conformance.md)",
+    "openshell_abilities(*abilities): skip, with the reason, when the gateway driver lacks one of "
+    "these abilities (pytest_openshell.Ability)",
     "openshell_scenarios(*keys): run this test only with these lifecycle scenarios",
     "openshell_exclude_scenarios(*keys): never run this test with these scenarios",
-    "openshell_property(number=N): the CONFORMANCE.md property this test checks (run summary; "
-    "select with -m 'openshell_property(number=N)')",
+    "openshell_property(number=N): the property of docs/conformance.md this test checks (run "
+    "summary; select with -m 'openshell_property(number=N)')",
     "openshell_no_scenario: none of the selected scenarios applies (deselected)",
 )
 
@@ -135,21 +141,26 @@ def parametrize_scenarios(
     metafunc: pytest.Metafunc, argname: str = "openshell_scenario", *, scope: str = "function"
 ) -> None:
     """Parametrise fixture ``argname`` with the scenario keys that apply to this test: the ones
-    selected by ``--openshell-scenarios``, narrowed by the test's ``openshell_scenarios`` and
-    ``openshell_exclude_scenarios`` markers. A test none of them applies to is deselected.
+    selected by ``--openshell-scenarios`` whose traits the test's ``openshell_traits`` marker
+    accepts, narrowed by its ``openshell_scenarios`` and ``openshell_exclude_scenarios`` markers.
+    A test none of them applies to is deselected.
 
     Call it from a ``pytest_generate_tests`` hook to drive a fixture of your own, e.g. one with
     ``scope="session"`` that runs each scenario once for many tests (the conformance suite does).
     """
     state = metafunc.config.stash[SESSION_KEY]
     state.scenario_argnames.add(argname)
-    keys = [scenario.key for scenario in state.selected_scenarios()]
-    wanted = metafunc.definition.get_closest_marker("openshell_scenarios")
-    if wanted is not None:
-        keys = [key for key in keys if key in wanted.args]
-    excluded = metafunc.definition.get_closest_marker("openshell_exclude_scenarios")
-    if excluded is not None:
-        keys = [key for key in keys if key not in excluded.args]
+    node = metafunc.definition
+    traits = node.get_closest_marker("openshell_traits")
+    wanted = node.get_closest_marker("openshell_scenarios")
+    excluded = node.get_closest_marker("openshell_exclude_scenarios")
+    chosen = applicable(
+        state.selected_scenarios(),
+        applies=None if traits is None else Applies.of(*traits.args, **traits.kwargs),
+        only=None if wanted is None else wanted.args,
+        exclude=() if excluded is None else excluded.args,
+    )
+    keys = [scenario.key for scenario in chosen]
     if not keys:
         # Deselected at collection (pytest_collection_modifyitems): not a skip that looks like
         # coverage, and not an error either.
@@ -275,6 +286,19 @@ def openshell_scenario(
         yield ScenarioFixture(openshell, scenario)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip, before any fixture runs, a test that needs a driver ability the driver lacks."""
+    marker = item.get_closest_marker("openshell_abilities")
+    state = item.config.stash[SESSION_KEY]
+    if marker is None or not state.settings.enabled or state.setup_error:
+        return
+    needed: tuple[Ability, ...] = marker.args
+    lacking = [ability.lacking(state.driver) for ability in needed if not ability.of(state.driver)]
+    if lacking:
+        pytest.skip("; ".join(lacking))
+
+
 # -- reporting ----------------------------------------------------------------------------------
 
 
@@ -296,6 +320,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # Under `pytest -n N --dist loadgroup`, the tests of one scenario share a worker, so a
             # scenario fixture of wider scope runs once for all of them.
             item.add_marker(pytest.mark.xdist_group(f"openshell-{key}"))
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    """A line per selected scenario: how many checks run with it, and its traits."""
+    state = config.stash[SESSION_KEY]
+    if not state.settings.enabled or not state.scenario_argnames or is_worker(config):
+        return []
+    counts = collections.Counter(state.scenario_of(item) for item in items)
+    return [
+        f"openshell: scenario {scenario.key}: {counts[scenario.key]} checks "
+        f"({scenario.declared_traits.describe()})"
+        for scenario in state.selected_scenarios()
+    ]
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,24 +1,36 @@
-"""Lifecycle scenarios: how a gateway is disrupted, and how a user recovers it.
+"""Lifecycle scenarios: how a gateway is disrupted, how a user recovers it, and what a user may
+expect afterwards.
 
-Each :class:`Scenario` has a stable key (the names of CONFORMANCE.md), a ``disrupt`` step made of
-plain engine and driver operations, and a ``recover`` step done the way a user would (often
-``gateway start``; nothing at all when Docker's restart policy should bring it back). The plugin
-times each run: ``recovery_seconds`` from the end of the disruption, ``downtime_seconds`` from its
-start, until the gateway's API answers again.
-
-Downstream projects add scenarios with the ``pytest_openshell_scenarios`` hook.
+Each :class:`Scenario` has a stable key (the names of docs/conformance.md), a ``disrupt`` step
+made of plain engine and driver operations, a ``recover`` step done the way a user would (often
+``gateway start``; nothing at all when Docker's restart policy should bring it back), and its
+:class:`Traits`: what becomes of the gateway's container and of each sandbox's container, whether
+state must survive, whether a held SSH session carries on, whether it acts on the engine's daemon,
+which driver abilities it needs. Checks select scenarios by traits (:class:`Applies`), never by
+key, so a scenario a downstream project adds with the ``pytest_openshell_scenarios`` hook gets
+every check its traits allow. The plugin times each run: ``recovery_seconds`` from the end of the
+disruption, ``downtime_seconds`` from its start, until the gateway's API answers again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from openshell_core.engine import Engine
+from pytest_openshell.drivers import (
+    Ability,
+    CanAutoBootstrap,
+    CanFailResume,
+    CanForgetHostFiles,
+    CanRecreate,
+    ListsSandboxContainers,
+)
 
 if TYPE_CHECKING:
     from pytest_openshell.artefacts import Artefacts
@@ -27,11 +39,251 @@ if TYPE_CHECKING:
 log = logging.getLogger("openshell.plugin")
 
 
-class Capability(enum.Enum):
-    """What a scenario needs from the engine beyond ordinary container operations."""
+# -- traits -----------------------------------------------------------------------------------
 
-    #: stop, start and SIGKILL the Docker daemon itself (only an engine we own allows it)
-    DAEMON_CONTROL = "daemon-control"
+
+class GatewayFate(enum.Enum):
+    """What a scenario does to the gateway's container."""
+
+    #: it keeps running throughout
+    KEPT = "kept"
+    #: the same container stops (or dies) and starts again
+    RESTARTED = "restarted"
+    #: it is removed and a new one is made on the same volume
+    RECREATED = "recreated"
+    #: it is removed with its volume; what answers afterwards is a new gateway (negative controls)
+    REMOVED = "removed"
+
+
+class SandboxFate(enum.Enum):
+    """What a scenario does to a sandbox's container (files outside ``/sandbox`` and processes
+    live exactly as long as the container)."""
+
+    #: keeps running: its processes and its own files survive
+    KEPT = "kept"
+    #: the same container restarts: its own files survive, its processes do not
+    RESTARTED = "restarted"
+    #: a new container on the same workspace volume: only ``/sandbox`` survives
+    RECREATED = "recreated"
+    #: gone with the gateway's state (negative controls)
+    REMOVED = "removed"
+
+
+class StateOutcome(enum.Enum):
+    """Whether the gateway's state (sandboxes, workspaces, secrets) must survive the scenario."""
+
+    SURVIVES = "survives"
+    #: must NOT survive: a negative control, proof that the checks can fail
+    LOST = "lost"
+
+
+class HeldSessionFate(enum.Enum):
+    """What becomes of an SSH session held open across the scenario."""
+
+    #: it pauses and carries on, byte for byte (the sandbox kept running)
+    CARRIES_ON = "carries-on"
+    #: it ends cleanly, without hanging, and a new session works
+    ENDS = "ends"
+
+
+class EngineScope(enum.Enum):
+    """What of the engine a scenario acts on."""
+
+    #: only the gateway's own objects: the engine is shared with other gateways meanwhile
+    GATEWAY = "gateway"
+    #: the daemon itself: it needs an engine the plugin owns, and has the engine to itself from
+    #: its disruption to its recovery (every gateway on it is disturbed)
+    DAEMON = "daemon"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Traits:
+    """What a user may expect of a scenario: the checks that apply to it follow from these.
+
+    :param gateway: what becomes of the gateway's container.
+    :param sandboxes: what becomes of every sandbox's container (unless ``some_sandboxes``).
+    :param state: whether state must survive (``LOST``: a negative control).
+    :param held_session: what becomes of an SSH session held open across it.
+    :param engine: ``DAEMON`` for a disruption of the engine's daemon itself.
+    :param abilities: what it needs of the gateway driver beyond the four verbs.
+    :param some_sandboxes: fates it deals to particular sandboxes, whose containers it names in
+        :attr:`ScenarioRun.sandbox_fates` (needs :attr:`Ability.SANDBOX_CONTAINERS`).
+    :param failed_resume: it makes a resume fail before the recovering start, and records what
+        that left in :attr:`ScenarioRun.failed_resume` (property 10).
+    """
+
+    gateway: GatewayFate
+    sandboxes: SandboxFate
+    state: StateOutcome
+    held_session: HeldSessionFate
+    engine: EngineScope = EngineScope.GATEWAY
+    abilities: frozenset[Ability] = frozenset()
+    some_sandboxes: frozenset[SandboxFate] = frozenset()
+    failed_resume: bool = False
+
+    @property
+    def sandbox_fates(self) -> frozenset[SandboxFate]:
+        """Every fate a sandbox's container may meet in this scenario."""
+        return frozenset({self.sandboxes, *self.some_sandboxes})
+
+    def problems(self) -> list[str]:
+        """Why these traits contradict each other (empty when they do not)."""
+        found = []
+        lost = self.state is StateOutcome.LOST
+        if lost != (self.gateway is GatewayFate.REMOVED):
+            found.append(
+                "state=StateOutcome.LOST goes with gateway=GatewayFate.REMOVED and only with it "
+                f"(got state {self.state.value}, gateway {self.gateway.value}): state is lost "
+                "with the gateway's volume, and a gateway whose volume is kept keeps it"
+            )
+        if lost != (self.sandboxes is SandboxFate.REMOVED):
+            found.append(
+                "state=StateOutcome.LOST goes with sandboxes=SandboxFate.REMOVED and only with it "
+                f"(got state {self.state.value}, sandboxes {self.sandboxes.value})"
+            )
+        if SandboxFate.REMOVED in self.some_sandboxes:
+            found.append(
+                "some_sandboxes may not contain SandboxFate.REMOVED: a sandbox removed for good "
+                "is lost state (declare state=StateOutcome.LOST for the whole scenario)"
+            )
+        if self.some_sandboxes and Ability.SANDBOX_CONTAINERS not in self.abilities:
+            found.append(
+                "some_sandboxes needs abilities to include Ability.SANDBOX_CONTAINERS: the checks "
+                "must know which sandbox's container met which fate"
+            )
+        if self.held_session is HeldSessionFate.CARRIES_ON and (
+            lost or self.sandbox_fates != {SandboxFate.KEPT}
+        ):
+            found.append(
+                "held_session=HeldSessionFate.CARRIES_ON needs every sandbox's container kept "
+                "and state that survives (got sandboxes "
+                f"{', '.join(sorted(f.value for f in self.sandbox_fates))}): a session cannot "
+                "carry on when the sandbox's end of it is gone; declare HeldSessionFate.ENDS"
+            )
+        if self.failed_resume and self.gateway is not GatewayFate.RECREATED:
+            found.append(
+                "failed_resume=True needs gateway=GatewayFate.RECREATED: a failed resume removes "
+                "the container, so the next start makes a new one"
+            )
+        return found
+
+    def describe(self) -> str:
+        """One line, for reports: ``gateway restarted, sandboxes kept, ...``."""
+        sandboxes = self.sandboxes.value
+        if self.some_sandboxes:
+            some = "/".join(sorted(fate.value for fate in self.some_sandboxes))
+            sandboxes = f"{sandboxes} (some {some})"
+        parts = [
+            f"gateway {self.gateway.value}",
+            f"sandboxes {sandboxes}",
+            f"state {self.state.value}",
+            f"held session {self.held_session.value}",
+        ]
+        if self.engine is EngineScope.DAEMON:
+            parts.append("daemon level")
+        if self.abilities:
+            parts.append("needs " + ", ".join(sorted(a.value for a in self.abilities)))
+        if self.failed_resume:
+            parts.append("a resume fails first")
+        return ", ".join(parts)
+
+
+#: What a scenario without traits is told to declare.
+HOW_TO_DECLARE = (
+    "declare them: Scenario(key, description, disrupt, recover, traits=Traits("
+    "gateway=GatewayFate.<{gateway}>, sandboxes=SandboxFate.<{sandboxes}>, "
+    "state=StateOutcome.<{state}>, held_session=HeldSessionFate.<{session}>)); optional: "
+    "engine=EngineScope.DAEMON for a disruption of the Docker daemon itself, "
+    "abilities=frozenset({{Ability...}}) for what it needs of the gateway driver. The names come "
+    "from pytest_openshell; docs/conformance.md says what each one means and which checks follow"
+).format(
+    gateway="|".join(f.name for f in GatewayFate),
+    sandboxes="|".join(f.name for f in SandboxFate),
+    state="|".join(f.name for f in StateOutcome),
+    session="|".join(f.name for f in HeldSessionFate),
+)
+
+
+@dataclass(frozen=True)
+class Applies:
+    """Which scenarios a check applies to, by their traits. A field left ``None`` accepts any
+    value; a set accepts any of its members.
+
+    :param sandboxes: every fate the scenario may deal a sandbox's container must be one of these.
+    """
+
+    gateway: frozenset[GatewayFate] | None = None
+    sandboxes: frozenset[SandboxFate] | None = None
+    state: StateOutcome | None = None
+    held_session: HeldSessionFate | None = None
+    engine: EngineScope | None = None
+    failed_resume: bool | None = None
+
+    def matches(self, traits: Traits) -> bool:
+        return (
+            (self.gateway is None or traits.gateway in self.gateway)
+            and (self.sandboxes is None or traits.sandbox_fates <= self.sandboxes)
+            and (self.state is None or traits.state is self.state)
+            and (self.held_session is None or traits.held_session is self.held_session)
+            and (self.engine is None or traits.engine is self.engine)
+            and (self.failed_resume is None or traits.failed_resume is self.failed_resume)
+        )
+
+    @classmethod
+    def of(cls, *args: Applies, **kwargs: Any) -> Applies:
+        """From the arguments of an ``openshell_traits`` marker: an :class:`Applies`, or its
+        fields as keywords (a single value where a set is expected is taken as a set of one)."""
+        if args:
+            if len(args) != 1 or kwargs or not isinstance(args[0], Applies):
+                raise TypeError("openshell_traits takes one Applies(...) or its fields as keywords")
+            return args[0]
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(
+                f"openshell_traits: unknown trait {unknown[0]!r}; known: {sorted(known)}"
+            )
+        for name in ("gateway", "sandboxes"):
+            value = kwargs.get(name)
+            if isinstance(value, enum.Enum):
+                kwargs[name] = frozenset({value})
+            elif value is not None:
+                kwargs[name] = frozenset(value)
+        return cls(**kwargs)
+
+    def describe(self) -> str:
+        """One line, for docs and reports: ``state survives, gateway kept or restarted``."""
+        parts = []
+        if self.state is not None:
+            parts.append(f"state {self.state.value}")
+        if self.gateway is not None:
+            parts.append("gateway " + " or ".join(_in_order(self.gateway)))
+        if self.sandboxes is not None:
+            parts.append("sandboxes only " + " or ".join(_in_order(self.sandboxes)))
+        if self.held_session is not None:
+            parts.append(f"held session {self.held_session.value}")
+        if self.engine is not None:
+            parts.append(f"{self.engine.value} level")
+        if self.failed_resume is not None:
+            parts.append("a resume fails first" if self.failed_resume else "no failed resume")
+        return ", ".join(parts) or "every scenario"
+
+
+def _in_order(values: Iterable[enum.Enum]) -> list[str]:
+    chosen = set(values)
+    return [member.value for member in type(next(iter(chosen))) if member in chosen]
+
+
+@dataclass
+class FailedResume:
+    """What a resume made to fail left behind (the ``failed_resume`` trait; property 10)."""
+
+    #: the error it raised (None: it did not fail, which the checks report)
+    error: Exception | None
+    #: ``docker inspect`` of the gateway's container, network and volume right after it (None: gone)
+    container: dict[str, Any] | None = None
+    network: dict[str, Any] | None = None
+    volume: dict[str, Any] | None = None
 
 
 @dataclass
@@ -43,8 +295,16 @@ class ScenarioRun:
     driver: GatewayDriver
     engine: Engine
     artefacts: Artefacts | None = None
-    #: free-form facts the steps record (old container id, errors they expected, ...)
+    #: free-form facts the steps record (old container id, ...)
     notes: dict[str, Any] = field(default_factory=dict)
+    #: sandbox containers the scenario dealt with one by one (``Traits.some_sandboxes``)
+    sandbox_fates: dict[str, SandboxFate] = field(default_factory=dict)
+    #: sandboxes the scenario itself created (they are not the workload's)
+    created_sandboxes: list[str] = field(default_factory=list)
+    #: the gateway image the recovery started, when not the gateway's own (an upgrade)
+    image: str | None = None
+    #: what a resume made to fail left (``Traits.failed_resume``)
+    failed_resume: FailedResume | None = None
     #: ``time.monotonic()`` when the disruption began, when it ended, when the API answered again
     started_at: float | None = None
     disrupted_at: float | None = None
@@ -53,6 +313,17 @@ class ScenarioRun:
     recovery_error: Exception | None = None
     #: why the wait for the API stopped early (the gateway is down and nothing will bring it back)
     gave_up: str | None = None
+
+    @property
+    def traits(self) -> Traits:
+        return self.scenario.declared_traits
+
+    def sandbox_fate(self, container: str | None) -> SandboxFate:
+        """What the scenario did to the sandbox container ``container`` (None: not known by
+        name; then the fate every sandbox meets)."""
+        if container is not None and container in self.sandbox_fates:
+            return self.sandbox_fates[container]
+        return self.traits.sandboxes
 
     @property
     def recovery_seconds(self) -> float | None:
@@ -81,37 +352,63 @@ def _nothing(run: ScenarioRun) -> None:
     """No user action: Docker's restart policy or the gateway itself must bring things back."""
 
 
+class ScenarioError(Exception):
+    """A scenario that cannot be used as declared (the plugin reports it as a usage error)."""
+
+
 @dataclass(frozen=True)
 class Scenario:
-    """A named disruption and its recovery.
+    """A named disruption, its recovery, and what a user may expect of it.
 
     :param key: stable name used in test ids, markers, reports.
-    :param core: part of the default set.
-    :param negative: a control whose state must NOT survive (proves the checks can fail).
-    :param needs: capabilities the engine must have; otherwise tests skip with the reason.
-    :param exclusive: disturbs every gateway on the engine, so it runs with the engine to itself.
+    :param traits: what a user may expect (which checks apply follows from them); a scenario
+        without traits is refused at collection.
+    :param core: part of the default set (``--openshell-scenarios=core``).
     """
 
     key: str
     description: str
     disrupt: Step
     recover: Step = _nothing
+    traits: Traits | None = None
     core: bool = False
-    negative: bool = False
-    needs: frozenset[Capability] = frozenset()
-    exclusive: bool = False
-    #: driver methods beyond the four verbs of :class:`GatewayDriver` that the steps call
-    driver_methods: tuple[str, ...] = ()
+
+    @property
+    def declared_traits(self) -> Traits:
+        """The traits (a scenario without them is refused before it is used)."""
+        if self.traits is None:
+            raise ScenarioError(self.problems()[0])
+        return self.traits
+
+    @property
+    def negative(self) -> bool:
+        """A control whose state must NOT survive (proves the checks can fail)."""
+        return self.declared_traits.state is StateOutcome.LOST
+
+    @property
+    def exclusive(self) -> bool:
+        """Disturbs every gateway on the engine, so it has the engine to itself meanwhile."""
+        return self.declared_traits.engine is EngineScope.DAEMON
+
+    def problems(self) -> list[str]:
+        """Why this scenario cannot be used as declared (empty when it can), each saying what to
+        declare instead."""
+        if self.traits is None:
+            return [
+                f"scenario {self.key!r} declares no traits, so no check can tell whether it "
+                f"applies; {HOW_TO_DECLARE}"
+            ]
+        return [f"scenario {self.key!r}: {problem}" for problem in self.traits.problems()]
 
     def missing_capabilities(self, engine: Engine, driver: object) -> list[str]:
         """Why this scenario cannot run here (empty when it can)."""
+        traits = self.declared_traits
         missing = [
-            f"scenario {self.key!r} needs the gateway driver to provide {method}(); "
-            f"{type(driver).__name__} does not"
-            for method in self.driver_methods
-            if not callable(getattr(driver, method, None))
+            f"scenario {self.key!r} needs {ability.lacking(driver)}"
+            for ability in sorted(traits.abilities, key=lambda a: a.value)
+            if not ability.of(driver)
         ]
-        if Capability.DAEMON_CONTROL in self.needs and not engine.can_restart:
+        if traits.engine is EngineScope.DAEMON and not engine.can_restart:
             missing.append(
                 f"scenario {self.key!r} restarts the Docker daemon, and the engine at "
                 f"{engine.host} ({engine.source}) is not one pytest-openshell owns; run with "
@@ -151,7 +448,8 @@ def _remove_container(run: ScenarioRun) -> None:
 
 
 def _start_upgraded(run: ScenarioRun) -> None:
-    run.driver.start(run.gateway, image=run.gateway.upgrade_image)
+    run.image = run.gateway.upgrade_image
+    run.driver.start(run.gateway, image=run.image)
 
 
 def _restart_daemon(run: ScenarioRun) -> None:
@@ -175,16 +473,22 @@ def _start_while_running(run: ScenarioRun) -> None:
     run.notes["before"] = run.engine.inspect_container(run.gateway.container_name)
 
 
+def _needs(run: ScenarioRun, ability: Ability) -> ScenarioError:
+    return ScenarioError(f"scenario {run.scenario.key!r} needs {ability.lacking(run.driver)}")
+
+
 def _reschedule_sandboxes(run: ScenarioRun) -> None:
     """Behind the gateway's back: remove one running sandbox's container, stop another's."""
-    sandboxes = list(run.driver.sandbox_containers(run.gateway, running=True))  # type: ignore[attr-defined]
-    removed, stopped = [*sandboxes, None, None][:2]
+    driver = run.driver
+    if not isinstance(driver, ListsSandboxContainers):
+        raise _needs(run, Ability.SANDBOX_CONTAINERS)
+    removed, stopped = [*driver.sandbox_containers(run.gateway, running=True), None, None][:2]
     if removed:
         run.engine.remove_container(removed, force=True)
+        run.sandbox_fates[removed] = SandboxFate.RECREATED
     if stopped:
         run.engine.stop_container(stopped, timeout=5)
-    run.notes["removed_sandbox_container"] = removed
-    run.notes["stopped_sandbox_container"] = stopped
+        run.sandbox_fates[stopped] = SandboxFate.RESTARTED
 
 
 #: Seconds the gateway gets to notice sandbox containers changed behind its back and mend them
@@ -194,15 +498,13 @@ RESCHEDULE_WAIT = 30.0
 
 def _await_sandboxes_back(run: ScenarioRun) -> None:
     """The gateway's own recovery: both containers run again (the removed one made anew)."""
-    notes = run.notes
-    wanted = {
-        str(name)
-        for name in (notes.get("removed_sandbox_container"), notes.get("stopped_sandbox_container"))
-        if name
-    }
+    driver = run.driver
+    if not isinstance(driver, ListsSandboxContainers):
+        raise _needs(run, Ability.SANDBOX_CONTAINERS)
+    wanted = set(run.sandbox_fates)
     deadline = time.monotonic() + RESCHEDULE_WAIT
     while True:
-        running = set(run.driver.sandbox_containers(run.gateway, running=True))  # type: ignore[attr-defined]
+        running = set(driver.sandbox_containers(run.gateway, running=True))
         if wanted <= running:
             return
         if time.monotonic() >= deadline:
@@ -214,33 +516,44 @@ def _await_sandboxes_back(run: ScenarioRun) -> None:
 
 
 def _forget_host_metadata(run: ScenarioRun) -> None:
-    run.driver.stop(run.gateway)
-    run.driver.forget(run.gateway)  # type: ignore[attr-defined]
+    driver = run.driver
+    if not isinstance(driver, CanForgetHostFiles):
+        raise _needs(run, Ability.FORGET_HOST_FILES)
+    driver.stop(run.gateway)
+    driver.forget(run.gateway)
 
 
 def _auto_bootstrap(run: ScenarioRun) -> None:
-    created = run.driver.auto_bootstrap(run.gateway)  # type: ignore[attr-defined]
-    run.notes.setdefault("created_sandboxes", []).append(created)
+    driver = run.driver
+    if not isinstance(driver, CanAutoBootstrap):
+        raise _needs(run, Ability.AUTO_BOOTSTRAP)
+    run.created_sandboxes.append(driver.auto_bootstrap(run.gateway))
 
 
 def _failing_resume(run: ScenarioRun) -> None:
     """Stop, then a resume that fails (its readiness deadline cannot be met)."""
-    run.driver.stop(run.gateway)
+    driver = run.driver
+    if not isinstance(driver, CanFailResume):
+        raise _needs(run, Ability.FAIL_RESUME)
+    driver.stop(run.gateway)
     try:
-        run.driver.start_failing(run.gateway)  # type: ignore[attr-defined]
+        driver.start_failing(run.gateway)
     except Exception as exc:
-        run.notes["resume_error"] = exc
-        run.notes["after_failure"] = {
-            "container": run.engine.inspect_container(run.gateway.container_name),
-            "network": run.engine.inspect_network(run.gateway.network_name),
-            "volume": run.engine.inspect_volume(run.gateway.volume_name),
-        }
+        run.failed_resume = FailedResume(
+            exc,
+            container=run.engine.inspect_container(run.gateway.container_name),
+            network=run.engine.inspect_network(run.gateway.network_name),
+            volume=run.engine.inspect_volume(run.gateway.volume_name),
+        )
     else:
-        run.notes["resume_error"] = None
+        run.failed_resume = FailedResume(None)
 
 
 def _recreate(run: ScenarioRun) -> None:
-    run.driver.recreate(run.gateway)  # type: ignore[attr-defined]
+    driver = run.driver
+    if not isinstance(driver, CanRecreate):
+        raise _needs(run, Ability.RECREATE)
+    driver.recreate(run.gateway)
 
 
 def _destroy_and_deploy(run: ScenarioRun) -> None:
@@ -248,13 +561,46 @@ def _destroy_and_deploy(run: ScenarioRun) -> None:
     run.driver.deploy(run.gateway.spec)
 
 
+#: The traits most gateway-level scenarios share: only the gateway's container is touched, every
+#: sandbox keeps running, and a held session pauses and carries on.
+GATEWAY_ONLY = Traits(
+    gateway=GatewayFate.RESTARTED,
+    sandboxes=SandboxFate.KEPT,
+    state=StateOutcome.SURVIVES,
+    held_session=HeldSessionFate.CARRIES_ON,
+)
+#: A daemon restart or crash: every container restarts, a held session ends.
+DAEMON_RESTART = Traits(
+    gateway=GatewayFate.RESTARTED,
+    sandboxes=SandboxFate.RESTARTED,
+    state=StateOutcome.SURVIVES,
+    held_session=HeldSessionFate.ENDS,
+    engine=EngineScope.DAEMON,
+)
+#: A negative control: the gateway and everything it held are gone; a new one answers.
+WIPED = Traits(
+    gateway=GatewayFate.REMOVED,
+    sandboxes=SandboxFate.REMOVED,
+    state=StateOutcome.LOST,
+    held_session=HeldSessionFate.ENDS,
+)
+_NEW_CONTAINER = dataclasses.replace(GATEWAY_ONLY, gateway=GatewayFate.RECREATED)
+
 BUILTIN: tuple[Scenario, ...] = (
-    Scenario("stop-start", "gateway stop, then gateway start", _stop, _start, core=True),
+    Scenario(
+        "stop-start",
+        "gateway stop, then gateway start",
+        _stop,
+        _start,
+        traits=GATEWAY_ONLY,
+        core=True,
+    ),
     Scenario(
         "kill",
         "docker kill the gateway and remove its network, then gateway start",
         _kill_and_remove_network,
         _start,
+        traits=GATEWAY_ONLY,
         core=True,
     ),
     Scenario(
@@ -262,6 +608,7 @@ BUILTIN: tuple[Scenario, ...] = (
         "docker rm -f the gateway (the volume stays), then gateway start",
         _remove_container,
         _start,
+        traits=_NEW_CONTAINER,
         core=True,
     ),
     Scenario(
@@ -269,23 +616,22 @@ BUILTIN: tuple[Scenario, ...] = (
         "docker rm -f the gateway, then gateway start from the upgrade image on the same volume",
         _remove_container,
         _start_upgraded,
+        traits=_NEW_CONTAINER,
         core=True,
     ),
     Scenario(
         "docker-restart",
         "the Docker daemon is stopped and started; nothing else",
         _restart_daemon,
+        traits=DAEMON_RESTART,
         core=True,
-        needs=frozenset({Capability.DAEMON_CONTROL}),
-        exclusive=True,
     ),
     Scenario(
         "docker-crash",
         "the daemon, containerd, shims and containers are SIGKILLed, then "
         "the daemon is started; nothing else",
         _crash_daemon,
-        needs=frozenset({Capability.DAEMON_CONTROL}),
-        exclusive=True,
+        traits=DAEMON_RESTART,
     ),
     Scenario(
         "docker-daemon-kill",
@@ -293,55 +639,68 @@ BUILTIN: tuple[Scenario, ...] = (
         "kill, systemctl kill); then the engine is started; nothing else",
         _kill_daemon,
         _start_engine,
-        needs=frozenset({Capability.DAEMON_CONTROL}),
-        exclusive=True,
+        traits=DAEMON_RESTART,
     ),
     Scenario(
         "sandbox-reschedule",
         "a sandbox container is removed and another stopped behind the gateway's back",
         _reschedule_sandboxes,
         _await_sandboxes_back,
-        driver_methods=("sandbox_containers",),
+        traits=Traits(
+            gateway=GatewayFate.KEPT,
+            sandboxes=SandboxFate.KEPT,
+            some_sandboxes=frozenset({SandboxFate.RECREATED, SandboxFate.RESTARTED}),
+            state=StateOutcome.SURVIVES,
+            held_session=HeldSessionFate.ENDS,
+            abilities=frozenset({Ability.SANDBOX_CONTAINERS}),
+        ),
+        core=True,
     ),
     Scenario(
         "start-while-running",
         "gateway start on a running gateway (a no-op)",
         _start_while_running,
         _start,
+        traits=dataclasses.replace(GATEWAY_ONLY, gateway=GatewayFate.KEPT),
+        core=True,
     ),
     Scenario(
         "auto-bootstrap",
         "host metadata deleted and the gateway stopped; sandbox create brings it back",
         _forget_host_metadata,
         _auto_bootstrap,
-        driver_methods=("forget", "auto_bootstrap"),
+        traits=dataclasses.replace(
+            GATEWAY_ONLY, abilities=frozenset({Ability.FORGET_HOST_FILES, Ability.AUTO_BOOTSTRAP})
+        ),
     ),
     Scenario(
         "resume-failure",
         "a resume is made to fail; the next gateway start resumes",
         _failing_resume,
         _start,
-        driver_methods=("start_failing",),
+        traits=dataclasses.replace(
+            _NEW_CONTAINER, failed_resume=True, abilities=frozenset({Ability.FAIL_RESUME})
+        ),
     ),
     Scenario(
         "recreate",
         "gateway start --recreate (negative control: state must NOT survive)",
         _nothing,
         _recreate,
-        driver_methods=("recreate",),
-        negative=True,
+        traits=dataclasses.replace(WIPED, abilities=frozenset({Ability.RECREATE})),
     ),
     Scenario(
         "destroy",
         "gateway destroy, then a fresh deploy (negative control)",
         _nothing,
         _destroy_and_deploy,
-        negative=True,
+        traits=WIPED,
+        core=True,
     ),
 )
 
 
-def select(available: dict[str, Scenario], selection: str) -> list[Scenario]:
+def select(available: Mapping[str, Scenario], selection: str) -> list[Scenario]:
     """The scenarios a ``--openshell-scenarios`` value names ('core', 'all' or keys)."""
     text = selection.strip()
     if text == "core":
@@ -361,6 +720,30 @@ def select(available: dict[str, Scenario], selection: str) -> list[Scenario]:
         if available[key] not in chosen:
             chosen.append(available[key])
     return chosen
+
+
+def applicable(
+    scenarios: Iterable[Scenario],
+    *,
+    applies: Applies | None = None,
+    only: Collection[str] | None = None,
+    exclude: Collection[str] = (),
+) -> list[Scenario]:
+    """The scenarios a check runs with: those whose traits ``applies`` accepts (every one when
+    None), narrowed by key lists (the ``openshell_scenarios`` and ``openshell_exclude_scenarios``
+    markers, for a project's own tests)."""
+    return [
+        scenario
+        for scenario in scenarios
+        if (applies is None or applies.matches(scenario.declared_traits))
+        and (only is None or scenario.key in only)
+        and scenario.key not in exclude
+    ]
+
+
+def refused(scenarios: Iterable[Scenario]) -> list[str]:
+    """Every problem of every scenario (empty: all may be used)."""
+    return [problem for scenario in scenarios for problem in scenario.problems()]
 
 
 #: Seconds a gateway may look down for good before the wait gives up on it: a daemon that just

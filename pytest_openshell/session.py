@@ -36,7 +36,7 @@ from pytest_openshell.artefacts import Artefacts
 from pytest_openshell.drivers import GatewayDriver, GatewayHandle, GatewaySpec
 from pytest_openshell.engine_access import EngineAccess, lock_dir
 from pytest_openshell.options import REFERENCE_TARGET, Settings
-from pytest_openshell.scenarios import BUILTIN, Scenario, ScenarioRun, select
+from pytest_openshell.scenarios import BUILTIN, Scenario, ScenarioRun, refused, select
 from pytest_openshell.summary import RunSummary
 
 log = logging.getLogger("openshell.plugin")
@@ -174,6 +174,9 @@ class OpenShellSession:
                             f"openshell: scenario key {scenario.key!r} is registered twice"
                         )
                     available[scenario.key] = scenario
+            problems = refused(available.values())
+            if problems:
+                raise pytest.UsageError("openshell: " + "\nopenshell: ".join(problems))
             self._scenarios = available
         return self._scenarios
 

@@ -1,4 +1,4 @@
-"""Fault switch names: exactly the regressions of CONFORMANCE.md."""
+"""Fault switch names: exactly the regressions of docs/conformance.md."""
 
 from __future__ import annotations
 
