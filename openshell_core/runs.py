@@ -91,6 +91,11 @@ def sweep_run_dirs(
     keep = live_runs(directory)
     if current:
         keep.add(current)
+    # A directory with no lease at all may belong to a run that is starting (or to a process
+    # that made it some other way): it is left alone until it has been still for as long as a
+    # lease lives. A run that died leaves its lease behind, so its directory goes at once.
+    leased = _lease_names(directory)
+    now = time.time()
     swept = []
     for entry in found:
         run = _RUN_DIR.fullmatch(entry.name)["run"]  # type: ignore[index]
@@ -99,6 +104,8 @@ def sweep_run_dirs(
         except FileNotFoundError:
             continue
         if run in keep or not entry.is_dir() or entry.is_symlink():
+            continue
+        if run not in leased and now - status.st_mtime < STALE_AFTER:
             continue
         if status.st_uid != os.getuid():
             continue  # another user's run: not ours to remove
@@ -139,6 +146,13 @@ class RunLease:
             stop.set()
             thread.join(timeout=5)
             self.path.unlink(missing_ok=True)
+
+
+def _lease_names(directory: Path) -> set[str]:
+    try:
+        return {lease.name for lease in directory.iterdir()}
+    except OSError:
+        return set()
 
 
 def live_runs(directory: Path, *, now: float | None = None) -> set[str]:

@@ -106,6 +106,8 @@ def test_the_sweep_removes_dead_runs_directories_and_spares_live_runs_and_look_a
     dead = runs.make_run_dir("deadbeef0001", base=temp)
     (dead / "ssh").mkdir()
     (dead / "ssh" / "id_ed25519").write_text("a private key")
+    (leases / "deadbeef0001").parent.mkdir(parents=True)
+    (leases / "deadbeef0001").write_text("999999999\n")  # the lease a killed run left
     live = runs.make_run_dir("cafe00000001", base=temp)
     current = runs.make_run_dir("cafe00000002", base=temp)
     look_alikes = [temp / "pytest-openshell-0123456789abcdef", temp / "pytest-openshell-notarun"]
@@ -118,3 +120,24 @@ def test_the_sweep_removes_dead_runs_directories_and_spares_live_runs_and_look_a
     assert swept == ["deadbeef0001"]
     assert not dead.exists()
     assert all(path.exists() for path in (live, current, *look_alikes, linked, tmp_path))
+
+
+def test_the_sweep_spares_a_young_run_directory_that_has_no_lease_yet(tmp_path: Path) -> None:
+    # A run that is starting may make its directory a moment before its lease is seen.
+    leases, temp = tmp_path / "leases", tmp_path / "tmp"
+    leases.mkdir()
+    starting = runs.make_run_dir("5ea7ed000001", base=temp)
+    assert runs.sweep_run_dirs(leases, base=temp) == []
+    assert starting.exists()
+
+
+def test_the_sweep_removes_an_unleased_run_directory_once_it_has_been_still_long_enough(
+    tmp_path: Path,
+) -> None:
+    leases, temp = tmp_path / "leases", tmp_path / "tmp"
+    leases.mkdir()
+    abandoned = runs.make_run_dir("ab0000000001", base=temp)
+    past = time.time() - runs.STALE_AFTER - 1
+    os.utime(abandoned, (past, past))
+    assert runs.sweep_run_dirs(leases, base=temp) == ["ab0000000001"]
+    assert not abandoned.exists()
