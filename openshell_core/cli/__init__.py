@@ -73,6 +73,16 @@ def build_parser(*, light: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+def _split_remote_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """``sandbox exec NAME [options] -- COMMAND``: options before ``--`` are ours, even after NAME
+    (argparse's remainder would hand ``--gateway X`` to the remote command), the rest is the
+    command's."""
+    if argv[:1] != ["sandbox"] or "--" not in argv:
+        return argv, None
+    at = argv.index("--")
+    return argv[:at], argv[at + 1 :]
+
+
 class _VersionAction(argparse.Action):
     """``--version``, looked up only when asked for (see :func:`_version`)."""
 
@@ -97,10 +107,23 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return per error family)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(light=argv[:1] == ["ssh-proxy"])
+    argv, command = _split_remote_command(argv)
     try:
         args = parser.parse_args(argv)
+        if command is not None and getattr(args, "argv", None) and args.argv[0].startswith("-"):
+            # ``NAME --gateway X -- CMD``: the options after NAME are ours, not the command's;
+            # parsed again with NAME after them (a remainder takes all that follows NAME).
+            cut = len(argv) - len(args.argv)
+            args = parser.parse_args([*argv[: cut - 1], *args.argv, argv[cut - 1]])
     except SystemExit as exc:  # argparse exits on --help and on usage errors
         return int(exc.code or 0)
+    if command is not None:
+        if not hasattr(args, "argv"):
+            parser.print_usage(sys.stderr)
+            print(f"{parser.prog}: error: `--` starts a remote command: only for sandbox "
+                  "exec and sandbox connect", file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        args.argv = [*(a for a in args.argv if a != "--"), *command]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_StatusFormatter())
     root = logging.getLogger("openshell")
