@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_server_support import (
+from server_support import (
     GATEWAY_IMAGE,
     SANDBOX_IMAGE,
     STATE,

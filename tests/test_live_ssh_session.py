@@ -23,11 +23,12 @@ from pathlib import Path
 import pytest
 from server_support import LabGateway, lab_run
 
-from openshell_core import sshproxy
-from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine
+from openshell_core.host.api_client import GatewayClient
+from openshell_core.host.sshproxy.ssh_command import ssh_command
 from openshell_core.images import ImageSet
 from openshell_core.server.compute_docker import container_name
+from openshell_core.wire.osrs1.lines import RESUME_TIMEOUT
 from pytest_openshell.pipes import PipeReader
 
 SANDBOX = "live"
@@ -183,11 +184,11 @@ def open_session(lab: Lab) -> Iterator[Callable[..., LiveSession]]:
     """Start ``ssh`` running the remote ticker/echo (a fresh session token each time)."""
     made: list[LiveSession] = []
 
-    def start(*, resume_timeout: float = sshproxy.RESUME_TIMEOUT) -> LiveSession:
+    def start(*, resume_timeout: float = RESUME_TIMEOUT) -> LiveSession:
         with lab.client() as client:
             info = client.get_sandbox(SANDBOX)
             session = client.create_ssh_session(SANDBOX)
-        argv = sshproxy.ssh_command(
+        argv = ssh_command(
             lab.gateway.name,
             session.sandbox_id,
             session.token,

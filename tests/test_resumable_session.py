@@ -19,21 +19,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from openshell_core.errors import OpenShellError
-from openshell_core.handshake import generate_secret
-from openshell_core.sandbox.relay import close_writer
-from openshell_core.sandbox.resumable import (
-    Detach,
-    Liveness,
-    Opened,
-    OpenRequest,
-    Refusal,
-    Refused,
-    Resumed,
-    StreamEnd,
-    StreamState,
-    parse_reply,
-    read_line,
-    resume_request,
+from openshell_core.host.sshproxy.resumable_relay import ResumableRelay, SessionLost
+from openshell_core.host.sshproxy.tunnel import (
+    ConnectFailed,
+    Streams,
+    connect_request,
+    parse_status,
+    read_response_head,
 )
 from openshell_core.sandbox.supervisor import Supervisor, SupervisorConfig
 from openshell_core.server.tunnel import (
@@ -42,15 +34,21 @@ from openshell_core.server.tunnel import (
     parse_request_head,
     status_line,
 )
-from openshell_core.sshproxy import (
-    ConnectFailed,
-    ResumableRelay,
-    SessionLost,
-    Streams,
-    connect_request,
-    parse_status,
-    read_response_head,
+from openshell_core.wire.nssh1 import generate_secret
+from openshell_core.wire.osrs1.end import Detach, StreamEnd
+from openshell_core.wire.osrs1.frames import Liveness
+from openshell_core.wire.osrs1.lines import (
+    Opened,
+    OpenRequest,
+    Refusal,
+    Refused,
+    Resumed,
+    parse_reply,
+    read_line,
+    resume_request,
 )
+from openshell_core.wire.osrs1.stream import StreamState
+from openshell_core.wire.relay import close_writer
 
 SECRET = generate_secret()
 TOKEN = "session-token-1"

@@ -21,8 +21,8 @@ from server_support import (
     wait_for,
 )
 
-from openshell_core.client import GatewayClient, GatewayRpcError
 from openshell_core.engine import Engine
+from openshell_core.host.api_client import GatewayClient, GatewayRpcError
 from openshell_core.images import ImageSet
 from openshell_core.server.compute_docker import container_name, volume_name
 

@@ -19,8 +19,8 @@ from server_support import LabGateway, lab_run, wait_for
 
 from openshell_core import pki
 from openshell_core.cli import main
-from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine
+from openshell_core.host.api_client import GatewayClient
 from openshell_core.images import ImageSet
 from openshell_core.server.compute_docker import container_name, volume_name
 

@@ -15,20 +15,15 @@ import sys
 from typing import Any
 
 from openshell_core import labels
-from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine, EngineMode, open_engine
 from openshell_core.errors import OpenShellError
 from openshell_core.gateway import (
     DeployMode,
     DeployOptions,
     GatewayState,
-    MetadataError,
     deploy,
     destroy,
     detect_state,
-    read_active_gateway,
-    read_metadata,
-    set_active_gateway,
     stop,
     validate_name,
 )
@@ -38,6 +33,13 @@ from openshell_core.gateway.readiness import (
     DEFAULT_HEALTH_TIMEOUT,
     SandboxesBack,
     wait_sandboxes_back,
+)
+from openshell_core.host.api_client import GatewayClient
+from openshell_core.host.metadata import (
+    MetadataError,
+    read_active_gateway,
+    read_metadata,
+    set_active_gateway,
 )
 from openshell_core.images import ImageSet
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import docker.context
 import docker.errors
 
-from openshell_core.engine.client import Engine, connect
+from openshell_core.engine.docker_api import Engine, connect
 from openshell_core.engine.private import DEFAULT_NAME, PrivateEngine, engines_dir
 from openshell_core.errors import (
     EnginePermissionError,

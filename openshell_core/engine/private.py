@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openshell_core.engine import _firewall, _proc
-from openshell_core.engine.client import Engine, connect, unix_socket_answers
+from openshell_core.engine.docker_api import Engine, connect, unix_socket_answers
 from openshell_core.errors import (
     EngineError,
     EnginePermissionError,

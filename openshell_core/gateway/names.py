@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from openshell_core import contract
 from openshell_core.errors import UsageError
+from openshell_core.wire import contract
 
 #: The gateway name upstream's CLI uses when none is given.
 DEFAULT_NAME: Final = "openshell"

@@ -1,9 +1,9 @@
 """The in-sandbox supervisor: port 2222, the NSSH1 gate, then SSH or a command.
 
 Every connection must open with a valid NSSH1 preface (``OK``/``ERR``). After ``OK`` the first
-bytes choose the mode (see :mod:`openshell_core.sandbox.protocol`): an SSH banner is relayed to a
+bytes choose the mode (see :mod:`openshell_core.wire.exec1`): an SSH banner is relayed to a
 fresh ``sshd -i`` through pipes, ``EXEC1`` runs one command and answers frames, ``OSRS1`` opens or
-resumes a resumable stream (:mod:`openshell_core.sandbox.resumable`): its ``sshd -i`` outlives the
+resumes a resumable stream (:mod:`openshell_core.wire.osrs1.stream`): its ``sshd -i`` outlives the
 connection that started it, so a live SSH session survives a gateway restart. The mode table is
 :attr:`Supervisor.modes`, keyed by the first four bytes.
 
@@ -21,17 +21,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from openshell_core import contract
-from openshell_core.handshake import (
-    ERR_LINE,
-    OK_LINE,
-    SKEW_SECONDS,
-    PrefaceVerifier,
-    is_valid_secret,
-    read_line_async,
-)
 from openshell_core.sandbox import sshd
-from openshell_core.sandbox.protocol import (
+from openshell_core.wire import contract
+from openshell_core.wire.exec1 import (
     EXEC_MAGIC,
     MAX_EXEC_REQUEST,
     MAX_FRAME,
@@ -43,28 +35,32 @@ from openshell_core.sandbox.protocol import (
     encode_frame,
     exit_frame,
 )
-from openshell_core.sandbox.relay import close_writer, relay
-from openshell_core.sandbox.resumable import (
-    BUFFER_LIMIT,
-    DEFAULT_LIVENESS,
-    Detach,
-    Liveness,
-    OffsetOutOfRange,
+from openshell_core.wire.nssh1 import (
+    ERR_LINE,
+    OK_LINE,
+    SKEW_SECONDS,
+    PrefaceVerifier,
+    is_valid_secret,
+    read_line_async,
+)
+from openshell_core.wire.osrs1.buffer import BUFFER_LIMIT
+from openshell_core.wire.osrs1.end import Detach, StreamEnd
+from openshell_core.wire.osrs1.errors import OffsetOutOfRange, StreamError, StreamProtocolError
+from openshell_core.wire.osrs1.frames import DEFAULT_LIVENESS, Liveness
+from openshell_core.wire.osrs1.lines import (
     OpenRequest,
     Refusal,
     Refused,
     Resumed,
     ResumeRequest,
-    StreamEnd,
-    StreamError,
-    StreamProtocolError,
-    StreamState,
     Ticket,
     judge_resume,
     new_stream,
     parse_request,
     read_line,
 )
+from openshell_core.wire.osrs1.stream import StreamState
+from openshell_core.wire.relay import close_writer, relay
 
 log = logging.getLogger("openshell.sandbox")
 

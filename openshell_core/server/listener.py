@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
-from openshell_core.sandbox.relay import relay
+from openshell_core.wire.relay import relay
 
 log = logging.getLogger("openshell.server.front")
 
