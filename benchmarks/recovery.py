@@ -33,7 +33,7 @@ from _common import free_port, machine, median, summarise, wait_for_tcp  # besid
 
 from openshell_core import labels
 from openshell_core.engine import Engine, PrivateEngine
-from openshell_core.engine.private import DEFAULT_NAME, engines_dir
+from openshell_core.engine.private import DEFAULT_ENGINE_NAME, engines_dir
 from openshell_core.host.api_client import GatewayClient
 from openshell_core.host.sshproxy.ssh_command import ensure_user_key, ssh_command
 from openshell_core.images import ImageSet, ensure_base_image, ensure_images
@@ -349,7 +349,7 @@ def main() -> int:
     keys = [key.strip() for key in args.scenarios.split(",") if key.strip()]
     scenarios = {scenario.key: scenario for scenario in BUILTIN}
 
-    private = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
+    private = PrivateEngine(DEFAULT_ENGINE_NAME, engines_dir() / DEFAULT_ENGINE_NAME)
     rows: list[Row] = []
     with private.lease(), tempfile.TemporaryDirectory(prefix="osbench-") as work:
         engine = private.connect()

@@ -23,7 +23,7 @@ import pytest
 from openshell_core import runs
 from openshell_core.engine import Engine, EngineMode, PrivateEngine, open_engine
 from openshell_core.engine.discovery import NO_ENGINE
-from openshell_core.engine.private import DEFAULT_NAME, engines_dir
+from openshell_core.engine.private import DEFAULT_ENGINE_NAME, engines_dir
 from openshell_core.errors import (
     EnginePrerequisiteError,
     NoEngineError,
@@ -107,7 +107,7 @@ class OpenShellSession:
         """The run's engine. A private engine is held by a lease: one this run started is stopped
         at the run's end unless another run still holds it; one that ran already keeps running."""
         mode = self.settings.engine
-        private = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
+        private = PrivateEngine(DEFAULT_ENGINE_NAME, engines_dir() / DEFAULT_ENGINE_NAME)
         if mode is EngineMode.AUTO and not os.environ.get("DOCKER_HOST"):
             # A named engine (DOCKER_HOST) is that engine or an error; otherwise a running private
             # engine is preferred, then one that answers, then the private engine, started.

@@ -1,6 +1,6 @@
 """Support for the reference gateway's integration tests (no tests here).
 
-:class:`LabGateway` deploys a gateway with :func:`openshell_core.gateway.deploy` (which writes
+:class:`GatewayUnderTest` deploys a gateway with :func:`openshell_core.gateway.deploy` (which writes
 the host-side metadata and mTLS files the SDK and :class:`~openshell_core.host.api_client.GatewayClient`
 read) and disrupts it with plain engine operations. Every object carries the test run's id; a run
 removes what it made when it ends (and the sweep of dead runs catches a killed one).
@@ -77,7 +77,7 @@ def config_home(path: Path) -> Iterator[None]:
 
 
 @dataclass
-class LabGateway:
+class GatewayUnderTest:
     """One gateway under test, deployed with :func:`openshell_core.gateway.deploy` (host-side
     files under ``config_home``), and the plain engine operations that disrupt it."""
 

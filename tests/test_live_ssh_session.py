@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from server_support import LabGateway, lab_run
+from server_support import GatewayUnderTest, lab_run
 
 from openshell_core.engine import Engine
 from openshell_core.host.api_client import GatewayClient
@@ -58,7 +58,7 @@ say("bye")
 
 @dataclass
 class Lab:
-    gateway: LabGateway
+    gateway: GatewayUnderTest
     key: Path
     workdir: Path
 
@@ -74,7 +74,7 @@ def lab(
     key = workdir / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     with lab_run(engine) as run_id:
-        gateway = LabGateway(engine, f"live{run_id[:8]}", run_id, workdir / "config")
+        gateway = GatewayUnderTest(engine, f"live{run_id[:8]}", run_id, workdir / "config")
         gateway.deploy()
         made = Lab(gateway, key, workdir)
         with made.client() as client:

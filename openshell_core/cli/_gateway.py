@@ -27,7 +27,7 @@ from openshell_core.gateway import (
     stop,
     validate_name,
 )
-from openshell_core.gateway.names import DEFAULT_NAME, container_name
+from openshell_core.gateway.names import DEFAULT_GATEWAY_NAME, container_name
 from openshell_core.gateway.readiness import (
     DEFAULT_API_TIMEOUT,
     DEFAULT_HEALTH_TIMEOUT,
@@ -146,7 +146,7 @@ def _name(args: argparse.Namespace, *, use_active: bool) -> str:
     if args.name is not None:  # given, even empty: it is the name, never a reason to pick another
         return validate_name(args.name)
     name = os.environ.get(NAME_ENV) or (read_active_gateway() if use_active else None)
-    return validate_name(name or DEFAULT_NAME)
+    return validate_name(name or DEFAULT_GATEWAY_NAME)
 
 
 def _say(line: str) -> None:

@@ -16,7 +16,7 @@ from openshell_core.cli._ssh_proxy import resume_options
 from openshell_core.engine import EngineMode, open_engine
 from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
 from openshell_core.gateway import DeployOptions, deploy
-from openshell_core.gateway.names import DEFAULT_NAME, validate_name
+from openshell_core.gateway.names import DEFAULT_GATEWAY_NAME, validate_name
 from openshell_core.host.api_client import (
     GatewayClient,
     GatewayRpcError,
@@ -109,7 +109,7 @@ def _create(args: argparse.Namespace) -> int:
         (validate_name(args.gateway) if args.gateway is not None else None)
         or os.environ.get("OPENSHELL_GATEWAY", "").strip()
         or read_active_gateway()
-        or DEFAULT_NAME
+        or DEFAULT_GATEWAY_NAME
     )
     _bootstrap(gateway, args.engine)
     environment = dict(_pair(item) for item in args.env)

@@ -44,7 +44,7 @@ from openshell_core.errors import (
 )
 from openshell_core.faults import Fault, active_faults
 from openshell_core.gateway.names import (
-    DEFAULT_NAME,
+    DEFAULT_GATEWAY_NAME,
     container_name,
     network_name,
     validate_name,
@@ -120,7 +120,7 @@ class DeployOptions:
     :param faults: fault switches (testing aid), also passed to the gateway container.
     """
 
-    name: str = DEFAULT_NAME
+    name: str = DEFAULT_GATEWAY_NAME
     #: the gateway image; None means the gateway's own: the stopped container's, else the one
     #: that last ran on the volume (recorded there), else ``ImageSet().gateway``
     image: str | None = None

@@ -28,7 +28,7 @@ from openshell_core.server import tunnel
 from openshell_core.server.api import GatewayServicer
 from openshell_core.server.compute import Ownership
 from openshell_core.server.config import ServerConfig
-from openshell_core.server.listener import Front, server_tls_context
+from openshell_core.server.listener import GatewayListener, server_tls_context
 from openshell_core.server.reconciler import Reconciler, gateway_label
 from openshell_core.server.sandboxes import SandboxService
 from openshell_core.server.secrets import reconcile_gateway_pki, reconcile_handshake_secret
@@ -126,7 +126,7 @@ class Gateway:
             key=config.pki_dir / contract.SERVER_KEY_FILE,
             client_ca=config.pki_dir / contract.CA_CERT_FILE,
         )
-        front = Front(context, grpc_socket=config.grpc_socket, tunnel=tunnel_handler)
+        front = GatewayListener(context, grpc_socket=config.grpc_socket, tunnel=tunnel_handler)
         await front.start(config.listen_host, config.listen_port)
         self._closers.append(front.close)
 

@@ -21,7 +21,7 @@ from typing import Final
 
 from openshell_core.wire.relay import relay
 
-log = logging.getLogger("openshell.server.front")
+log = logging.getLogger("openshell.server.listener")
 
 _SNIFF: Final = 8
 _HTTP2: Final = b"PRI * HT"
@@ -44,7 +44,7 @@ def server_tls_context(*, cert: Path, key: Path, client_ca: Path) -> ssl.SSLCont
     return context
 
 
-class Front:
+class GatewayListener:
     """Accepts TLS connections and routes each to gRPC or to the tunnel handler."""
 
     def __init__(
