@@ -31,7 +31,7 @@ def test_kill(openshell_fresh_gateway, openshell_sandbox_factory, openshell_scen
 
 PLAIN_SCRIPT = """
 import os, socket, sys, tempfile
-from openshell_core.client import GatewayClient
+from openshell_core.host.api_client import GatewayClient
 from openshell_core.engine import open_engine
 from openshell_core.gateway import DeployOptions, deploy, destroy, names
 

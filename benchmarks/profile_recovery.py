@@ -16,7 +16,7 @@ from datetime import datetime
 from _common import free_port, machine  # beside this script
 
 from openshell_core.engine import PrivateEngine
-from openshell_core.engine.private import DEFAULT_NAME, engines_dir
+from openshell_core.engine.private import DEFAULT_ENGINE_NAME, engines_dir
 from openshell_core.gateway import DeployOptions, deploy, destroy, names
 from openshell_core.images import ensure_images
 
@@ -48,7 +48,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    private = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
+    private = PrivateEngine(DEFAULT_ENGINE_NAME, engines_dir() / DEFAULT_ENGINE_NAME)
     phases: dict[str, list[float]] = {}
     with private.lease(), tempfile.TemporaryDirectory() as home:
         engine = private.connect()

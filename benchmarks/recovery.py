@@ -31,14 +31,15 @@ from pathlib import Path
 
 from _common import free_port, machine, median, summarise, wait_for_tcp  # beside this script
 
-from openshell_core import labels, sshproxy
-from openshell_core.client import GatewayClient
-from openshell_core.contract import AUTHORIZED_KEYS_ENV
+from openshell_core import labels
 from openshell_core.engine import Engine, PrivateEngine
-from openshell_core.engine.private import DEFAULT_NAME, engines_dir
+from openshell_core.engine.private import DEFAULT_ENGINE_NAME, engines_dir
+from openshell_core.host.api_client import GatewayClient
+from openshell_core.host.sshproxy.ssh_command import ensure_user_key, ssh_command
 from openshell_core.images import ImageSet, ensure_base_image, ensure_images
 from openshell_core.retry import poll_until
 from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_dir
+from openshell_core.wire.contract import AUTHORIZED_KEYS_ENV
 from pytest_openshell.drivers import GatewayHandle, GatewaySpec, ReferenceDriver
 from pytest_openshell.fixtures import HeldSession, SessionEnded
 from pytest_openshell.scenarios import BUILTIN, Scenario, ScenarioRun
@@ -94,7 +95,7 @@ class Bench:
         self.run_id = new_run_id()
         self.config_home = workdir / "config"
         self.config_home.mkdir(parents=True)
-        self.key = sshproxy.ensure_user_key(workdir / "id_ed25519", comment="benchmark")
+        self.key = ensure_user_key(workdir / "id_ed25519", comment="benchmark")
         self.driver = ReferenceDriver(engine, self.config_home)
         self.images = ImageSet()
         self.env = {"XDG_CONFIG_HOME": str(self.config_home)}
@@ -119,7 +120,7 @@ class Bench:
         with self.client(gateway) as client:
             info = client.get_sandbox(sandbox)
             session = client.create_ssh_session(sandbox)
-        return sshproxy.ssh_command(
+        return ssh_command(
             gateway.name,
             session.sandbox_id,
             session.token,
@@ -348,7 +349,7 @@ def main() -> int:
     keys = [key.strip() for key in args.scenarios.split(",") if key.strip()]
     scenarios = {scenario.key: scenario for scenario in BUILTIN}
 
-    private = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
+    private = PrivateEngine(DEFAULT_ENGINE_NAME, engines_dir() / DEFAULT_ENGINE_NAME)
     rows: list[Row] = []
     with private.lease(), tempfile.TemporaryDirectory(prefix="osbench-") as work:
         engine = private.connect()

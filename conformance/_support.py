@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from openshell_core.client import GatewayClient, SandboxInfo
 from openshell_core.errors import NotFoundError, OpenShellError, ReadinessTimeout
-from openshell_core.gateway.metadata import MtlsFiles
+from openshell_core.host.api_client import GatewayClient, SandboxInfo
+from openshell_core.host.metadata import MtlsFiles
 from openshell_core.retry import poll_until
 from pytest_openshell.drivers import GatewayHandle, ListsSandboxContainers, ReportsStateDigests
 from pytest_openshell.fixtures import HeldSession, SandboxFactory, ScenarioFixture, SshHelper

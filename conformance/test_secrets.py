@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from openshell_core.client import GatewayClient
+from openshell_core.host.api_client import GatewayClient
 from pytest_openshell import Ability
 
 from ._support import SETTLED, SURVIVING, Outcome, check_state_digests, eventually

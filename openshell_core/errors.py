@@ -2,7 +2,7 @@
 
 Every error a user can see derives from :class:`OpenShellError`. Each family keeps the evidence
 behind it as attributes and carries a ``hint``: the next thing the user should do. Docker errors are
-translated into these at one place, :mod:`openshell_core.engine.client`.
+translated into these at one place, :mod:`openshell_core.engine.docker_api`.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import enum
 import os
 from collections.abc import Iterable, Mapping
 
-from openshell_core import contract
 from openshell_core.errors import UsageError
+from openshell_core.wire import contract
 
 ENV_VAR = contract.FAULTS_ENV
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-# The label keys, spelled in openshell_core.contract; re-exported for the label helpers' users.
-from openshell_core.contract import BUILT_BY_LABEL as BUILT_BY
-from openshell_core.contract import GATEWAY_LABEL as GATEWAY
-from openshell_core.contract import INPUT_HASH_LABEL as INPUT_HASH
-from openshell_core.contract import LABEL_PREFIX as PREFIX
-from openshell_core.contract import MANAGED_BY_LABEL as MANAGED_BY
-from openshell_core.contract import MANAGER
-from openshell_core.contract import NODE_NAME_LABEL as NODE_NAME
-from openshell_core.contract import ROLE_LABEL as ROLE
-from openshell_core.contract import RUN_ID_LABEL as RUN_ID
-from openshell_core.contract import SANDBOX_ID_LABEL as SANDBOX_ID
 from openshell_core.errors import UsageError
+
+# The label keys, spelled in openshell_core.wire.contract; re-exported for the label helpers' users.
+from openshell_core.wire.contract import BUILT_BY_LABEL as BUILT_BY
+from openshell_core.wire.contract import GATEWAY_LABEL as GATEWAY
+from openshell_core.wire.contract import INPUT_HASH_LABEL as INPUT_HASH
+from openshell_core.wire.contract import LABEL_PREFIX as PREFIX
+from openshell_core.wire.contract import MANAGED_BY_LABEL as MANAGED_BY
+from openshell_core.wire.contract import MANAGER
+from openshell_core.wire.contract import NODE_NAME_LABEL as NODE_NAME
+from openshell_core.wire.contract import ROLE_LABEL as ROLE
+from openshell_core.wire.contract import RUN_ID_LABEL as RUN_ID
+from openshell_core.wire.contract import SANDBOX_ID_LABEL as SANDBOX_ID
 
 __all__ = [
     "BUILT_BY",

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from openshell_core import contract
+from openshell_core.wire import contract
 
 #: What a secret is replaced with.
 MASK: Final = "[REDACTED]"

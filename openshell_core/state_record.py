@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from openshell_core import contract
+from openshell_core.wire import contract
 
 RECORD_FILE: Final = contract.VOLUME_RECORD_FILE
 IMAGE_ENV: Final = contract.GATEWAY_IMAGE_ENV

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from openshell_core import labels
-from openshell_core.contract import GATEWAY_SECRET_STATE, RUN_ID_ENV, SANDBOX_ROLE
 from openshell_core.engine import Engine
 from openshell_core.errors import OpenShellError
 from openshell_core.faults import ENV_VAR as FAULTS_ENV
 from openshell_core.faults import Fault, format_faults
 from openshell_core.gateway import DeployOptions, deploy, destroy, names, stop
-from openshell_core.gateway.metadata import remove_gateway_files
 from openshell_core.gateway.reconcile import STATE_DIR
+from openshell_core.host.metadata import remove_gateway_files
+from openshell_core.wire.contract import GATEWAY_SECRET_STATE, RUN_ID_ENV, SANDBOX_ROLE
 
 #: The gateway's persistent secret state, relative to its state directory on the volume.
 STATE_FILES = GATEWAY_SECRET_STATE

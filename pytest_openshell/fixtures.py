@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from openshell_core import sshproxy
-from openshell_core.client import SandboxInfo
-from openshell_core.contract import AUTHORIZED_KEYS_ENV
 from openshell_core.errors import ReadinessTimeout
+from openshell_core.host.api_client import SandboxInfo
+from openshell_core.host.sshproxy.ssh_command import ssh_command
 from openshell_core.retry import GiveUp, poll_until
+from openshell_core.wire.contract import AUTHORIZED_KEYS_ENV
 from pytest_openshell.artefacts import Artefacts
 from pytest_openshell.drivers import GatewayHandle, ReportsDownReason
 from pytest_openshell.pipes import PipeReader
@@ -187,7 +187,7 @@ class SshHelper:
             info = client.get_sandbox(sandbox)
             session = client.create_ssh_session(sandbox)
         known_hosts = gateway.config_home / "known_hosts.d" / info.id
-        return sshproxy.ssh_command(
+        return ssh_command(
             gateway.name,
             session.sandbox_id,
             session.token,

@@ -20,16 +20,17 @@ from typing import Any
 
 import pytest
 
-from openshell_core import runs, sshproxy
-from openshell_core.client import GatewayClient, SshSession
+from openshell_core import runs
 from openshell_core.engine import Engine, EngineMode, PrivateEngine, open_engine
 from openshell_core.engine.discovery import NO_ENGINE
-from openshell_core.engine.private import DEFAULT_NAME, engines_dir
+from openshell_core.engine.private import DEFAULT_ENGINE_NAME, engines_dir
 from openshell_core.errors import (
     EnginePrerequisiteError,
     NoEngineError,
     OpenShellError,
 )
+from openshell_core.host.api_client import GatewayClient, SshSession
+from openshell_core.host.sshproxy.ssh_command import ensure_user_key
 from openshell_core.images import ensure_images
 from openshell_core.redaction import Redactor
 from pytest_openshell.artefacts import Artefacts
@@ -106,7 +107,7 @@ class OpenShellSession:
         """The run's engine. A private engine is held by a lease: one this run started is stopped
         at the run's end unless another run still holds it; one that ran already keeps running."""
         mode = self.settings.engine
-        private = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
+        private = PrivateEngine(DEFAULT_ENGINE_NAME, engines_dir() / DEFAULT_ENGINE_NAME)
         if mode is EngineMode.AUTO and not os.environ.get("DOCKER_HOST"):
             # A named engine (DOCKER_HOST) is that engine or an error; otherwise a running private
             # engine is preferred, then one that answers, then the private engine, started.
@@ -243,7 +244,7 @@ class OpenShellSession:
         """The run's SSH key (made once with ssh-keygen): sandboxes of the run accept it."""
         key = self.config_home.parent / "ssh" / "id_ed25519"
         with self._names_lock:
-            made = sshproxy.ensure_user_key(key, comment=f"pytest-openshell-run-{self.run_id}")
+            made = ensure_user_key(key, comment=f"pytest-openshell-run-{self.run_id}")
         self.redactor.learn(made.read_text())
         return made
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from openshell_core.engine import Engine, PrivateEngine
-from openshell_core.engine.private import DEFAULT_NAME, engines_dir
+from openshell_core.engine.private import DEFAULT_ENGINE_NAME, engines_dir
 from openshell_core.errors import OpenShellError
 from openshell_core.images import ImageSet, ensure_base_image, ensure_images
 
@@ -27,7 +27,7 @@ from openshell_core.images import ImageSet, ensure_base_image, ensure_images
 def private_engine() -> Iterator[PrivateEngine]:
     """The session's private engine, held by a lease: started when needed, and stopped at the end
     only when this session started it and no other session still holds it."""
-    engine = PrivateEngine(DEFAULT_NAME, engines_dir() / DEFAULT_NAME)
+    engine = PrivateEngine(DEFAULT_ENGINE_NAME, engines_dir() / DEFAULT_ENGINE_NAME)
     lease = engine.lease()
     try:
         lease.__enter__()

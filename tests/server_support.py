@@ -1,7 +1,7 @@
 """Support for the reference gateway's integration tests (no tests here).
 
-:class:`LabGateway` deploys a gateway with :func:`openshell_core.gateway.deploy` (which writes
-the host-side metadata and mTLS files the SDK and :class:`~openshell_core.client.GatewayClient`
+:class:`GatewayUnderTest` deploys a gateway with :func:`openshell_core.gateway.deploy` (which writes
+the host-side metadata and mTLS files the SDK and :class:`~openshell_core.host.api_client.GatewayClient`
 read) and disrupts it with plain engine operations. Every object carries the test run's id; a run
 removes what it made when it ends (and the sweep of dead runs catches a killed one).
 """
@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from openshell_core import labels
-from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine
 from openshell_core.errors import ReadinessTimeout
 from openshell_core.faults import parse_faults
-from openshell_core.gateway import DeployOptions, DeployOutcome, deploy, set_active_gateway
+from openshell_core.gateway import DeployOptions, DeployOutcome, deploy
+from openshell_core.host.api_client import GatewayClient
+from openshell_core.host.metadata import set_active_gateway
 from openshell_core.retry import poll_until
 from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_dir
 
@@ -76,7 +77,7 @@ def config_home(path: Path) -> Iterator[None]:
 
 
 @dataclass
-class LabGateway:
+class GatewayUnderTest:
     """One gateway under test, deployed with :func:`openshell_core.gateway.deploy` (host-side
     files under ``config_home``), and the plain engine operations that disrupt it."""
 

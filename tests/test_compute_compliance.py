@@ -16,7 +16,7 @@ from typing import Protocol
 
 import pytest
 
-from openshell_core import contract, labels
+from openshell_core import labels
 from openshell_core.engine import Engine
 from openshell_core.errors import NotFoundError
 from openshell_core.images import ImageSet
@@ -29,6 +29,7 @@ from openshell_core.server.compute import (
     RuntimeState,
     SandboxSpec,
 )
+from openshell_core.wire import contract
 
 #: A file every sandbox image used here holds in its workspace (seeding copies it).
 SEEDED_FILE = "README.md"

@@ -1,4 +1,4 @@
-"""The contract between host, gateway and sandbox is spelled once: in ``openshell_core.contract``.
+"""The contract between host, gateway and sandbox is spelled once: in ``openshell_core.wire.contract``.
 
 Each value of the contract (a name, path, port, environment variable, header or label) must not
 appear as a literal anywhere else in the package sources; a side that needs it imports it. The
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from openshell_core import contract
+from openshell_core.wire import contract
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The sources that speak for the host, the gateway and the sandbox.
 SOURCES = ("openshell_core", "pytest_openshell")
-CONTRACT_FILE = ROOT / "openshell_core" / "contract.py"
+CONTRACT_FILE = ROOT / "openshell_core" / "wire" / "contract.py"
 
 #: Values not searched for, and why.
 NOT_SEARCHED = {
@@ -123,7 +123,7 @@ def test_no_contract_value_is_spelled_outside_the_contract() -> None:
         for line, literal, name in spelled_again(path, values):
             if (relative, values[name]) not in ALLOWED:
                 found.append(f"{relative}:{line}: {literal!r} spells contract.{name} again")
-    assert not found, "import these from openshell_core.contract:\n" + "\n".join(found)
+    assert not found, "import these from openshell_core.wire.contract:\n" + "\n".join(found)
 
 
 def test_the_search_finds_a_value_spelled_again(tmp_path: Path) -> None:
@@ -161,7 +161,7 @@ def test_the_images_expose_the_contract_ports(dockerfile: str, port: int) -> Non
 def test_the_contract_imports_only_the_standard_library() -> None:
     """The in-sandbox supervisor and the host's ssh-proxy import it: no third-party packages."""
     code = (
-        "import sys; before = set(sys.modules); import openshell_core.contract; "
+        "import sys; before = set(sys.modules); import openshell_core.wire.contract; "
         "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} "
         "- set(sys.stdlib_module_names)))"
     )

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from openshell_core import labels
-from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine
 from openshell_core.errors import OpenShellError
-from openshell_core.gateway.metadata import gateway_dir
+from openshell_core.host.api_client import GatewayClient
+from openshell_core.host.metadata import gateway_dir
 from openshell_core.images import ImageSet
 from openshell_core.runs import new_run_id, remove_run_objects
 from pytest_openshell.drivers import (

@@ -38,7 +38,6 @@ from openshell_core.gateway import (
     DeployMode,
     DeployOptions,
     DeployOutcome,
-    GatewayMetadata,
     GatewayState,
     container_name,
     deploy,
@@ -46,13 +45,9 @@ from openshell_core.gateway import (
     detect_state,
     network_name,
     node_name,
-    read_active_gateway,
-    read_metadata,
-    set_active_gateway,
     stop,
     volume_name,
 )
-from openshell_core.gateway.metadata import MtlsFiles, gateway_dir, metadata_path
 from openshell_core.gateway.names import MAX_NORMALISED_LENGTH
 from openshell_core.gateway.reconcile import (
     ensure_container,
@@ -61,6 +56,15 @@ from openshell_core.gateway.reconcile import (
     gateway_container_spec,
     gateway_labels,
     reconcile_container_network,
+)
+from openshell_core.host.metadata import (
+    GatewayMetadata,
+    MtlsFiles,
+    gateway_dir,
+    metadata_path,
+    read_active_gateway,
+    read_metadata,
+    set_active_gateway,
 )
 from openshell_core.runs import remove_run_objects
 

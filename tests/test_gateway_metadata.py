@@ -10,7 +10,7 @@ import pytest
 from openshell.sandbox import SandboxClient
 
 from openshell_core.errors import StateError
-from openshell_core.gateway.metadata import (
+from openshell_core.host.metadata import (
     GatewayMetadata,
     MetadataError,
     MtlsFiles,

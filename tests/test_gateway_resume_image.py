@@ -20,7 +20,7 @@ from server_support import (
     SANDBOX_IMAGE,
     STATE,
     UPGRADE_IMAGE,
-    LabGateway,
+    GatewayUnderTest,
     lab_run,
 )
 
@@ -38,7 +38,7 @@ def gateway(
     images: ImageSet,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[LabGateway]:
+) -> Iterator[GatewayUnderTest]:
     """A gateway under test; the command line is pointed at its engine and host-side files."""
     monkeypatch.setenv("DOCKER_HOST", engine.host)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
@@ -47,26 +47,26 @@ def gateway(
     with lab_run(engine) as run_id:
         # What the command line makes carries the run's id too, so the run removes it.
         monkeypatch.setenv("OPENSHELL_RUN_ID", run_id)
-        yield LabGateway(engine, f"img{run_id[:8]}", run_id, tmp_path / "config")
+        yield GatewayUnderTest(engine, f"img{run_id[:8]}", run_id, tmp_path / "config")
 
 
-def start(gateway: LabGateway, *extra: str) -> int:
+def start(gateway: GatewayUnderTest, *extra: str) -> int:
     """``pytest-openshell gateway start --name NAME [extra]`` on the test's engine."""
     return main(["-q", "gateway", "start", "--name", gateway.name, "--engine", "host", *extra])
 
 
-def record(gateway: LabGateway) -> dict[str, object]:
+def record(gateway: GatewayUnderTest) -> dict[str, object]:
     return dict(json.loads(gateway.read_volume(RECORD_FILE)))
 
 
-def running_image(gateway: LabGateway) -> str:
+def running_image(gateway: GatewayUnderTest) -> str:
     found = gateway.engine.inspect_container(gateway.container)
     assert found is not None, "no gateway container"
     return str(found["Config"]["Image"])
 
 
 def test_the_gateway_records_its_image_and_store_schema_on_its_volume(
-    gateway: LabGateway,
+    gateway: GatewayUnderTest,
 ) -> None:
     gateway.deploy(image=UPGRADE_IMAGE)
     assert record(gateway) == {"image": UPGRADE_IMAGE, "store_schema": 2}
@@ -81,7 +81,7 @@ def test_gateway_images_say_which_store_schema_they_open(engine: Engine, images:
 
 
 def test_a_resume_without_image_comes_back_on_the_image_the_volume_recorded(
-    gateway: LabGateway, capsys: pytest.CaptureFixture[str]
+    gateway: GatewayUnderTest, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gateway.deploy(image=UPGRADE_IMAGE)
     gateway.remove_container()  # docker rm -f: only the volume is left
@@ -93,7 +93,7 @@ def test_a_resume_without_image_comes_back_on_the_image_the_volume_recorded(
 
 
 def test_a_resume_on_an_image_too_old_for_the_store_is_refused_before_a_container_is_made(
-    gateway: LabGateway, capsys: pytest.CaptureFixture[str]
+    gateway: GatewayUnderTest, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gateway.deploy(image=UPGRADE_IMAGE)
     gateway.remove_container()
@@ -116,7 +116,7 @@ def test_a_resume_on_an_image_too_old_for_the_store_is_refused_before_a_containe
 
 
 def test_a_volume_without_a_record_is_checked_by_its_stores_own_schema_version(
-    gateway: LabGateway, capsys: pytest.CaptureFixture[str]
+    gateway: GatewayUnderTest, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gateway.deploy(image=UPGRADE_IMAGE)
     code, output = gateway.engine.exec_run(gateway.container, ["rm", f"{STATE}/{RECORD_FILE}"])
@@ -134,7 +134,7 @@ def test_a_volume_without_a_record_is_checked_by_its_stores_own_schema_version(
 
 
 def test_the_hint_of_a_failed_resume_names_a_command_that_resumes(
-    gateway: LabGateway, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    gateway: GatewayUnderTest, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gateway.deploy(image=UPGRADE_IMAGE)
     gateway.engine.stop_container(gateway.container, timeout=10)
@@ -153,7 +153,7 @@ def test_the_hint_of_a_failed_resume_names_a_command_that_resumes(
 
 
 def test_a_user_given_image_that_opens_the_store_wins_over_the_recorded_one(
-    gateway: LabGateway, capsys: pytest.CaptureFixture[str]
+    gateway: GatewayUnderTest, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gateway.deploy(image=GATEWAY_IMAGE)
     gateway.remove_container()
@@ -164,7 +164,7 @@ def test_a_user_given_image_that_opens_the_store_wins_over_the_recorded_one(
 
 
 def test_an_image_that_refuses_the_store_leaves_the_record_as_it_was(
-    gateway: LabGateway,
+    gateway: GatewayUnderTest,
 ) -> None:
     gateway.deploy(image=UPGRADE_IMAGE)
     gateway.remove_container()

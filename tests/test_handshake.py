@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
-from openshell_core import handshake
-from openshell_core.handshake import (
+from openshell_core.wire import nssh1 as handshake
+from openshell_core.wire.nssh1 import (
     MAX_PREFACE,
     SKEW_SECONDS,
     HandshakeRejected,

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from server_support import LabGateway, lab_run
+from server_support import GatewayUnderTest, lab_run
 
-from openshell_core import sshproxy
-from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine
+from openshell_core.host.api_client import GatewayClient
+from openshell_core.host.sshproxy.ssh_command import ssh_command
 from openshell_core.images import ImageSet
 from openshell_core.server.compute_docker import container_name
+from openshell_core.wire.osrs1.lines import RESUME_TIMEOUT
 from pytest_openshell.pipes import PipeReader
 
 SANDBOX = "live"
@@ -57,7 +58,7 @@ say("bye")
 
 @dataclass
 class Lab:
-    gateway: LabGateway
+    gateway: GatewayUnderTest
     key: Path
     workdir: Path
 
@@ -73,7 +74,7 @@ def lab(
     key = workdir / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     with lab_run(engine) as run_id:
-        gateway = LabGateway(engine, f"live{run_id[:8]}", run_id, workdir / "config")
+        gateway = GatewayUnderTest(engine, f"live{run_id[:8]}", run_id, workdir / "config")
         gateway.deploy()
         made = Lab(gateway, key, workdir)
         with made.client() as client:
@@ -183,11 +184,11 @@ def open_session(lab: Lab) -> Iterator[Callable[..., LiveSession]]:
     """Start ``ssh`` running the remote ticker/echo (a fresh session token each time)."""
     made: list[LiveSession] = []
 
-    def start(*, resume_timeout: float = sshproxy.RESUME_TIMEOUT) -> LiveSession:
+    def start(*, resume_timeout: float = RESUME_TIMEOUT) -> LiveSession:
         with lab.client() as client:
             info = client.get_sandbox(SANDBOX)
             session = client.create_ssh_session(SANDBOX)
-        argv = sshproxy.ssh_command(
+        argv = ssh_command(
             lab.gateway.name,
             session.sandbox_id,
             session.token,

@@ -15,7 +15,7 @@ from openshell_core import locks
 from openshell_core.engine import Engine
 from openshell_core.errors import StateError
 from openshell_core.gateway import DeployOptions, container_name, deploy, destroy, stop
-from openshell_core.gateway.metadata import gateway_lock, gateways_dir
+from openshell_core.host.metadata import gateway_lock, gateways_dir
 
 
 def test_a_lock_file_exists_while_held_and_is_gone_after(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_a_lock_file_nobody_holds_is_removed_as_stale(tmp_path: Path) -> None:
 
 HOLD_UNTIL_KILLED = """
 import sys, time
-from openshell_core.gateway.metadata import gateway_lock
+from openshell_core.host.metadata import gateway_lock
 with gateway_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(600)

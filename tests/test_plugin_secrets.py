@@ -23,7 +23,7 @@ INNER_CONFTEST = """
 
     import pytest
 
-    from openshell_core.client import GatewayClient
+    from openshell_core.host.api_client import GatewayClient
 
 
     def note(kind, value):

@@ -7,33 +7,37 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from openshell_core.sandbox.resumable import (
+from openshell_core.wire.osrs1.buffer import SendBuffer
+from openshell_core.wire.osrs1.errors import (
+    OffsetOutOfRange,
+    PeerError,
+    StreamOverflow,
+    StreamProtocolError,
+)
+from openshell_core.wire.osrs1.frames import (
     FrameDecoder,
     FrameType,
-    OffsetOutOfRange,
+    data_frame,
+    encode_frame,
+    error_frame,
+    offset_frame,
+)
+from openshell_core.wire.osrs1.lines import (
     Opened,
     OpenRequest,
-    PeerError,
     Refusal,
     Refused,
     Resumed,
     ResumeRequest,
-    SendBuffer,
-    StreamOverflow,
-    StreamProtocolError,
-    StreamState,
     Ticket,
-    data_frame,
-    encode_frame,
-    error_frame,
     judge_resume,
     new_stream,
-    offset_frame,
     parse_reply,
     parse_request,
     resume_proof,
     resume_request,
 )
+from openshell_core.wire.osrs1.stream import StreamState
 
 # -- a transport between two ends, cut after a number of bytes ------------------------------------
 

@@ -19,21 +19,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from openshell_core.errors import OpenShellError
-from openshell_core.handshake import generate_secret
-from openshell_core.sandbox.relay import close_writer
-from openshell_core.sandbox.resumable import (
-    Detach,
-    Liveness,
-    Opened,
-    OpenRequest,
-    Refusal,
-    Refused,
-    Resumed,
-    StreamEnd,
-    StreamState,
-    parse_reply,
-    read_line,
-    resume_request,
+from openshell_core.host.sshproxy.resumable_relay import ResumableRelay, SessionLost
+from openshell_core.host.sshproxy.tunnel import (
+    ConnectFailed,
+    Streams,
+    connect_request,
+    parse_status,
+    read_response_head,
 )
 from openshell_core.sandbox.supervisor import Supervisor, SupervisorConfig
 from openshell_core.server.tunnel import (
@@ -42,15 +34,21 @@ from openshell_core.server.tunnel import (
     parse_request_head,
     status_line,
 )
-from openshell_core.sshproxy import (
-    ConnectFailed,
-    ResumableRelay,
-    SessionLost,
-    Streams,
-    connect_request,
-    parse_status,
-    read_response_head,
+from openshell_core.wire.nssh1 import generate_secret
+from openshell_core.wire.osrs1.end import Detach, StreamEnd
+from openshell_core.wire.osrs1.frames import Liveness
+from openshell_core.wire.osrs1.lines import (
+    Opened,
+    OpenRequest,
+    Refusal,
+    Refused,
+    Resumed,
+    parse_reply,
+    read_line,
+    resume_request,
 )
+from openshell_core.wire.osrs1.stream import StreamState
+from openshell_core.wire.relay import close_writer
 
 SECRET = generate_secret()
 TOKEN = "session-token-1"
@@ -315,7 +313,7 @@ def test_a_session_survives_a_killed_and_a_silently_vanished_gateway_byte_exact(
             await gateway.start()
             await session.echoed()
             await session.finish()
-            await wait_until(lambda: not supervisor.streams)
+            await wait_until(lambda: not supervisor.resumable.streams)
 
     run(scenario)
     proxy_lines = [r.getMessage() for r in caplog.records if r.name == "openshell.sshproxy"]
@@ -452,11 +450,11 @@ def test_a_detached_stream_expires_and_its_process_ends() -> None:
             session = sessions[0] = await Session.open(gateway, resume_timeout=0.5)
             await session.send(5)
             await session.echoed()
-            (held,) = supervisor.streams.values()
+            (held,) = supervisor.resumable.streams.values()
             gateway.kill()
             with contextlib.suppress(SessionLost):
                 await asyncio.wait_for(session.proxy, 10)
-            await wait_until(lambda: not supervisor.streams)
+            await wait_until(lambda: not supervisor.resumable.streams)
             await wait_until(lambda: not supervisor.children.running)
             assert held.process.returncode is not None
 
@@ -493,14 +491,18 @@ def test_resumes_with_a_wrong_secret_an_attached_stream_or_an_offset_outside_the
             wrong = await ask(gateway, resume_request(forged, TOKEN, 1, 0).encode())
             busy = await ask(gateway, resume_request(opened, TOKEN, 2, 0).encode())
             writer.transport.abort()
-            await wait_until(lambda: not supervisor.streams[opened.stream_id].end.attached)
+            await wait_until(
+                lambda: not supervisor.resumable.streams[opened.stream_id].end.attached
+            )
             beyond = await ask(gateway, resume_request(opened, TOKEN, 3, 10**6).encode())
             assert [reply.code for reply in (wrong, busy, beyond)] == [  # type: ignore[union-attr]
                 Refusal.REFUSED,
                 Refusal.BUSY,
                 Refusal.OFFSET,
             ]
-            assert opened.stream_id not in supervisor.streams  # a peer out of the buffer ends it
+            assert (
+                opened.stream_id not in supervisor.resumable.streams
+            )  # a peer out of the buffer ends it
 
     run(scenario)
     assert "refused (refused: wrong proof of the stream's secret)" in caplog.text
@@ -515,7 +517,9 @@ def test_a_stream_cannot_be_resumed_with_another_session_token(
         async with rig() as (supervisor, gateway, _sessions):
             (_, writer), opened = await open_raw(gateway)
             writer.transport.abort()
-            await wait_until(lambda: not supervisor.streams[opened.stream_id].end.attached)
+            await wait_until(
+                lambda: not supervisor.resumable.streams[opened.stream_id].end.attached
+            )
             reader, other = await gateway.dial()
             other.transport.abort()
             # The gateway signs the preface with the CONNECT's token: send another one.
@@ -526,7 +530,7 @@ def test_a_stream_cannot_be_resumed_with_another_session_token(
             reply = parse_reply(await read_line(other_reader, 10))
             other_writer.transport.abort()
             assert isinstance(reply, Refused) and reply.code is Refusal.REFUSED
-            assert opened.stream_id in supervisor.streams  # still there for its own token
+            assert opened.stream_id in supervisor.resumable.streams  # still there for its own token
             del reader
 
     run(scenario)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from openshell_core.sandbox import sshd
-from openshell_core.sandbox.protocol import (
+from openshell_core.sandbox.supervisor import ConfigError, SupervisorConfig, parse_listen
+from openshell_core.wire.exec1 import (
     EXEC_MAGIC,
     MAX_FRAME,
     ExecEvent,
@@ -21,7 +22,6 @@ from openshell_core.sandbox.protocol import (
     exit_frame,
     read_frame,
 )
-from openshell_core.sandbox.supervisor import ConfigError, SupervisorConfig, parse_listen
 
 SECRET = "ab" * 32
 

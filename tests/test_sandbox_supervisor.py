@@ -23,16 +23,17 @@ import pytest
 
 from openshell_core import labels
 from openshell_core.engine import Engine
-from openshell_core.handshake import (
+from openshell_core.images import ImageSet
+from openshell_core.pki import generate_ssh_host_key, ssh_fingerprint, ssh_public_line
+from openshell_core.server.sandbox_link import exec_in_sandbox
+from openshell_core.wire.exec1 import ExecStream
+from openshell_core.wire.nssh1 import (
     MAX_ANSWER,
     HandshakeRejected,
     generate_secret,
     make_preface,
     read_line_socket,
 )
-from openshell_core.images import ImageSet
-from openshell_core.pki import generate_ssh_host_key, ssh_fingerprint, ssh_public_line
-from openshell_core.sandbox.protocol import ExecStream, exec_in_sandbox
 
 PORT = 2222
 READY_TIMEOUT = 60.0
@@ -40,8 +41,8 @@ READY_TIMEOUT = 60.0
 #: What the gateway does before relaying, as a ProxyCommand for ssh.
 DIAL_SCRIPT = """
 import asyncio, os, sys
-from openshell_core.handshake import client_handshake
-from openshell_core.sandbox.relay import relay, stdio_streams
+from openshell_core.wire.nssh1 import client_handshake
+from openshell_core.wire.relay import relay, stdio_streams
 
 async def main(host, port):
     reader, writer = await asyncio.open_connection(host, int(port))

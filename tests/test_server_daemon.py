@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from server_support import LabGateway, lab_run, wait_for
+from server_support import GatewayUnderTest, lab_run, wait_for
 
 from openshell_core.engine import Engine, PrivateEngine
 from openshell_core.errors import OpenShellError
@@ -28,9 +28,13 @@ def lab_engine(lab_engine_factory: Callable[[], PrivateEngine]) -> Iterator[Engi
 
 
 @pytest.fixture(scope="module")
-def gateway(lab_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabGateway]:
+def gateway(
+    lab_engine: Engine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayUnderTest]:
     with lab_run(lab_engine) as run_id:
-        lab = LabGateway(lab_engine, f"dmn{run_id[:8]}", run_id, tmp_path_factory.mktemp("cfg"))
+        lab = GatewayUnderTest(
+            lab_engine, f"dmn{run_id[:8]}", run_id, tmp_path_factory.mktemp("cfg")
+        )
         lab.deploy()
         with lab.client() as client:
             client.create_sandbox("busy")
@@ -42,7 +46,7 @@ def gateway(lab_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield lab
 
 
-def _answers(gateway: LabGateway) -> bool:
+def _answers(gateway: GatewayUnderTest) -> bool:
     try:
         with gateway.client() as client:
             client.health()
@@ -51,7 +55,7 @@ def _answers(gateway: LabGateway) -> bool:
     return True
 
 
-def _comes_back(gateway: LabGateway) -> None:
+def _comes_back(gateway: GatewayUnderTest) -> None:
     """Nothing is done to recover: the gateway and its sandboxes restart by themselves."""
     wait_for(lambda: gateway.engine.inspect_container(gateway.container), what="the gateway")
     wait_healthy(gateway.engine, gateway.container, timeout=120)
@@ -62,17 +66,17 @@ def _comes_back(gateway: LabGateway) -> None:
         assert client.get_sandbox("parked").phase == "STOPPED"
 
 
-def test_sandboxes_come_back_ready_after_a_daemon_restart(gateway: LabGateway):
+def test_sandboxes_come_back_ready_after_a_daemon_restart(gateway: GatewayUnderTest):
     gateway.engine.restart_daemon()
     _comes_back(gateway)
 
 
-def test_sandboxes_come_back_ready_after_a_daemon_crash(gateway: LabGateway):
+def test_sandboxes_come_back_ready_after_a_daemon_crash(gateway: GatewayUnderTest):
     gateway.engine.crash_daemon()
     _comes_back(gateway)
 
 
-def test_a_stopped_sandbox_can_be_started_after_the_daemon_came_back(gateway: LabGateway):
+def test_a_stopped_sandbox_can_be_started_after_the_daemon_came_back(gateway: GatewayUnderTest):
     with gateway.client() as client:
         client.start_sandbox("parked")
         assert client.wait_ready("parked", timeout=120).phase == "READY"

@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 from server_support import (
     UPGRADE_IMAGE,
-    LabGateway,
+    GatewayUnderTest,
     lab_run,
     remove_lab_objects,
     wait_for,
 )
 
-from openshell_core.client import GatewayClient, GatewayRpcError
 from openshell_core.engine import Engine
+from openshell_core.host.api_client import GatewayClient, GatewayRpcError
 from openshell_core.images import ImageSet
 from openshell_core.server.compute_docker import container_name, volume_name
 
-Lab = Callable[[str], LabGateway]
+Lab = Callable[[str], GatewayUnderTest]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def run_id(engine: Engine, images: ImageSet) -> Iterator[str]:
 def lab(engine: Engine, run_id: str, tmp_path: Path) -> Iterator[Lab]:
     """Deploys a gateway with the given faults switched on; removes it afterwards."""
 
-    def deploy(faults: str) -> LabGateway:
-        gateway = LabGateway(engine, f"flt{uuid.uuid4().hex[:8]}", run_id, tmp_path)
+    def deploy(faults: str) -> GatewayUnderTest:
+        gateway = GatewayUnderTest(engine, f"flt{uuid.uuid4().hex[:8]}", run_id, tmp_path)
         gateway.deploy(faults=faults)
         return gateway
 
@@ -53,7 +53,7 @@ def _ready(client: GatewayClient, name: str) -> str:
     return client.wait_ready(name, timeout=120).id
 
 
-def _phase(gateway: LabGateway, name: str) -> Callable[[], str]:
+def _phase(gateway: GatewayUnderTest, name: str) -> Callable[[], str]:
     def read() -> str:
         with gateway.client() as client:
             return client.get_sandbox(name).phase

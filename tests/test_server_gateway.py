@@ -15,12 +15,12 @@ from pathlib import Path
 import grpc
 import pytest
 from openshell import SandboxClient, TlsConfig, WorkspaceClient
-from server_support import LabGateway, lab_run, wait_for
+from server_support import GatewayUnderTest, lab_run, wait_for
 
 from openshell_core import pki
 from openshell_core.cli import main
-from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine
+from openshell_core.host.api_client import GatewayClient
 from openshell_core.images import ImageSet
 from openshell_core.server.compute_docker import container_name, volume_name
 
@@ -33,9 +33,9 @@ def config_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gateway(engine: Engine, images: ImageSet, config_home: Path) -> Iterator[LabGateway]:
+def gateway(engine: Engine, images: ImageSet, config_home: Path) -> Iterator[GatewayUnderTest]:
     with lab_run(engine) as run_id:
-        lab = LabGateway(engine, f"srv{run_id[:8]}", run_id, config_home)
+        lab = GatewayUnderTest(engine, f"srv{run_id[:8]}", run_id, config_home)
         lab.deploy()
         yield lab
 
@@ -48,7 +48,7 @@ def sdk_env(config_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def client(gateway: LabGateway) -> Iterator[GatewayClient]:
+def client(gateway: GatewayUnderTest) -> Iterator[GatewayClient]:
     with gateway.client() as made:
         yield made
 

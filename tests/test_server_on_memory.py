@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from openshell_core import labels
-from openshell_core.protocol import pb, phase_name, stub, workspace_selector
+from openshell_core.grpc_api import pb, phase_name, stub, workspace_selector
 from openshell_core.server.__main__ import Gateway
 from openshell_core.server.compute import Ownership, RuntimeState
 from openshell_core.server.compute_memory import InMemoryComputeDriver, InMemorySettings

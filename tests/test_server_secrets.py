@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from openshell_core import handshake, pki
+from openshell_core import pki
 from openshell_core.errors import StateError
 from openshell_core.server.secrets import reconcile_gateway_pki, reconcile_handshake_secret
+from openshell_core.wire import nssh1 as handshake
 
 
 def test_a_missing_secret_is_generated_with_owner_only_permissions(tmp_path: Path):

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterator
 
 import pytest
-from server_support import GATEWAY_IMAGE, UPGRADE_IMAGE, LabGateway, lab_run
+from server_support import GATEWAY_IMAGE, UPGRADE_IMAGE, GatewayUnderTest, lab_run
 
 from openshell_core.engine import Engine
 from openshell_core.errors import StateError
@@ -26,14 +26,16 @@ _SCHEMA = (
 @pytest.fixture(scope="module")
 def gateway(
     engine: Engine, images: ImageSet, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LabGateway]:
+) -> Iterator[GatewayUnderTest]:
     with lab_run(engine) as run_id:
-        lab = LabGateway(engine, f"upg{run_id[:8]}", run_id, tmp_path_factory.mktemp("config"))
+        lab = GatewayUnderTest(
+            engine, f"upg{run_id[:8]}", run_id, tmp_path_factory.mktemp("config")
+        )
         lab.deploy(image=GATEWAY_IMAGE)
         yield lab
 
 
-def test_an_image_upgrade_migrates_the_store_and_keeps_every_sandbox(gateway: LabGateway):
+def test_an_image_upgrade_migrates_the_store_and_keeps_every_sandbox(gateway: GatewayUnderTest):
     with gateway.client() as client:
         client.create_sandbox("labelled", labels={"team": "red"})
         before = client.wait_ready("labelled", timeout=120)
@@ -49,7 +51,7 @@ def test_an_image_upgrade_migrates_the_store_and_keeps_every_sandbox(gateway: La
 
 
 def test_an_older_image_is_refused_for_an_upgraded_store_before_a_container_is_made(
-    gateway: LabGateway,
+    gateway: GatewayUnderTest,
 ):
     gateway.engine.stop_container(gateway.container, timeout=10)
     before = hashlib.sha256(gateway.read("openshell.db")).hexdigest()

@@ -14,20 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from openshell_core import sshproxy
 from openshell_core.cli import build_parser, main
-from openshell_core.pki import generate_pki, generate_ssh_host_key, write_pki
-from openshell_core.retry import backoff
-from openshell_core.sshproxy import (
+from openshell_core.host.sshproxy.ssh_command import known_hosts_line, proxy_argv, ssh_command
+from openshell_core.host.sshproxy.tunnel import (
+    FIRST_BACKOFF,
+    MAX_BACKOFF,
     Attempt,
     ConnectFailed,
     connect_request,
     connect_with_retry,
-    known_hosts_line,
     parse_reason,
     parse_status,
-    ssh_command,
 )
+from openshell_core.pki import generate_pki, generate_ssh_host_key, write_pki
+from openshell_core.retry import backoff
 
 # -- the 412 retry schedule (pure: a fake clock that only the fake sleep moves) ------------------
 
@@ -71,7 +71,7 @@ def retry(*statuses: int) -> tuple[FakeTime, BaseException | None]:
 
 
 def test_backoff_doubles_from_one_second_up_to_eight() -> None:
-    schedule = backoff(sshproxy.FIRST_BACKOFF, 2.0, sshproxy.MAX_BACKOFF)
+    schedule = backoff(FIRST_BACKOFF, 2.0, MAX_BACKOFF)
     assert [next(schedule) for _ in range(7)] == [1, 2, 4, 8, 8, 8, 8]
 
 
@@ -197,21 +197,21 @@ def test_ssh_accepts_the_command_line(tmp_path: Path) -> None:
 
 
 def test_proxy_command_runs_this_installation() -> None:
-    argv = sshproxy.proxy_argv("gw", "sbx", "tok")
+    argv = proxy_argv("gw", "sbx", "tok")
     assert Path(argv[0]).parent == Path(sys.executable).parent
     assert argv[-4:] == ["ssh-proxy", "--gateway=gw", "--sandbox-id=sbx", "--token=tok"]
 
 
 def test_a_token_that_begins_with_a_dash_reaches_ssh_proxy_intact() -> None:
     """Session tokens are URL-safe base64, so one in 64 begins with "-"."""
-    argv = sshproxy.proxy_argv("gw", "sbx", "-Xy_z")
+    argv = proxy_argv("gw", "sbx", "-Xy_z")
     args = build_parser().parse_args(argv[argv.index("ssh-proxy") :])
     assert (args.gateway, args.sandbox_id, args.token) == ("gw", "sbx", "-Xy_z")
 
 
 def test_proxy_command_spells_out_resume_options_only_when_not_the_default() -> None:
     def options(**kwargs: object) -> list[str]:
-        argv = sshproxy.proxy_argv("gw", "sbx", "tok", **kwargs)  # type: ignore[arg-type]
+        argv = proxy_argv("gw", "sbx", "tok", **kwargs)  # type: ignore[arg-type]
         return argv[argv.index("ssh-proxy") + 1 : argv.index("--gateway=gw")]
 
     assert options() == []
@@ -313,7 +313,7 @@ def run_proxy_against(
         )
         async with server:
             process = await asyncio.create_subprocess_exec(
-                *sshproxy.proxy_argv("lab", "sbx-1", "tok-1", resume=resume),
+                *proxy_argv("lab", "sbx-1", "tok-1", resume=resume),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

@@ -23,19 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from openshell_core import labels, sshproxy
+from openshell_core import labels
 from openshell_core.engine import Engine
-from openshell_core.handshake import (
-    ERR_LINE,
-    OK_LINE,
-    PrefaceVerifier,
-    Verdict,
-    generate_secret,
-    read_line_async,
-)
+from openshell_core.host.sshproxy.ssh_command import ssh_command
 from openshell_core.images import ImageSet
 from openshell_core.pki import generate_pki, generate_ssh_host_key, write_pki
-from openshell_core.sandbox.protocol import ExecRequest, ExecStream, read_frame
 from openshell_core.server.tunnel import (
     TunnelLimiter,
     TunnelRefused,
@@ -43,6 +35,15 @@ from openshell_core.server.tunnel import (
     parse_request_head,
     serve_connect,
     status_line,
+)
+from openshell_core.wire.exec1 import ExecRequest, ExecStream, read_frame
+from openshell_core.wire.nssh1 import (
+    ERR_LINE,
+    OK_LINE,
+    PrefaceVerifier,
+    Verdict,
+    generate_secret,
+    read_line_async,
 )
 
 SECRET = generate_secret()
@@ -520,7 +521,7 @@ def test_ssh_through_ssh_proxy_and_the_tunnel_reaches_the_sandbox(
         (gateway_dir / "metadata.json").write_text(
             json.dumps({"name": "lab", "gateway_endpoint": f"https://127.0.0.1:{port}"})
         )
-        argv = sshproxy.ssh_command(
+        argv = ssh_command(
             "lab",
             "sbx-e2e",
             "session-token",

@@ -15,29 +15,31 @@ import sys
 from typing import Any
 
 from openshell_core import labels
-from openshell_core.client import GatewayClient
 from openshell_core.engine import Engine, EngineMode, open_engine
 from openshell_core.errors import OpenShellError
 from openshell_core.gateway import (
     DeployMode,
     DeployOptions,
     GatewayState,
-    MetadataError,
     deploy,
     destroy,
     detect_state,
-    read_active_gateway,
-    read_metadata,
-    set_active_gateway,
     stop,
     validate_name,
 )
-from openshell_core.gateway.names import DEFAULT_NAME, container_name
+from openshell_core.gateway.names import DEFAULT_GATEWAY_NAME, container_name
 from openshell_core.gateway.readiness import (
     DEFAULT_API_TIMEOUT,
     DEFAULT_HEALTH_TIMEOUT,
     SandboxesBack,
     wait_sandboxes_back,
+)
+from openshell_core.host.api_client import GatewayClient
+from openshell_core.host.metadata import (
+    MetadataError,
+    read_active_gateway,
+    read_metadata,
+    set_active_gateway,
 )
 from openshell_core.images import ImageSet
 
@@ -144,7 +146,7 @@ def _name(args: argparse.Namespace, *, use_active: bool) -> str:
     if args.name is not None:  # given, even empty: it is the name, never a reason to pick another
         return validate_name(args.name)
     name = os.environ.get(NAME_ENV) or (read_active_gateway() if use_active else None)
-    return validate_name(name or DEFAULT_NAME)
+    return validate_name(name or DEFAULT_GATEWAY_NAME)
 
 
 def _say(line: str) -> None:

@@ -12,15 +12,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from openshell_core import sshproxy
 from openshell_core.cli._ssh_proxy import resume_options
-from openshell_core.client import GatewayClient, GatewayRpcError, SandboxInfo, active_gateway
-from openshell_core.contract import AUTHORIZED_KEYS_ENV
 from openshell_core.engine import EngineMode, open_engine
 from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
-from openshell_core.gateway import DeployOptions, deploy, read_active_gateway, set_active_gateway
-from openshell_core.gateway.metadata import gateway_dir
-from openshell_core.gateway.names import DEFAULT_NAME, validate_name
+from openshell_core.gateway import DeployOptions, deploy
+from openshell_core.gateway.names import DEFAULT_GATEWAY_NAME, validate_name
+from openshell_core.host.api_client import (
+    GatewayClient,
+    GatewayRpcError,
+    SandboxInfo,
+    active_gateway,
+)
+from openshell_core.host.metadata import gateway_dir, read_active_gateway, set_active_gateway
+from openshell_core.host.sshproxy.ssh_command import ensure_user_key, ssh_command
+from openshell_core.wire.contract import AUTHORIZED_KEYS_ENV
 
 log = logging.getLogger("openshell.cli")
 
@@ -96,7 +101,7 @@ def _client(args: argparse.Namespace) -> GatewayClient:
 def user_key(gateway: str) -> Path:
     """The user's SSH key for ``gateway``'s sandboxes, made once with ``ssh-keygen``."""
     key = gateway_dir(gateway) / "ssh" / "id_ed25519"
-    return sshproxy.ensure_user_key(key, comment=f"pytest-openshell@{gateway}")
+    return ensure_user_key(key, comment=f"pytest-openshell@{gateway}")
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -104,7 +109,7 @@ def _create(args: argparse.Namespace) -> int:
         (validate_name(args.gateway) if args.gateway is not None else None)
         or os.environ.get("OPENSHELL_GATEWAY", "").strip()
         or read_active_gateway()
-        or DEFAULT_NAME
+        or DEFAULT_GATEWAY_NAME
     )
     _bootstrap(gateway, args.engine)
     environment = dict(_pair(item) for item in args.env)
@@ -191,7 +196,7 @@ def _connect(args: argparse.Namespace) -> int:
                 raise OpenShellError(
                     f"gateway {gateway!r} does not report the SSH host key of {args.name!r}"
                 )
-            argv = sshproxy.ssh_command(
+            argv = ssh_command(
                 gateway,
                 session.sandbox_id,
                 session.token,

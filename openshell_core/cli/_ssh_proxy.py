@@ -8,8 +8,11 @@ import asyncio
 import signal
 from typing import Any
 
-from openshell_core import contract, sshproxy
-from openshell_core.sandbox.resumable import MAX_RESUME_TIMEOUT, RESUME_TIMEOUT
+from openshell_core.host.sshproxy import run_proxy
+from openshell_core.host.sshproxy.resumable_relay import PlainRelay, ResumableRelay, TunnelRelay
+from openshell_core.host.sshproxy.tunnel import GatewayTunnel
+from openshell_core.wire import contract
+from openshell_core.wire.osrs1.lines import MAX_RESUME_TIMEOUT, RESUME_TIMEOUT
 
 
 def register(commands: Any) -> None:
@@ -58,13 +61,13 @@ def _seconds(text: str) -> float:
 
 
 def _ssh_proxy(args: argparse.Namespace) -> int:
-    tunnel = sshproxy.GatewayTunnel.for_gateway(args.gateway, args.sandbox_id, args.token)
-    relay: sshproxy.TunnelRelay = sshproxy.PlainRelay()
+    tunnel = GatewayTunnel.for_gateway(args.gateway, args.sandbox_id, args.token)
+    relay: TunnelRelay = PlainRelay()
     if not args.no_resume:
-        relay = sshproxy.ResumableRelay.for_tunnel(tunnel, resume_timeout=args.resume_timeout)
+        relay = ResumableRelay.for_tunnel(tunnel, resume_timeout=args.resume_timeout)
         # ssh hangs its ProxyCommand up as it exits; its closing our stdin says the same, and
         # waiting for that lets the end of the stream reach the supervisor, which then forgets
         # the stream at once instead of holding it for the resume timeout.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    asyncio.run(sshproxy.run_proxy(tunnel, relay_with=relay))
+    asyncio.run(run_proxy(tunnel, relay_with=relay))
     return 0

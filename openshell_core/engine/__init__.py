@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from openshell_core.engine.client import Engine, connect
 from openshell_core.engine.discovery import EngineMode, find_engine, open_engine
+from openshell_core.engine.docker_api import Engine, connect
 from openshell_core.engine.private import EngineStatus, PrivateEngine
 
 __all__ = [

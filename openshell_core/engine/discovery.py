@@ -12,8 +12,8 @@ from pathlib import Path
 import docker.context
 import docker.errors
 
-from openshell_core.engine.client import Engine, connect
-from openshell_core.engine.private import DEFAULT_NAME, PrivateEngine, engines_dir
+from openshell_core.engine.docker_api import Engine, connect
+from openshell_core.engine.private import DEFAULT_ENGINE_NAME, PrivateEngine, engines_dir
 from openshell_core.errors import (
     EnginePermissionError,
     EnginePrerequisiteError,
@@ -91,7 +91,7 @@ def find_engine(env: Mapping[str, str] | None = None) -> Engine:
     found = _answering_host(env)
     if found is not None:
         return found
-    default = PrivateEngine(DEFAULT_NAME, engines_dir(env) / DEFAULT_NAME)
+    default = PrivateEngine(DEFAULT_ENGINE_NAME, engines_dir(env) / DEFAULT_ENGINE_NAME)
     if default.is_running():
         return default.connect()
     raise NoEngineError(NO_ENGINE + _tried(env))
@@ -141,7 +141,7 @@ def open_engine(
     env = os.environ if env is None else env
     mode = EngineMode.parse(mode) if isinstance(mode, str) else mode
     if mode is EngineMode.PRIVATE:
-        private = PrivateEngine(DEFAULT_NAME, engines_dir(env) / DEFAULT_NAME)
+        private = PrivateEngine(DEFAULT_ENGINE_NAME, engines_dir(env) / DEFAULT_ENGINE_NAME)
         private.start()
         return private.connect()
     if env.get("DOCKER_HOST"):
@@ -159,7 +159,7 @@ def open_engine(
             hint="start Docker or set DOCKER_HOST; or use the private engine (`--engine private`, "
             "`--openshell-engine=private`)",
         )
-    private = PrivateEngine(DEFAULT_NAME, engines_dir(env) / DEFAULT_NAME)
+    private = PrivateEngine(DEFAULT_ENGINE_NAME, engines_dir(env) / DEFAULT_ENGINE_NAME)
     try:
         private.start()
     except EnginePrerequisiteError as exc:

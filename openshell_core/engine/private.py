@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openshell_core.engine import _firewall, _proc
-from openshell_core.engine.client import Engine, connect, unix_socket_answers
+from openshell_core.engine.docker_api import Engine, connect, unix_socket_answers
 from openshell_core.errors import (
     EngineError,
     EnginePermissionError,
@@ -41,7 +41,7 @@ log = logging.getLogger("openshell.engine")
 
 #: Where private engines live unless ``OPENSHELL_ENGINE_ROOT`` says otherwise.
 DEFAULT_ENGINES_DIR = Path("/var/lib/pytest-openshell/engines")
-DEFAULT_NAME = "default"
+DEFAULT_ENGINE_NAME = "default"
 #: The range every private engine's address pool is carved from (RFC 2544 benchmarking space).
 POOL_RANGE = ipaddress.ip_network("198.18.0.0/15")
 FORBIDDEN_RANGES = tuple(
@@ -123,7 +123,7 @@ class PrivateEngine:
 
     def __init__(
         self,
-        name: str = DEFAULT_NAME,
+        name: str = DEFAULT_ENGINE_NAME,
         root: Path | None = None,
         *,
         address_pool: str | None = None,

@@ -33,7 +33,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from openshell_core.contract import RUN_ID_ENV
 from openshell_core.engine import Engine
 from openshell_core.errors import (
     EngineError,
@@ -44,19 +43,8 @@ from openshell_core.errors import (
     UsageError,
 )
 from openshell_core.faults import Fault, active_faults
-from openshell_core.gateway.metadata import (
-    GatewayMetadata,
-    MetadataError,
-    MtlsFiles,
-    gateway_dir,
-    gateway_lock,
-    read_metadata,
-    remove_gateway_files,
-    write_metadata,
-    write_mtls,
-)
 from openshell_core.gateway.names import (
-    DEFAULT_NAME,
+    DEFAULT_GATEWAY_NAME,
     container_name,
     network_name,
     validate_name,
@@ -89,8 +77,20 @@ from openshell_core.gateway.teardown import (
     remove_network_if_unused,
     remove_volume_if_ours,
 )
+from openshell_core.host.metadata import (
+    GatewayMetadata,
+    MetadataError,
+    MtlsFiles,
+    gateway_dir,
+    gateway_lock,
+    read_metadata,
+    remove_gateway_files,
+    write_metadata,
+    write_mtls,
+)
 from openshell_core.images import ImageSet
 from openshell_core.state_record import StateRecord, image_store_schema
+from openshell_core.wire.contract import RUN_ID_ENV
 
 log = logging.getLogger("openshell.gateway")
 
@@ -120,7 +120,7 @@ class DeployOptions:
     :param faults: fault switches (testing aid), also passed to the gateway container.
     """
 
-    name: str = DEFAULT_NAME
+    name: str = DEFAULT_GATEWAY_NAME
     #: the gateway image; None means the gateway's own: the stopped container's, else the one
     #: that last ran on the volume (recorded there), else ``ImageSet().gateway``
     image: str | None = None

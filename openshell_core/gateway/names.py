@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from openshell_core import contract
 from openshell_core.errors import UsageError
+from openshell_core.wire import contract
 
 #: The gateway name upstream's CLI uses when none is given.
-DEFAULT_NAME: Final = "openshell"
+DEFAULT_GATEWAY_NAME: Final = "openshell"
 OBJECT_PREFIX: Final = contract.GATEWAY_OBJECT_PREFIX
 NODE_PREFIX: Final = "openshell-"
 #: Upstream's node name normalisation: the suffix when nothing usable is left, and the cap.
@@ -86,7 +86,10 @@ def validate_name(name: str) -> str:
     if not name:
         raise UsageError(
             f"the gateway name is empty: {NAME_RULE}",
-            hint=f"pass a name, e.g. --name {DEFAULT_NAME}, or leave out --name for the default",
+            hint=(
+                f"pass a name, e.g. --name {DEFAULT_GATEWAY_NAME}, "
+                "or leave out --name for the default"
+            ),
         )
     if not _VALID.fullmatch(name):
         raise UsageError(

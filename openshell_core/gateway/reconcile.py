@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from openshell_core import contract, labels
+from openshell_core import labels
 from openshell_core.engine import Engine
 from openshell_core.errors import EngineError, NotFoundError, StateError
 from openshell_core.faults import ENV_VAR as FAULTS_ENV
@@ -31,6 +31,7 @@ from openshell_core.state_record import (
     StateRecord,
     store_schema_of,
 )
+from openshell_core.wire import contract
 
 log = logging.getLogger("openshell.gateway")
 

@@ -6,10 +6,11 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from openshell_core import contract, labels
+from openshell_core import labels
 from openshell_core.engine import Engine
 from openshell_core.errors import StateError
 from openshell_core.gateway.names import container_name, network_name, validate_name, volume_name
+from openshell_core.wire import contract
 
 #: The port the gateway listens on inside its container.
 GATEWAY_PORT_KEY = f"{contract.GATEWAY_PORT}/tcp"

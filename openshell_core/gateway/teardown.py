@@ -9,11 +9,6 @@ from dataclasses import dataclass
 from openshell_core import labels
 from openshell_core.engine import Engine
 from openshell_core.errors import StateError
-from openshell_core.gateway.metadata import (
-    clear_active_gateway,
-    gateway_lock,
-    remove_gateway_files,
-)
 from openshell_core.gateway.names import (
     container_name,
     network_name,
@@ -21,6 +16,7 @@ from openshell_core.gateway.names import (
     volume_name,
 )
 from openshell_core.gateway.state import GatewayState, detect_state
+from openshell_core.host.metadata import clear_active_gateway, gateway_lock, remove_gateway_files
 
 log = logging.getLogger("openshell.gateway")
 

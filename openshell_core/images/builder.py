@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from openshell_core import contract, labels
+from openshell_core import labels
 from openshell_core.engine import Engine
 from openshell_core.errors import BuildError, EngineError
 from openshell_core.images.base import BaseImageSpec, ensure_base_image
 from openshell_core.images.cache import cache_dir, input_hash
 from openshell_core.images.wheelhouse import Wheelhouse, ensure_wheelhouse
 from openshell_core.server.store import schema_for_variant
+from openshell_core.wire import contract
 
 log = logging.getLogger("openshell.images")
 

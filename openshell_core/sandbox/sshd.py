@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from openshell_core import contract
+from openshell_core.wire import contract
 
 log = logging.getLogger("openshell.sandbox.sshd")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from openshell_core import contract
+from openshell_core.wire import contract
 
 IMAGE_DIR: Final = contract.WORKSPACE_DIR
 INIT_MOUNT: Final = "/workspace-pvc"

@@ -21,21 +21,21 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from openshell_core import contract
 from openshell_core.errors import OpenShellError, StateError, UsageError
 from openshell_core.faults import Fault
-from openshell_core.protocol import add_servicer_to_server
+from openshell_core.grpc_api import add_servicer_to_server
 from openshell_core.server import tunnel
 from openshell_core.server.api import GatewayServicer
 from openshell_core.server.compute import Ownership
 from openshell_core.server.config import ServerConfig
-from openshell_core.server.front import Front, server_tls_context
+from openshell_core.server.listener import GatewayListener, server_tls_context
 from openshell_core.server.reconciler import Reconciler, gateway_label
 from openshell_core.server.sandboxes import SandboxService
 from openshell_core.server.secrets import reconcile_gateway_pki, reconcile_handshake_secret
 from openshell_core.server.sessions import SessionResolver
 from openshell_core.server.store import open_store
 from openshell_core.state_record import StateRecord, write_record
+from openshell_core.wire import contract
 
 log = logging.getLogger("openshell.server")
 
@@ -126,7 +126,7 @@ class Gateway:
             key=config.pki_dir / contract.SERVER_KEY_FILE,
             client_ca=config.pki_dir / contract.CA_CERT_FILE,
         )
-        front = Front(context, grpc_socket=config.grpc_socket, tunnel=tunnel_handler)
+        front = GatewayListener(context, grpc_socket=config.grpc_socket, tunnel=tunnel_handler)
         await front.start(config.listen_host, config.listen_port)
         self._closers.append(front.close)
 

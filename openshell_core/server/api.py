@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
-from openshell_core.protocol import (
+from openshell_core.grpc_api import (
     HINT_METADATA,
     HOST_PUBLIC_KEY_ANNOTATION,
     Servicer,
@@ -28,8 +28,8 @@ from openshell_core.protocol import (
     phase_value,
     selected_workspace,
 )
-from openshell_core.sandbox.protocol import exec_in_sandbox
 from openshell_core.server.model import Phase, SandboxRecord
+from openshell_core.server.sandbox_link import exec_in_sandbox
 from openshell_core.server.sandboxes import SandboxService
 from openshell_core.server.store import StoreConflict
 

@@ -4,7 +4,8 @@ The gateway's lifecycle rules (:mod:`.sandboxes`, :mod:`.reconciler`) speak only
 words: a sandbox has a *runtime* (what runs its supervisor) and a *workspace* (its persistent
 ``/sandbox``, seeded once from the image), both labelled with the owning gateway. Each platform's
 words stay in its driver module. The gateway picks its driver by name from its configuration
-(:data:`~openshell_core.contract.COMPUTE_DRIVER_ENV`); :data:`DRIVERS` lists the names it knows.
+(:data:`~openshell_core.wire.contract.COMPUTE_DRIVER_ENV`); :data:`DRIVERS` lists the names it
+knows.
 The in-memory driver (:mod:`.compute_memory`) is for tests of the lifecycle rules; the compliance
 suite (``tests/test_compute_compliance.py``) holds every driver to this contract.
 
@@ -19,8 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
-from openshell_core import contract, labels
+from openshell_core import labels
 from openshell_core.errors import UsageError
+from openshell_core.wire import contract
 
 #: The drivers a gateway can be configured with, and the module that holds each.
 DRIVERS: Final = {contract.DEFAULT_COMPUTE_DRIVER: "openshell_core.server.compute_docker"}
@@ -82,7 +84,7 @@ class SandboxSpec:
 class Ownership:
     """How this gateway labels what it makes.
 
-    :param gateway_label: the value of :data:`~openshell_core.contract.GATEWAY_LABEL`.
+    :param gateway_label: the value of :data:`~openshell_core.wire.contract.GATEWAY_LABEL`.
     """
 
     gateway_label: str

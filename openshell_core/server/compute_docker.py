@@ -17,11 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from openshell_core import contract, labels
+from openshell_core import labels
 from openshell_core.engine import Engine, connect
 from openshell_core.errors import EngineError, NotFoundError, UsageError
 from openshell_core.sandbox import workspace
 from openshell_core.server.compute import Observation, Ownership, RuntimeState, SandboxSpec
+from openshell_core.wire import contract
 
 log = logging.getLogger("openshell.server.compute")
 

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Final
 
-from openshell_core import contract, labels
+from openshell_core import labels
 from openshell_core.errors import NotFoundError
 from openshell_core.server.compute import (
     ComputeDriver,
@@ -22,6 +22,7 @@ from openshell_core.server.compute import (
     RuntimeState,
     SandboxSpec,
 )
+from openshell_core.wire import contract
 
 NAME: Final = "memory"
 #: What every in-memory image holds in its workspace directory (what seeding copies).

@@ -1,10 +1,11 @@
 """The reference gateway's configuration, read once from its environment at start.
 
 The environment contract is in ``docs/internals.md`` (the gateway's ``env``; the names are
-:mod:`openshell_core.contract`'s). The compute driver reads its own settings
+:mod:`openshell_core.wire.contract`'s). The compute driver reads its own settings
 (:func:`~openshell_core.server.compute.settings_from_env`). Two variables exist for running the
-server outside its image (tests, development): :data:`~openshell_core.contract.STATE_DIR_ENV` and
-:data:`~openshell_core.contract.RUN_DIR_ENV`.
+server outside its image (tests, development): :data:`~openshell_core.wire.contract.STATE_DIR_ENV`
+and
+:data:`~openshell_core.wire.contract.RUN_DIR_ENV`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from openshell_core import contract
 from openshell_core.errors import UsageError
 from openshell_core.faults import Fault, parse_faults
 from openshell_core.server.compute import ComputeSettings, settings_from_env
 from openshell_core.server.store import schema_for_variant
+from openshell_core.wire import contract
 
 #: The port the gateway listens on (TLS: gRPC and SSH tunnels).
 LISTEN_PORT: Final = contract.GATEWAY_PORT
@@ -141,7 +142,8 @@ class ServerConfig:
 
 
 def _node_identity(env: Mapping[str, str], faults: frozenset[Fault]) -> tuple[str, str]:
-    """The node name: :data:`~openshell_core.contract.NODE_NAME_ENV`, or the hostname when it is
+    """The node name: :data:`~openshell_core.wire.contract.NODE_NAME_ENV`, or the hostname when it
+    is
     missing.
 
     With the fault switched on (its name says how upstream's node identity followed the host's

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from openshell_core import contract
+from openshell_core.wire import contract
 
 LISTEN_PORT = contract.GATEWAY_PORT
 #: All but the CA's key, which the server keeps only to sign.

@@ -24,13 +24,14 @@ import uuid
 from collections.abc import Coroutine, Mapping
 from typing import Any, Final
 
-from openshell_core import contract, pki
+from openshell_core import pki
 from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
 from openshell_core.faults import Fault
 from openshell_core.server.compute import ComputeDriver, Observation, RuntimeState, SandboxSpec
 from openshell_core.server.config import ServerConfig
 from openshell_core.server.model import Desired, Phase, SandboxRecord, SshSessionRecord
 from openshell_core.server.store import Store
+from openshell_core.wire import contract
 
 log = logging.getLogger("openshell.server.sandboxes")
 

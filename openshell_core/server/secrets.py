@@ -14,8 +14,9 @@ import logging
 import os
 from pathlib import Path
 
-from openshell_core import handshake, pki
+from openshell_core import pki
 from openshell_core.errors import StateError
+from openshell_core.wire import nssh1 as handshake
 
 log = logging.getLogger("openshell.server.secrets")
 

@@ -19,10 +19,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from openshell_core import contract
 from openshell_core.errors import OpenShellError
-from openshell_core.handshake import HandshakeError, client_handshake
-from openshell_core.sandbox.relay import close_writer, relay
+from openshell_core.wire import contract
+from openshell_core.wire.nssh1 import HandshakeError, client_handshake
+from openshell_core.wire.relay import close_writer, relay
 
 log = logging.getLogger("openshell.server.tunnel")
 

@@ -1,7 +1,7 @@
 """The host-side client of a gateway: gRPC over mutual TLS with the files the deploy wrote.
 
 A gateway named ``NAME`` is described by the host-side files of
-:mod:`openshell_core.gateway.metadata`: ``metadata.json`` (``gateway_endpoint``, e.g.
+:mod:`openshell_core.host.metadata`: ``metadata.json`` (``gateway_endpoint``, e.g.
 ``https://127.0.0.1:8080``) and ``mtls/{ca.crt,tls.crt,tls.key}``. gRPC failures become
 :mod:`openshell_core.errors` families in one place, :func:`_translate`.
 """
@@ -25,8 +25,7 @@ from openshell_core.errors import (
     StateError,
     UsageError,
 )
-from openshell_core.gateway.metadata import MtlsFiles, read_active_gateway, read_metadata
-from openshell_core.protocol import (
+from openshell_core.grpc_api import (
     DEFAULT_WORKSPACE,
     HINT_METADATA,
     HOST_PUBLIC_KEY_ANNOTATION,
@@ -35,6 +34,7 @@ from openshell_core.protocol import (
     stub,
     workspace_selector,
 )
+from openshell_core.host.metadata import MtlsFiles, read_active_gateway, read_metadata
 
 DEFAULT_TIMEOUT: Final = 30.0
 

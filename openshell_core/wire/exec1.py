@@ -1,13 +1,14 @@
-"""What travels on a sandbox's port 2222 after the NSSH1 preface, and the gateway's client for it.
+"""What travels on a sandbox's port 2222 after the NSSH1 preface: the mode magics and EXEC1.
 
 After ``OK`` the first bytes the connecting side sends choose the mode (docs/internals.md):
 
 - ``SSH-``: an SSH client's banner; the supervisor relays the connection to a fresh ``sshd -i``;
 - ``EXEC1 {json}\\n``: run one command; the answer is a sequence of frames, ``type`` (1 byte: 1
-  stdout, 2 stderr, 3 exit), ``length`` (4 bytes big endian), payload; the exit frame's payload is
+  stdout, 2 stderr, 3 exit), ``length`` (4 bytes big endian), payload
+  (:mod:`openshell_core.wire.frames`); the exit frame's payload is
   the exit code in decimal and it is always the last frame;
 - ``OSRS1 ...\\n``: a resumable stream for live SSH sessions
-  (:mod:`openshell_core.sandbox.resumable`).
+  (:mod:`openshell_core.wire.osrs1`).
 
 This module is standard library only: the sandbox image installs our wheel without dependencies.
 """
@@ -17,17 +18,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import enum
 import json
-import struct
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from openshell_core.errors import OpenShellError
-from openshell_core.handshake import HandshakeError, HandshakeRejected, client_handshake
+from openshell_core.wire.frames import HEADER_SIZE, pack_frame, unpack_header
 
 __all__ = [
     "EXEC_MAGIC",
@@ -39,13 +37,8 @@ __all__ = [
     "ExecRequest",
     "ExecStream",
     "FrameType",
-    "HandshakeError",
-    "HandshakeRejected",
     "SandboxProtocolError",
-    "SandboxUnreachable",
     "encode_frame",
-    "exec_in_sandbox",
-    "open_ssh_stream",
     "read_frame",
 ]
 
@@ -58,14 +51,6 @@ MODE_PROBE: Final = 4
 MAX_EXEC_REQUEST: Final = 16 * 1024 * 1024
 #: Largest payload of one frame; output is cut into chunks no bigger than this.
 MAX_FRAME: Final = 1024 * 1024
-#: Seconds to wait for the TCP connection to a sandbox.
-CONNECT_TIMEOUT: Final = 10.0
-
-_HEADER = struct.Struct(">BI")
-
-
-class SandboxUnreachable(OpenShellError):
-    """No TCP connection to a sandbox's supervisor could be made."""
 
 
 class SandboxProtocolError(OpenShellError):
@@ -164,7 +149,7 @@ class ExecRequest:
 def encode_frame(kind: FrameType, payload: bytes) -> bytes:
     if len(payload) > MAX_FRAME:
         raise ValueError(f"frame payload of {len(payload)} bytes exceeds {MAX_FRAME}")
-    return _HEADER.pack(int(kind), len(payload)) + payload
+    return pack_frame(int(kind), payload)
 
 
 def exit_frame(code: int) -> bytes:
@@ -177,12 +162,12 @@ async def read_frame(reader: asyncio.StreamReader) -> ExecEvent | None:
     :raises SandboxProtocolError: on a truncated or invalid frame.
     """
     try:
-        header = await reader.readexactly(_HEADER.size)
+        header = await reader.readexactly(HEADER_SIZE)
     except asyncio.IncompleteReadError as exc:
         if not exc.partial:
             return None
         raise SandboxProtocolError("connection closed inside a frame header") from None
-    kind, length = _HEADER.unpack(header)
+    kind, length = unpack_header(header)
     if kind not in FrameType._value2member_map_ or length > MAX_FRAME:
         raise SandboxProtocolError(f"invalid frame (type {kind}, length {length})")
     try:
@@ -193,88 +178,3 @@ async def read_frame(reader: asyncio.StreamReader) -> ExecEvent | None:
     if event.kind is ExecStream.EXIT and not payload.lstrip(b"-").isdigit():
         raise SandboxProtocolError(f"exit frame without an exit code: {payload!r}")
     return event
-
-
-# -- the connecting side (the gateway) -----------------------------------------------------------
-
-
-async def _connect(
-    host: str, port: int, timeout: float
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    try:
-        return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, TimeoutError) as exc:
-        raise SandboxUnreachable(
-            f"cannot connect to sandbox supervisor at {host}:{port}: {exc or 'timed out'}"
-        ) from exc
-
-
-async def open_ssh_stream(
-    host: str,
-    port: int,
-    secret: str,
-    token: str,
-    *,
-    connect_timeout: float = CONNECT_TIMEOUT,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to a supervisor and pass the handshake; the stream is then the caller's.
-
-    Whatever the caller sends first chooses the mode (an SSH banner, ``EXEC1`` or ``OSRS1``).
-
-    :raises SandboxUnreachable: the TCP connection failed.
-    :raises HandshakeRejected: the supervisor answered ``ERR`` (or closed).
-    """
-    reader, writer = await _connect(host, port, connect_timeout)
-    try:
-        await client_handshake(reader, writer, secret, token)
-    except (HandshakeError, OSError) as exc:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        if isinstance(exc, HandshakeError):
-            raise
-        raise HandshakeRejected(f"sandbox closed during the handshake: {exc}") from exc
-    return reader, writer
-
-
-async def exec_in_sandbox(
-    host: str,
-    port: int,
-    secret: str,
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    workdir: str | None = None,
-    stdin: bytes | None = None,
-    token: str | None = None,
-    connect_timeout: float = CONNECT_TIMEOUT,
-) -> AsyncIterator[ExecEvent]:
-    """Run ``argv`` in a sandbox; yield its output chunks as they come, then its exit code.
-
-    The last event is always ``ExecStream.EXIT``. Closing the generator early closes the connection,
-    and the supervisor then kills the command.
-
-    :param token: goes into the preface (upstream used a fresh UUIDv4 per exec; so do we).
-    :raises SandboxUnreachable, HandshakeRejected, SandboxProtocolError:
-    """
-    request = ExecRequest(argv=list(argv), env=dict(env or {}), workdir=workdir, stdin=stdin)
-    line = request.encode()
-    reader, writer = await open_ssh_stream(
-        host, port, secret, token or str(uuid.uuid4()), connect_timeout=connect_timeout
-    )
-    try:
-        writer.write(line)
-        await writer.drain()
-        while True:
-            event = await read_frame(reader)
-            if event is None:
-                raise SandboxProtocolError("sandbox closed the exec stream before the exit code")
-            yield event
-            if event.kind is ExecStream.EXIT:
-                return
-    except OSError as exc:
-        raise SandboxProtocolError(f"exec stream broke: {exc}") from exc
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()

@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
-from openshell_core.sandbox.relay import relay
+from openshell_core.wire.relay import relay
 
-log = logging.getLogger("openshell.server.front")
+log = logging.getLogger("openshell.server.listener")
 
 _SNIFF: Final = 8
 _HTTP2: Final = b"PRI * HT"
@@ -44,7 +44,7 @@ def server_tls_context(*, cert: Path, key: Path, client_ca: Path) -> ssl.SSLCont
     return context
 
 
-class Front:
+class GatewayListener:
     """Accepts TLS connections and routes each to gRPC or to the tunnel handler."""
 
     def __init__(

@@ -1,0 +1,112 @@
+"""The gateway's side of a sandbox's port 2222: connect, pass the NSSH1 preface, then speak a mode.
+
+:func:`open_ssh_stream` hands the stream to the caller (SSH relays, OSRS1); :func:`exec_in_sandbox`
+runs one command over EXEC1 (:mod:`openshell_core.wire.exec1`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Final
+
+from openshell_core.errors import OpenShellError
+from openshell_core.wire.exec1 import (
+    ExecEvent,
+    ExecRequest,
+    ExecStream,
+    SandboxProtocolError,
+    read_frame,
+)
+from openshell_core.wire.nssh1 import HandshakeError, HandshakeRejected, client_handshake
+
+#: Seconds to wait for the TCP connection to a sandbox.
+CONNECT_TIMEOUT: Final = 10.0
+
+
+class SandboxUnreachable(OpenShellError):
+    """No TCP connection to a sandbox's supervisor could be made."""
+
+
+async def _connect(
+    host: str, port: int, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError) as exc:
+        raise SandboxUnreachable(
+            f"cannot connect to sandbox supervisor at {host}:{port}: {exc or 'timed out'}"
+        ) from exc
+
+
+async def open_ssh_stream(
+    host: str,
+    port: int,
+    secret: str,
+    token: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to a supervisor and pass the handshake; the stream is then the caller's.
+
+    Whatever the caller sends first chooses the mode (an SSH banner, ``EXEC1`` or ``OSRS1``).
+
+    :raises SandboxUnreachable: the TCP connection failed.
+    :raises HandshakeRejected: the supervisor answered ``ERR`` (or closed).
+    """
+    reader, writer = await _connect(host, port, connect_timeout)
+    try:
+        await client_handshake(reader, writer, secret, token)
+    except (HandshakeError, OSError) as exc:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        if isinstance(exc, HandshakeError):
+            raise
+        raise HandshakeRejected(f"sandbox closed during the handshake: {exc}") from exc
+    return reader, writer
+
+
+async def exec_in_sandbox(
+    host: str,
+    port: int,
+    secret: str,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    workdir: str | None = None,
+    stdin: bytes | None = None,
+    token: str | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT,
+) -> AsyncIterator[ExecEvent]:
+    """Run ``argv`` in a sandbox; yield its output chunks as they come, then its exit code.
+
+    The last event is always ``ExecStream.EXIT``. Closing the generator early closes the connection,
+    and the supervisor then kills the command.
+
+    :param token: goes into the preface (upstream used a fresh UUIDv4 per exec; so do we).
+    :raises SandboxUnreachable, HandshakeRejected, SandboxProtocolError:
+    """
+    request = ExecRequest(argv=list(argv), env=dict(env or {}), workdir=workdir, stdin=stdin)
+    line = request.encode()
+    reader, writer = await open_ssh_stream(
+        host, port, secret, token or str(uuid.uuid4()), connect_timeout=connect_timeout
+    )
+    try:
+        writer.write(line)
+        await writer.drain()
+        while True:
+            event = await read_frame(reader)
+            if event is None:
+                raise SandboxProtocolError("sandbox closed the exec stream before the exit code")
+            yield event
+            if event.kind is ExecStream.EXIT:
+                return
+    except OSError as exc:
+        raise SandboxProtocolError(f"exec stream broke: {exc}") from exc
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
