@@ -766,36 +766,41 @@ def disrupt(
 def _await_api(
     run: ScenarioRun,
     api_ready: Callable[[], bool],
-    timeout: float,
+    *,
+    deadline: float,
     down_reason: Callable[[], str | None],
     poll: float,
+    disrupted_at: float,
 ) -> None:
-    """Wait until the API answers (``run.recovered_at``), or say in ``run.gave_up`` why not."""
+    """Wait until the API answers (``run.recovered_at``), at most ``deadline`` seconds from the
+    end of the disruption; or say in ``run.gave_up`` why not."""
     down_since: float | None = None
+    down_for_good: str | None = None
 
     def hopeless() -> str | None:
         # Down for good only once it has looked so for DOWN_GRACE seconds on end.
-        nonlocal down_since
+        nonlocal down_since, down_for_good
         reason = down_reason()
+        now = time.monotonic()
         if reason is None:
             down_since = None
-            return None
-        now = time.monotonic()
-        down_since = now if down_since is None else down_since
-        return reason if now - down_since >= DOWN_GRACE else None
+        elif down_since is None:
+            down_since = now
+        elif now - down_since >= DOWN_GRACE:
+            down_for_good = reason
+        return down_for_good
 
     try:
         poll_until(
             api_ready,
             bool,
-            timeout=max(timeout, 0.0),
+            timeout=max(disrupted_at + deadline - time.monotonic(), 0.0),
             what=f"the API of gateway {run.gateway.name}",
             fail_fast=hopeless,
-            describe=lambda ready: "no healthy answer",
             schedule=(min(0.05, poll), 1.5, poll),
         )
-    except ReadinessTimeout as exc:
-        run.gave_up = str(exc)
+    except ReadinessTimeout:
+        run.gave_up = down_for_good or f"the gateway API did not answer within {deadline:.0f} s"
         return
     run.recovered_at = time.monotonic()
     log.info(
@@ -831,7 +836,13 @@ def recover(
         run.gave_up = f"the recovery step failed: {exc}"
         log.info("scenario %s: recovery step failed: %s", scenario.key, exc)
     if run.gave_up is None:
-        remaining = run.disrupted_at + deadline - time.monotonic()
-        _await_api(run, api_ready, remaining, down_reason, poll)
+        _await_api(
+            run,
+            api_ready,
+            deadline=deadline,
+            down_reason=down_reason,
+            poll=poll,
+            disrupted_at=run.disrupted_at,
+        )
     if run.artefacts is not None:
         run.artefacts.capture(f"after {scenario.key}")

@@ -19,6 +19,7 @@ under the typed keys at the end of this module.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import logging
 import os
@@ -196,7 +197,11 @@ class Gateways:
     def user_key(self) -> Path:
         """The run's SSH key (made once with ssh-keygen): sandboxes of the run accept it."""
         key = self.config_home.parent / "ssh" / "id_ed25519"
-        with self._lock:
+        key.parent.mkdir(mode=0o700, exist_ok=True)
+        # The workers of a run share the key: one makes it while the others wait (a second
+        # ssh-keygen would find the first one's file half made and fail).
+        with self._lock, (key.parent / "key.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             made = sshproxy.ensure_user_key(key, comment=f"pytest-openshell-run-{self.run_id}")
         self.redactor.learn(made.read_text())
         return made
