@@ -528,3 +528,28 @@ def test_the_artefacts_of_a_shared_scenario_run_are_dropped_once_its_tests_are_d
     assert GATEWAY_ARTEFACTS.findall(output) == [second], (
         "the failure reports the second run's artefacts, not the first's as well"
     )
+
+
+def test_the_workers_of_a_run_make_its_ssh_key_once_between_them(
+    pytester: pytest.Pytester, images: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    monkeypatch.setenv("GATE", str(gate))
+    pytester.makepyfile(
+        """
+        import os
+        from pathlib import Path
+        from openshell_core.retry import poll_until
+
+        def test_every_worker_reaches_for_the_key_at_once(openshell, worker_id):
+            gate = Path(os.environ["GATE"])
+            (gate / worker_id).touch()
+            # All four workers at the start line, then all ask for the key together.
+            poll_until(lambda: len(list(gate.iterdir())), lambda n: n == 4, timeout=120,
+                       what="the four workers", schedule=(0.005, 1.0, 0.005))
+            assert openshell.user_key().exists()
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "-n", "4", "--dist", "each")
+    result.assert_outcomes(passed=4)
