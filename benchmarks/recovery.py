@@ -42,6 +42,7 @@ from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_d
 from openshell_core.wire.contract import AUTHORIZED_KEYS_ENV
 from pytest_openshell.drivers import GatewayHandle, GatewaySpec, ReferenceDriver
 from pytest_openshell.fixtures import HeldSession, SessionEnded
+from pytest_openshell.options import GatewayOptions
 from pytest_openshell.scenarios import BUILTIN, Scenario, ScenarioRun
 
 SCENARIOS = (
@@ -107,9 +108,7 @@ class Bench:
         spec = GatewaySpec(
             name=f"bench-{self.run_id[:6]}-{label}",
             port=free_port(),
-            image=self.images.gateway,
-            upgrade_image=self.images.gateway_upgrade,
-            sandbox_image=self.images.sandbox,
+            options=GatewayOptions(self.images),
             run_id=self.run_id,
         )
         return self.driver.deploy(spec)

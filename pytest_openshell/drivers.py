@@ -14,9 +14,9 @@ import hashlib
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from openshell_core import labels
 from openshell_core.engine import Engine
@@ -27,6 +27,7 @@ from openshell_core.gateway import DeployOptions, deploy, destroy, names, stop
 from openshell_core.gateway.reconcile import STATE_DIR
 from openshell_core.host.metadata import remove_gateway_files
 from openshell_core.wire.contract import GATEWAY_SECRET_STATE, RUN_ID_ENV, SANDBOX_ROLE
+from pytest_openshell.options import GatewayOptions
 
 #: The gateway's persistent secret state, relative to its state directory on the volume.
 STATE_FILES = GATEWAY_SECRET_STATE
@@ -34,17 +35,36 @@ STATE_FILES = GATEWAY_SECRET_STATE
 
 @dataclass(frozen=True)
 class GatewaySpec:
-    """What a test asks for: one gateway, with a unique name and port."""
+    """What a test asks for: one gateway, with a unique name and port, deployed with ``options``."""
 
     name: str
     port: int
-    image: str
-    upgrade_image: str
-    sandbox_image: str
     run_id: str
-    faults: frozenset[Fault] = frozenset()
-    health_timeout: float = 180.0
-    api_timeout: float = 90.0
+    options: GatewayOptions = field(default_factory=GatewayOptions)
+
+    @property
+    def image(self) -> str:
+        return self.options.images.gateway
+
+    @property
+    def upgrade_image(self) -> str:
+        return self.options.images.gateway_upgrade
+
+    @property
+    def sandbox_image(self) -> str:
+        return self.options.images.sandbox
+
+    @property
+    def faults(self) -> frozenset[Fault]:
+        return self.options.faults
+
+    @property
+    def health_timeout(self) -> float:
+        return self.options.health_timeout
+
+    @property
+    def api_timeout(self) -> float:
+        return self.options.api_timeout
 
 
 @dataclass
@@ -271,30 +291,28 @@ class ReferenceDriver(
     def env(self) -> dict[str, str]:
         return {"XDG_CONFIG_HOME": str(self.config_home)}
 
-    def _options(self, spec: GatewaySpec, **changes: Any) -> DeployOptions:
-        values: dict[str, Any] = {
-            "name": spec.name,
-            "image": spec.image,
-            "port": spec.port,
-            "sandbox_image": spec.sandbox_image,
-            "run_id": spec.run_id,
-            "faults": spec.faults,
-            "health_timeout": spec.health_timeout,
-            "api_timeout": spec.api_timeout,
-            "config_env": self.env,
-        }
-        values.update(changes)
-        return DeployOptions(**values)
+    def _options(
+        self, spec: GatewaySpec, *, port: int | None, image: str | None = None
+    ) -> DeployOptions:
+        return DeployOptions(
+            name=spec.name,
+            image=image or spec.image,
+            port=port,
+            sandbox_image=spec.sandbox_image,
+            run_id=spec.run_id,
+            faults=spec.faults,
+            health_timeout=spec.health_timeout,
+            api_timeout=spec.api_timeout,
+            config_env=self.env,
+        )
 
     def deploy(self, spec: GatewaySpec) -> GatewayHandle:
-        deploy(self.engine, self._options(spec))
+        deploy(self.engine, self._options(spec, port=spec.port))
         return GatewayHandle(spec, self.config_home)
 
     def start(self, gateway: GatewayHandle, *, image: str | None = None) -> None:
         # A user's bare `gateway start`: the port comes from the gateway's metadata.
-        deploy(
-            self.engine, self._options(gateway.spec, port=None, image=image or gateway.spec.image)
-        )
+        deploy(self.engine, self._options(gateway.spec, port=None, image=image))
 
     def stop(self, gateway: GatewayHandle) -> None:
         stop(self.engine, gateway.name, env=self.env)
@@ -306,15 +324,17 @@ class ReferenceDriver(
 
     def recreate(self, gateway: GatewayHandle) -> None:
         """``gateway start --recreate``: wipe and start fresh under the same name and port."""
-        deploy(self.engine, self._options(gateway.spec, recreate=True))
+        deploy(
+            self.engine, replace(self._options(gateway.spec, port=gateway.spec.port), recreate=True)
+        )
 
     def start_failing(self, gateway: GatewayHandle) -> None:
         """A resume that fails: its health deadline cannot be met."""
-        deploy(self.engine, self._options(gateway.spec, port=None, health_timeout=0.01))
+        deploy(self.engine, replace(self._options(gateway.spec, port=None), health_timeout=0.01))
 
     def deploy_failing(self, spec: GatewaySpec) -> None:
         """A fresh deploy that fails: its health deadline cannot be met."""
-        deploy(self.engine, self._options(spec, health_timeout=0.01))
+        deploy(self.engine, replace(self._options(spec, port=spec.port), health_timeout=0.01))
 
     def forget(self, gateway: GatewayHandle) -> None:
         """Delete the gateway's host-side metadata, as a user wiping ``~/.config`` would."""

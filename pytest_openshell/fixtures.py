@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from openshell_core.errors import ReadinessTimeout
 from openshell_core.host.api_client import SandboxInfo
@@ -21,6 +21,7 @@ from openshell_core.retry import GiveUp, poll_until
 from openshell_core.wire.contract import AUTHORIZED_KEYS_ENV
 from pytest_openshell.artefacts import Artefacts
 from pytest_openshell.drivers import GatewayHandle, ReportsDownReason
+from pytest_openshell.options import GatewayOptions
 from pytest_openshell.pipes import PipeReader
 from pytest_openshell.scenarios import Scenario, ScenarioRun, disrupt, recover
 
@@ -37,8 +38,9 @@ class GatewayFactory:
     session: OpenShellSession
     made: list[GatewayHandle] = field(default_factory=list)
 
-    def deploy(self, label: str = "gw", **overrides: Any) -> GatewayHandle:
-        spec = self.session.gateway_spec(label, **overrides)
+    def deploy(self, label: str = "gw", options: GatewayOptions | None = None) -> GatewayHandle:
+        """Deploy a gateway named after ``label``, with ``options`` (default: the run's)."""
+        spec = self.session.gateway_spec(label, options)
         with self.session.access.shared():
             handle = self.session.driver.deploy(spec)
         self.made.append(handle)
@@ -86,6 +88,9 @@ class ScenarioFixture:
 
     session: OpenShellSession
     scenario: Scenario
+    #: where the runs' failure artefacts go: the test's own (``item.stash[ARTEFACTS_KEY]``), or
+    #: by default the run's store for this scenario, shared by its tests until it is done
+    artefacts: list[Artefacts] | None = None
     runs: list[ScenarioRun] = field(default_factory=list)
 
     @property
@@ -99,12 +104,13 @@ class ScenarioFixture:
     def disrupt(self, gateway: GatewayHandle) -> ScenarioRun:
         """Disrupt ``gateway`` (plain engine and driver operations); returns the run."""
         artefacts = Artefacts(self.session.engine, gateway.name, self.session.redactor)
-        self.session.artefacts_of(self.key).append(artefacts)
+        sink = self.artefacts if self.artefacts is not None else self.session.artefacts.of(self.key)
+        sink.append(artefacts)
         run = ScenarioRun(
             self.scenario, gateway, self.session.driver, self.session.engine, artefacts
         )
         self.runs.append(run)
-        self.session.record_run(run)
+        self.session.records.record_run(run)
         hook = self.session.config.hook
         disrupt(run, on_disrupted=lambda current: hook.pytest_openshell_disrupted(run=current))
         return run

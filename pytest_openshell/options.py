@@ -146,6 +146,17 @@ def _raw(config: pytest.Config, dest: str, env_name: str, env: Mapping[str, str]
 
 
 @dataclass(frozen=True)
+class GatewayOptions:
+    """How every gateway of a run is deployed: the one record carried from the options, through
+    :class:`~pytest_openshell.drivers.GatewaySpec`, to the driver."""
+
+    images: ImageSet = field(default_factory=ImageSet)
+    faults: frozenset[Fault] = frozenset()
+    health_timeout: float = 180.0
+    api_timeout: float = 90.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """The resolved options of one run."""
 
@@ -166,6 +177,11 @@ class Settings:
     @property
     def enabled(self) -> bool:
         return self.target is not None
+
+    @property
+    def gateway_options(self) -> GatewayOptions:
+        """What the run's gateways are deployed with."""
+        return GatewayOptions(self.images, self.faults, self.health_timeout, self.api_timeout)
 
 
 def _number(name: str, value: object) -> float:

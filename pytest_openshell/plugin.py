@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import pytest
 
 from openshell_core.engine import Engine
+from openshell_core.errors import ReadinessTimeout
+from openshell_core.retry import poll_until
 from openshell_core.runs import new_run_id
 from pytest_openshell import hookspecs
 from pytest_openshell.artefacts import ARTEFACTS_KEY
@@ -29,12 +30,11 @@ from pytest_openshell.fixtures import (
 from pytest_openshell.options import REFERENCE_TARGET, add_options, resolve
 from pytest_openshell.scenarios import Applies, applicable
 from pytest_openshell.session import WORKER_INPUT_KEY, OpenShellSession, is_worker
+from pytest_openshell.session_parts import FAILED_KEY, SCENARIO_KEY
 from pytest_openshell.summary import DOWNTIME, PROPERTY, RECOVERY, SCENARIO
 from pytest_openshell.survival import SurvivalRecord
 
 SESSION_KEY = pytest.StashKey[OpenShellSession]()
-#: Set on a test item whose setup or call failed (what ``--openshell-keep=failed`` keeps).
-FAILED_KEY = pytest.StashKey[bool]()
 DISABLED = (
     "pytest-openshell is off: pass --openshell-gateway (or set PYTEST_OPENSHELL_GATEWAY) "
     "to run this test"
@@ -149,7 +149,7 @@ def parametrize_scenarios(
     ``scope="session"`` that runs each scenario once for many tests (the conformance suite does).
     """
     state = metafunc.config.stash[SESSION_KEY]
-    state.scenario_argnames.add(argname)
+    state.catalogue.argnames.add(argname)
     node = metafunc.definition
     traits = node.get_closest_marker("openshell_traits")
     wanted = node.get_closest_marker("openshell_scenarios")
@@ -225,15 +225,16 @@ def openshell_gateway(
     test runs, so another worker's daemon restart waits for it, and the test starts only once the
     gateway answers (after such a restart, say)."""
     with openshell.access.shared():
-        deadline = time.monotonic() + openshell.settings.api_timeout
-        while not openshell.driver_ready(openshell_shared_gateway):
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"the shared gateway {openshell_shared_gateway.name} does not answer "
-                    f"(waited {openshell.settings.api_timeout:.0f} s)",
-                    pytrace=False,
-                )
-            time.sleep(0.25)
+        try:
+            poll_until(
+                lambda: openshell.driver_ready(openshell_shared_gateway),
+                bool,
+                timeout=openshell.settings.api_timeout,
+                what=f"the API of the shared gateway {openshell_shared_gateway.name}",
+                describe=lambda ready: "no healthy answer",
+            )
+        except ReadinessTimeout as exc:
+            pytest.fail(str(exc), pytrace=False)
         yield openshell_shared_gateway
 
 
@@ -283,7 +284,8 @@ def openshell_scenario(
     if missing:
         pytest.skip("; ".join(missing))
     with openshell.engine_use(scenario):
-        yield ScenarioFixture(openshell, scenario)
+        # The runs are this test's own: their artefacts go with its report alone.
+        yield ScenarioFixture(openshell, scenario, request.node.stash.setdefault(ARTEFACTS_KEY, []))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -314,8 +316,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         number = marker and (marker.args[0] if marker.args else marker.kwargs.get("number"))
         if number:
             item.user_properties.append((PROPERTY, int(number)))
-        key = state.scenario_of(item)
-        if key is not None:
+        param = state.catalogue.param_of(item)
+        if param is not None:
+            item.stash[SCENARIO_KEY] = param
+            key = param.key
             item.user_properties.append((SCENARIO, key))
             # Under `pytest -n N --dist loadgroup`, the tests of one scenario share a worker, so a
             # scenario fixture of wider scope runs once for all of them.
@@ -325,9 +329,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
     """A line per selected scenario: how many checks run with it, and its traits."""
     state = config.stash[SESSION_KEY]
-    if not state.settings.enabled or not state.scenario_argnames or is_worker(config):
+    if not state.settings.enabled or not state.catalogue.argnames or is_worker(config):
         return []
-    counts = collections.Counter(state.scenario_of(item) for item in items)
+    counts = collections.Counter(_scenario_key(item) for item in items)
     return [
         f"openshell: scenario {scenario.key}: {counts[scenario.key]} checks "
         f"({scenario.declared_traits.describe()})"
@@ -355,18 +359,16 @@ def pytest_runtest_makereport(
 
 
 def _complete_report(item: pytest.Item, report: pytest.TestReport, state: OpenShellSession) -> None:
-    key = state.scenario_of(item)
-    run = state.runs.get(key) if key else None
+    key = _scenario_key(item)
+    run = state.records.runs.get(key) if key else None
     if run is not None and report.when == "call":
         timings = [(RECOVERY, run.recovery_seconds), (DOWNTIME, run.downtime_seconds)]
         report.user_properties.extend(timings)
         item.user_properties.extend(timings)  # junitxml reads them from the teardown report
     if report.failed:
-        state.failed = True
+        state.records.record_failure(key)
         item.stash[FAILED_KEY] = True
-        if key:
-            state.failed_scenarios.add(key)
-        collected = [*item.stash.get(ARTEFACTS_KEY, []), *(state.artefacts_of(key) if key else [])]
+        collected = [*item.stash.get(ARTEFACTS_KEY, []), *(state.artefacts.get(key) if key else [])]
         for artefacts in collected:
             written = None
             with contextlib.suppress(OSError):
@@ -374,6 +376,26 @@ def _complete_report(item: pytest.Item, report: pytest.TestReport, state: OpenSh
             report.sections.append(
                 (f"openshell artefacts ({report.when})", artefacts.summary(written))
             )
+
+
+def _scenario_key(item: pytest.Item) -> str | None:
+    param = item.stash.get(SCENARIO_KEY, None)
+    return None if param is None else param.key
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """Once the last test of a scenario run has reported (the next test has another scenario, or
+    none), drop the run's shared artefacts: a later run of that scenario reports its own."""
+    try:
+        return (yield)
+    finally:
+        param = item.stash.get(SCENARIO_KEY, None)
+        following = None if nextitem is None else nextitem.stash.get(SCENARIO_KEY, None)
+        if param is not None and following != param:
+            item.config.stash[SESSION_KEY].artefacts.done(param.key)
 
 
 @pytest.hookimpl(trylast=True)
@@ -387,10 +409,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             r for r in terminalreporter.stats.get(key, []) if isinstance(r, pytest.TestReport)
         )
     if any(r.failed for r in reports):
-        state.failed = True
+        state.records.failed = True
     for report in reports:
         state.summary.add(report)
-    kept = state.kept_lines()
+    kept = state.records.kept_lines()
     if kept:
         terminalreporter.section("openshell: kept (--openshell-keep)")
         for line in kept:

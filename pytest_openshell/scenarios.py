@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from openshell_core.engine import Engine
+from openshell_core.errors import ReadinessTimeout
+from openshell_core.retry import poll_until
 from pytest_openshell.drivers import (
     Ability,
     CanAutoBootstrap,
@@ -502,17 +504,13 @@ def _await_sandboxes_back(run: ScenarioRun) -> None:
     if not isinstance(driver, ListsSandboxContainers):
         raise _needs(run, Ability.SANDBOX_CONTAINERS)
     wanted = set(run.sandbox_fates)
-    deadline = time.monotonic() + RESCHEDULE_WAIT
-    while True:
-        running = set(driver.sandbox_containers(run.gateway, running=True))
-        if wanted <= running:
-            return
-        if time.monotonic() >= deadline:
-            raise RuntimeError(
-                f"the gateway did not bring back {sorted(wanted - running)} within "
-                f"{RESCHEDULE_WAIT:.0f} s"
-            )
-        time.sleep(0.25)
+    poll_until(
+        lambda: set(driver.sandbox_containers(run.gateway, running=True)),
+        lambda running: wanted <= running,
+        timeout=RESCHEDULE_WAIT,
+        what=f"the sandbox containers {sorted(wanted)} running again",
+        describe=lambda running: f"not running: {sorted(wanted - running)}",
+    )
 
 
 def _forget_host_metadata(run: ScenarioRun) -> None:
@@ -765,6 +763,53 @@ def disrupt(
     on_disrupted(run)
 
 
+def _await_api(
+    run: ScenarioRun,
+    api_ready: Callable[[], bool],
+    *,
+    deadline: float,
+    down_reason: Callable[[], str | None],
+    poll: float,
+    disrupted_at: float,
+) -> None:
+    """Wait until the API answers (``run.recovered_at``), at most ``deadline`` seconds from the
+    end of the disruption; or say in ``run.gave_up`` why not."""
+    down_since: float | None = None
+    down_for_good: str | None = None
+
+    def hopeless() -> str | None:
+        # Down for good only once it has looked so for DOWN_GRACE seconds on end.
+        nonlocal down_since, down_for_good
+        reason = down_reason()
+        now = time.monotonic()
+        if reason is None:
+            down_since = None
+        elif down_since is None:
+            down_since = now
+        elif now - down_since >= DOWN_GRACE:
+            down_for_good = reason
+        return down_for_good
+
+    try:
+        poll_until(
+            api_ready,
+            bool,
+            timeout=max(disrupted_at + deadline - time.monotonic(), 0.0),
+            what=f"the API of gateway {run.gateway.name}",
+            fail_fast=hopeless,
+            schedule=(min(0.05, poll), 1.5, poll),
+        )
+    except ReadinessTimeout:
+        run.gave_up = down_for_good or f"the gateway API did not answer within {deadline:.0f} s"
+        return
+    run.recovered_at = time.monotonic()
+    log.info(
+        "scenario %s: gateway answers %.1f s after the disruption",
+        run.scenario.key,
+        run.recovery_seconds,
+    )
+
+
 def recover(
     run: ScenarioRun,
     *,
@@ -790,29 +835,14 @@ def recover(
         run.recovery_error = exc
         run.gave_up = f"the recovery step failed: {exc}"
         log.info("scenario %s: recovery step failed: %s", scenario.key, exc)
-    end = run.disrupted_at + deadline
-    down_since: float | None = None
-    while run.gave_up is None:
-        if api_ready():
-            run.recovered_at = time.monotonic()
-            log.info(
-                "scenario %s: gateway answers %.1f s after the disruption",
-                scenario.key,
-                run.recovery_seconds,
-            )
-            break
-        now = time.monotonic()
-        if now >= end:
-            run.gave_up = f"the gateway API did not answer within {deadline:.0f} s"
-            break
-        reason = down_reason()
-        if reason is None:
-            down_since = None
-        elif down_since is None:
-            down_since = now
-        elif now - down_since >= DOWN_GRACE:
-            run.gave_up = reason
-            break
-        time.sleep(poll)
+    if run.gave_up is None:
+        _await_api(
+            run,
+            api_ready,
+            deadline=deadline,
+            down_reason=down_reason,
+            poll=poll,
+            disrupted_at=run.disrupted_at,
+        )
     if run.artefacts is not None:
         run.artefacts.capture(f"after {scenario.key}")

@@ -45,7 +45,8 @@ from pytest_openshell.drivers import (
     ReportsStateDigests,
     abilities_of,
 )
-from pytest_openshell.session import free_port
+from pytest_openshell.options import GatewayOptions
+from pytest_openshell.session_parts import free_port
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "cli_driver.py"
 #: The gateway's handshake secret on its volume: a new one means a new gateway, the same one a resume.
@@ -102,9 +103,7 @@ class Subject:
         return GatewaySpec(
             name=f"dc{self.rig.run_id[:6]}{secrets.token_hex(3)}",
             port=free_port(),
-            image=self.images.gateway,
-            upgrade_image=self.images.gateway_upgrade,
-            sandbox_image=self.images.sandbox,
+            options=GatewayOptions(self.images),
             run_id=self.rig.run_id,
         )
 

@@ -455,3 +455,101 @@ def test_a_private_engine_the_run_started_is_stopped_at_its_end(
         assert private._engine_processes() == set()
     finally:
         private.purge()
+
+
+GATEWAY_ARTEFACTS = re.compile(r"^gateway (\S+): \d+ snapshot\(s\)$", re.MULTILINE)
+
+
+def test_a_failing_test_reports_the_artefacts_of_its_own_scenario_runs_only(
+    pytester: pytest.Pytester, images: ImageSet
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("round", [1, 2])
+        def test_fails_after_a_run(openshell_fresh_gateway, openshell_scenario, round):
+            openshell_scenario.run(openshell_fresh_gateway)
+            assert False, f"on purpose: {openshell_fresh_gateway.name}"
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--openshell-scenarios=start-while-running")
+    result.assert_outcomes(failed=2)
+    output = result.stdout.str()
+    reported = GATEWAY_ARTEFACTS.findall(output)
+    failed_on = re.findall(r"^E +AssertionError: on purpose: (\S+)", output, re.MULTILINE)
+    assert len(set(failed_on)) == 2
+    assert reported == failed_on, "each failure reports the artefacts of its own gateway alone"
+
+
+SHARED_SCENARIO_RUNS = """
+    import pytest
+    from pytest_openshell import ScenarioFixture, parametrize_scenarios
+
+    def pytest_generate_tests(metafunc):
+        for name in ("first", "second"):
+            if name in metafunc.fixturenames:
+                parametrize_scenarios(metafunc, name, scope="session")
+
+    def _run(openshell, factory, request):
+        gateway = factory.deploy(label=request.fixturename)
+        runner = ScenarioFixture(openshell, openshell.scenarios[request.param])
+        with openshell.engine_use(runner.scenario):
+            assert runner.run(gateway).recovered
+        return gateway.name
+
+    @pytest.fixture(scope="session")
+    def first(openshell, openshell_gateway_factory, request):
+        return _run(openshell, openshell_gateway_factory, request)
+
+    @pytest.fixture(scope="session")
+    def second(openshell, openshell_gateway_factory, request):
+        return _run(openshell, openshell_gateway_factory, request)
+"""
+
+
+def test_the_artefacts_of_a_shared_scenario_run_are_dropped_once_its_tests_are_done(
+    pytester: pytest.Pytester, images: ImageSet
+) -> None:
+    pytester.makeconftest(SHARED_SCENARIO_RUNS)
+    pytester.makepyfile(
+        """
+        def test_first_run_passes(first):
+            pass
+
+        def test_second_run_fails(second):
+            assert False, f"on purpose: {second}"
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--openshell-scenarios=start-while-running")
+    result.assert_outcomes(passed=1, failed=1)
+    output = result.stdout.str()
+    (second,) = re.findall(r"^E +AssertionError: on purpose: (\S+)", output, re.MULTILINE)
+    assert GATEWAY_ARTEFACTS.findall(output) == [second], (
+        "the failure reports the second run's artefacts, not the first's as well"
+    )
+
+
+def test_the_workers_of_a_run_make_its_ssh_key_once_between_them(
+    pytester: pytest.Pytester, images: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    monkeypatch.setenv("GATE", str(gate))
+    pytester.makepyfile(
+        """
+        import os
+        from pathlib import Path
+        from openshell_core.retry import poll_until
+
+        def test_every_worker_reaches_for_the_key_at_once(openshell, worker_id):
+            gate = Path(os.environ["GATE"])
+            (gate / worker_id).touch()
+            # All four workers at the start line, then all ask for the key together.
+            poll_until(lambda: len(list(gate.iterdir())), lambda n: n == 4, timeout=120,
+                       what="the four workers", schedule=(0.005, 1.0, 0.005))
+            assert openshell.user_key().exists()
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "-n", "4", "--dist", "each")
+    result.assert_outcomes(passed=4)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from openshell_core.errors import ReadinessTimeout
+from openshell_core.retry import poll_until
 
 PROC = Path("/proc")
 
@@ -81,14 +83,24 @@ def kill_all(pids: set[int], sig: signal.Signals = signal.SIGKILL) -> None:
 
 def wait_gone(pids: set[int], *, timeout: float) -> set[int]:
     """Wait until none of ``pids`` is alive; returns those still alive at the deadline."""
-    deadline = time.monotonic() + timeout
-    alive = {pid for pid in pids if is_alive(pid)}
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
-        for pid in list(alive):
+    alive = set(pids)
+
+    def still_alive() -> set[int]:
+        nonlocal alive
+        for pid in alive:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
+                os.waitpid(pid, os.WNOHANG)  # our own children: reap them, or they stay zombies
         alive = {pid for pid in alive if is_alive(pid)}
+        return alive
+
+    with contextlib.suppress(ReadinessTimeout):
+        poll_until(
+            still_alive,
+            lambda left: not left,
+            timeout=timeout,
+            what=f"processes {sorted(pids)} to end",
+            schedule=(0.05, 1.0, 0.05),
+        )
     return alive
 
 

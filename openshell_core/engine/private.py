@@ -33,8 +33,10 @@ from openshell_core.errors import (
     EngineError,
     EnginePermissionError,
     EnginePrerequisiteError,
+    ReadinessTimeout,
     UsageError,
 )
+from openshell_core.retry import GiveUp, poll_until
 from openshell_core.users import owner_of, this_user
 
 log = logging.getLogger("openshell.engine")
@@ -544,24 +546,28 @@ class PrivateEngine:
 
     def _wait_ready(self, timeout: float) -> None:
         started = time.monotonic()
-        while time.monotonic() - started < timeout:
+
+        def answers() -> bool:
             if unix_socket_answers(self.socket_path) and self._running_pid() is not None:
-                log.info(
-                    "private engine %r ready after %.1f s", self.name, time.monotonic() - started
-                )
-                return
+                return True
             if not _proc.is_alive(self._spawned_pid):
-                raise EngineError(
-                    f"dockerd for engine {self.name!r} exited during start-up:\n"
-                    + "\n".join(f"    {line}" for line in self.log_tail(15)),
-                    hint=f"full log: {self.logfile}",
-                )
-            time.sleep(0.1)
-        raise EngineError(
-            f"dockerd for engine {self.name!r} did not answer on {self.socket_path} within "
-            f"{timeout:.0f} s:\n" + "\n".join(f"    {line}" for line in self.log_tail(15)),
-            hint=f"full log: {self.logfile}",
-        )
+                raise GiveUp("exited during start-up")
+            return False
+
+        try:
+            poll_until(answers, bool, timeout=timeout, what=f"dockerd for engine {self.name!r}")
+        except ReadinessTimeout as exc:
+            problem = (
+                "exited during start-up"
+                if isinstance(exc.__cause__, GiveUp)
+                else f"did not answer on {self.socket_path} within {timeout:.0f} s"
+            )
+            raise EngineError(
+                f"dockerd for engine {self.name!r} {problem}:\n"
+                + "\n".join(f"    {line}" for line in self.log_tail(15)),
+                hint=f"full log: {self.logfile}",
+            ) from exc
+        log.info("private engine %r ready after %.1f s", self.name, time.monotonic() - started)
 
     def log_tail(self, lines: int = 20) -> list[str]:
         try:

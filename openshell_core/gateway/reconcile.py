@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,11 +19,12 @@ from urllib.parse import urlparse
 
 from openshell_core import labels
 from openshell_core.engine import Engine
-from openshell_core.errors import EngineError, NotFoundError, StateError
+from openshell_core.errors import EngineError, NotFoundError, ReadinessTimeout, StateError
 from openshell_core.faults import ENV_VAR as FAULTS_ENV
 from openshell_core.faults import Fault, format_faults
 from openshell_core.gateway.names import container_name, network_name, node_name, volume_name
 from openshell_core.gateway.state import GATEWAY_PORT_KEY
+from openshell_core.retry import poll_until
 from openshell_core.state_record import (
     RECORD_FILE,
     STORE_FILE,
@@ -223,14 +223,16 @@ def _created_by_someone_else(
     Docker reserves the name before the winner's create finishes, so the loser's 409 can come
     while the container cannot be inspected yet: look again for a few seconds.
     """
-    deadline = time.monotonic() + patience
-    delay = 0.05
-    while True:
-        found = engine.inspect_container(container)
-        if found is not None or time.monotonic() >= deadline:
-            return found
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+    try:
+        return poll_until(
+            lambda: engine.inspect_container(container),
+            lambda found: found is not None,
+            timeout=patience,
+            what=f"container {container}",
+            schedule=(0.05, 2.0, 0.5),
+        )
+    except ReadinessTimeout:
+        return None
 
 
 def reconcile_container_network(engine: Engine, container: str, network: str) -> bool:
