@@ -316,10 +316,7 @@ class PrivateEngine:
                 self.name,
                 len(victims),
             )
-            _proc.kill_all(victims)
-            survivors = _proc.wait_gone(victims, timeout=15)
-            if survivors:
-                raise EngineError(f"processes {sorted(survivors)} survived SIGKILL")
+            _sigkill(victims)
 
     def kill_daemon(self) -> None:
         """SIGKILL dockerd and its containerd only; the shims and the containers go on running.
@@ -340,10 +337,7 @@ class PrivateEngine:
                 self.name,
                 len(victims),
             )
-            _proc.kill_all(victims)
-            survivors = _proc.wait_gone(victims, timeout=15)
-            if survivors:
-                raise EngineError(f"processes {sorted(survivors)} survived SIGKILL")
+            _sigkill(victims)
 
     def purge(self) -> None:
         """Stop the engine and delete its directory, images and volumes included."""
@@ -575,6 +569,13 @@ class PrivateEngine:
         except FileNotFoundError:
             return []
         return text.splitlines()[-lines:]
+
+
+def _sigkill(victims: set[int]) -> None:
+    _proc.kill_all(victims)
+    survivors = _proc.wait_gone(victims, timeout=15)
+    if survivors:
+        raise EngineError(f"processes {sorted(survivors)} survived SIGKILL")
 
 
 def _unmount_below(root: Path) -> None:
