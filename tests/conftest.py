@@ -102,3 +102,10 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs_ability(ability): a driver compliance test, run for the drivers that declare it",
+    )

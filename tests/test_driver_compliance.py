@@ -28,7 +28,7 @@ from openshell_core.errors import OpenShellError
 from openshell_core.host.api_client import GatewayClient
 from openshell_core.host.metadata import gateway_dir
 from openshell_core.images import ImageSet
-from openshell_core.runs import new_run_id, remove_run_objects
+from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_dir
 from pytest_openshell.drivers import (
     Ability,
     CanAutoBootstrap,
@@ -112,25 +112,36 @@ class Subject:
         self.made.append(gateway)
         return gateway
 
-    def needs(self, ability: Ability) -> None:
-        """Skip, naming the ability, when this driver does not declare it."""
-        if not ability.of(self.driver):
-            pytest.skip(ability.lacking(self.driver))
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each test runs with every driver that declares the ability it checks (``needs_ability``):
+    an ability a driver lacks is not a test of it, so it is neither run nor reported as skipped
+    (``test_the_driver_is_a_gateway_driver_with_exactly_its_declared_abilities`` holds the
+    declarations to the drivers)."""
+    if "subject" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("needs_ability")
+    names = [
+        name for name in sorted(DRIVERS) if marker is None or marker.args[0] in DRIVERS[name][1]
+    ]
+    metafunc.parametrize("subject", names, indirect=True)
 
 
-@pytest.fixture(params=sorted(DRIVERS))
+@pytest.fixture
 def subject(
     request: pytest.FixtureRequest, engine: Engine, images: ImageSet, tmp_path: Path
 ) -> Iterator[Subject]:
     make, _ = DRIVERS[request.param]
     rig = Rig(engine, new_run_id(), tmp_path)
     subject = Subject(request.param, make(rig), rig, images, [])
-    yield subject
-    for gateway in subject.made:
-        # A test may have left it half gone; the sweep below removes whatever remains.
-        with contextlib.suppress(Exception):
-            subject.driver.destroy(gateway)
-    remove_run_objects(engine, {rig.run_id})
+    # A live lease on the run id: another run's sweep of dead runs leaves these objects alone.
+    with RunLease(rig.run_id, runs_dir()).held():
+        yield subject
+        for gateway in subject.made:
+            # A test may have left it half gone; the sweep below removes whatever remains.
+            with contextlib.suppress(Exception):
+                subject.driver.destroy(gateway)
+        remove_run_objects(engine, {rig.run_id})
 
 
 def answers(gateway: GatewayHandle) -> bool:
@@ -261,8 +272,8 @@ def test_destroy_removes_every_object_and_the_host_files(subject: Subject) -> No
 # -- the abilities, each as its protocol says ---------------------------------------------------
 
 
+@pytest.mark.needs_ability(Ability.SANDBOX_CONTAINERS)
 def test_sandbox_containers_names_the_containers_of_its_sandboxes(subject: Subject) -> None:
-    subject.needs(Ability.SANDBOX_CONTAINERS)
     driver = subject.driver
     assert isinstance(driver, ListsSandboxContainers)
     gateway = subject.deploy()
@@ -281,8 +292,8 @@ def test_sandbox_containers_names_the_containers_of_its_sandboxes(subject: Subje
     assert driver.sandbox_containers(gateway) == named
 
 
+@pytest.mark.needs_ability(Ability.STATE_DIGESTS)
 def test_state_digests_are_hex_digests_that_survive_a_stop_and_start(subject: Subject) -> None:
-    subject.needs(Ability.STATE_DIGESTS)
     driver = subject.driver
     assert isinstance(driver, ReportsStateDigests)
     gateway = subject.deploy()
@@ -294,10 +305,10 @@ def test_state_digests_are_hex_digests_that_survive_a_stop_and_start(subject: Su
     assert driver.state_digests(gateway) == before
 
 
+@pytest.mark.needs_ability(Ability.DOWN_REASON)
 def test_down_reason_is_none_while_it_runs_and_says_why_once_it_is_gone(
     subject: Subject,
 ) -> None:
-    subject.needs(Ability.DOWN_REASON)
     driver = subject.driver
     assert isinstance(driver, ReportsDownReason)
     gateway = subject.deploy()
@@ -307,8 +318,8 @@ def test_down_reason_is_none_while_it_runs_and_says_why_once_it_is_gone(
     assert reason is not None and gateway.container_name in reason
 
 
+@pytest.mark.needs_ability(Ability.RECREATE)
 def test_recreate_starts_a_fresh_gateway_under_the_same_name(subject: Subject) -> None:
-    subject.needs(Ability.RECREATE)
     driver = subject.driver
     assert isinstance(driver, CanRecreate)
     engine = subject.rig.engine
@@ -319,8 +330,8 @@ def test_recreate_starts_a_fresh_gateway_under_the_same_name(subject: Subject) -
     assert answers(gateway)
 
 
+@pytest.mark.needs_ability(Ability.FAIL_RESUME)
 def test_start_failing_fails_and_leaves_the_volume_to_resume_from(subject: Subject) -> None:
-    subject.needs(Ability.FAIL_RESUME)
     driver = subject.driver
     assert isinstance(driver, CanFailResume)
     engine = subject.rig.engine
@@ -333,8 +344,8 @@ def test_start_failing_fails_and_leaves_the_volume_to_resume_from(subject: Subje
     assert answers(gateway)
 
 
+@pytest.mark.needs_ability(Ability.FAIL_DEPLOY)
 def test_deploy_failing_fails_and_leaves_nothing(subject: Subject) -> None:
-    subject.needs(Ability.FAIL_DEPLOY)
     driver = subject.driver
     assert isinstance(driver, CanFailDeploy)
     spec = subject.spec()
@@ -346,8 +357,8 @@ def test_deploy_failing_fails_and_leaves_nothing(subject: Subject) -> None:
     assert engine.inspect_volume(name) is None
 
 
+@pytest.mark.needs_ability(Ability.FORGET_HOST_FILES)
 def test_forget_removes_the_host_files_and_nothing_in_docker(subject: Subject) -> None:
-    subject.needs(Ability.FORGET_HOST_FILES)
     driver = subject.driver
     assert isinstance(driver, CanForgetHostFiles)
     engine = subject.rig.engine
@@ -359,10 +370,10 @@ def test_forget_removes_the_host_files_and_nothing_in_docker(subject: Subject) -
     assert objects_of(engine, gateway) == objects
 
 
+@pytest.mark.needs_ability(Ability.AUTO_BOOTSTRAP)
 def test_auto_bootstrap_resumes_the_stopped_gateway_and_creates_a_sandbox(
     subject: Subject,
 ) -> None:
-    subject.needs(Ability.AUTO_BOOTSTRAP)
     driver = subject.driver
     assert isinstance(driver, CanAutoBootstrap)
     engine = subject.rig.engine
