@@ -36,6 +36,8 @@ from pytest_openshell.scenarios import ScenarioRun
 from pytest_openshell.session import OpenShellSession
 from pytest_openshell.survival import GiveUp, SurvivalRecord
 
+from ._history import HistoryOutcome
+
 CORE = ("stop-start", "kill", "remove-keep-volume", "image-upgrade", "docker-restart")
 GATEWAY_ONLY = (
     "stop-start",
@@ -421,6 +423,8 @@ class Outcome:
     scenario: ScenarioFixture
     #: a second gateway stopped before a daemon scenario (it must stay stopped)
     stopped_sibling: GatewayHandle | None = None
+    #: what the client threads of --openshell-workload recorded and the checker found (P18)
+    history: HistoryOutcome | None = None
     _reachable: bool = False
 
     @property

@@ -14,6 +14,7 @@ import pytest
 from pytest_openshell import OpenShellSession, ScenarioFixture, parametrize_scenarios
 from pytest_openshell.fixtures import GatewayFactory, SandboxFactory, SshHelper
 
+from ._history import ScenarioWorkload
 from ._support import DAEMON, Outcome, Workload
 
 
@@ -53,11 +54,16 @@ def lifecycle(
                 sibling = openshell_gateway_factory.deploy(label="stopped")
                 openshell.driver.stop(sibling)
             runner = ScenarioFixture(openshell, scenario)
+            clients = ScenarioWorkload(openshell, gateway, ssh, key)  # --openshell-workload
+            clients.begin()
             with openshell.engine_use(scenario):
                 run = runner.disrupt(gateway)
                 workload.echo("during")  # written while the gateway is down
                 runner.recover(run)
-            yield Outcome(key, gateway, workload, run, runner, stopped_sibling=sibling)
+            history = clients.finish(run)
+            yield Outcome(
+                key, gateway, workload, run, runner, stopped_sibling=sibling, history=history
+            )
         finally:
             ssh.close()
             if workload is not None:

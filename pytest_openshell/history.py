@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -543,7 +544,12 @@ def dump(history: History, path: Path) -> None:
             "observation": history.observation is not None,
         }
     )
-    path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    # The owner's only, like every artefact (it names sandboxes and what was written in them).
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
 
 
 def load(path: Path) -> History:

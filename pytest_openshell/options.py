@@ -99,6 +99,20 @@ OPTIONS: tuple[_Option, ...] = (
         "5",
         "SECONDS",
     ),
+    _Option(
+        "workload",
+        "run client threads against each scenario's gateway during its disruption and check "
+        "their history (property 18): 'on' (what a bare --openshell-workload means) or 'off'",
+        "off",
+        "on|off",
+        optional="on",
+    ),
+    _Option(
+        "seed",
+        "seed of the workload's choices (default: a new one per run, printed when a check fails)",
+        "",
+        "N",
+    ),
 )
 
 
@@ -162,6 +176,10 @@ class Settings:
     recovery_timeout: float
     settle: float
     extra: dict[str, str] = field(default_factory=dict)
+    #: --openshell-workload: client threads during each scenario (property 18)
+    workload: bool = False
+    #: --openshell-seed: the workload's choices (None: drawn per run)
+    seed: int | None = None
 
     @property
     def enabled(self) -> bool:
@@ -194,6 +212,16 @@ def _truthy(value: object) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _seed(value: object) -> int | None:
+    text = str(value or "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--openshell-seed takes an integer, not {value!r}") from None
+
+
 def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Settings:
     """Read every option from the command line, the environment and the ini file.
 
@@ -220,6 +248,8 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
             api_timeout=_number("api-timeout", values["api-timeout"]),
             recovery_timeout=_number("recovery-timeout", values["recovery-timeout"]),
             settle=_number("settle", values["settle"]) if str(values["settle"]) != "0" else 0.0,
+            workload=_truthy(values["workload"]),
+            seed=_seed(values["seed"]),
         )
     except UsageError as exc:
         raise pytest.UsageError(f"openshell: {exc}") from exc
