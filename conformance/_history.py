@@ -8,17 +8,20 @@ alone.
 
 from __future__ import annotations
 
+import itertools
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from openshell_core.errors import OpenShellError
-from pytest_openshell.artefacts import private_directory
+from pytest_openshell.artefacts import private_directory, write_private
 from pytest_openshell.drivers import GatewayHandle
-from pytest_openshell.fixtures import SshHelper
+from pytest_openshell.fixtures import HeldSession, SshHelper
 from pytest_openshell.history import Violation, check, dump
 from pytest_openshell.scenarios import ScenarioRun
 from pytest_openshell.session import OpenShellSession
+from pytest_openshell.timeline import render
 from pytest_openshell.workload import ClientWorkload, WorkloadError
 
 #: Appends acknowledged before the disruption, and again after the recovery.
@@ -36,6 +39,8 @@ class HistoryOutcome:
     path: Path | None = None
     operations: int = 0
     violations: list[Violation] = field(default_factory=list)
+    #: the timeline page drawn from the history
+    timeline: Path | None = None
     #: the workload broke off (a thread died, the gateway never answered): no check was possible
     error: str | None = None
 
@@ -68,8 +73,9 @@ class ScenarioWorkload:
         self.workload.start()
         self.workload.progress(BEFORE, timeout=settings.api_timeout * 2)
 
-    def finish(self, run: ScenarioRun) -> HistoryOutcome | None:
-        """After the recovery: more work, stop, observe, check, write the history, tidy up."""
+    def finish(self, run: ScenarioRun, held: HeldSession | None = None) -> HistoryOutcome | None:
+        """After the recovery: more work, stop, observe, check, write the history and its
+        timeline, tidy up. ``held``: the session held open across the scenario (its stall)."""
         workload, outcome = self.workload, self.outcome
         if workload is None or outcome is None:
             return None
@@ -90,6 +96,8 @@ class ScenarioWorkload:
             workload.stop()
         except WorkloadError as exc:
             outcome.error = str(exc)
+        if held is not None:
+            _held_stall(workload, held)
         outcome.operations = workload.operations
         try:
             if outcome.error is None and run.recovered:
@@ -102,5 +110,28 @@ class ScenarioWorkload:
             private_directory(directory)
             outcome.path = directory / f"{self.key}.jsonl"
             dump(workload.history, outcome.path)
+            findings = [outcome.error] if outcome.error else [str(v) for v in outcome.violations]
+            outcome.timeline = directory / f"{self.key}.html"
+            write_private(
+                outcome.timeline,
+                render(
+                    workload.history,
+                    title=f"{self.key}: {outcome.operations} operations, "
+                    f"{len(outcome.violations)} violations of P18",
+                    verdict=findings or ["nothing acknowledged was lost"],
+                ),
+            )
             workload.remove()
         return outcome
+
+
+def _held_stall(workload: ClientWorkload, held: HeldSession) -> None:
+    """The longest gap in the held session's output while the workload ran, as a span (to the
+    end when its output stopped for good)."""
+    start = time.monotonic() - workload.now()
+    times = [start, *(at for at, _ in list(held.arrivals) if at >= start), time.monotonic()]
+    gaps = [(b - a, a, b) for a, b in itertools.pairwise(times)]
+    length, begin, end = max(gaps)
+    if length > 1.0:  # the remote side prints a line every 0.2 s
+        what = "held session stall" if held.alive else "held session stall (ended)"
+        workload.event(what, workload.at(begin), workload.at(end))

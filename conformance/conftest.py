@@ -60,7 +60,7 @@ def lifecycle(
                 run = runner.disrupt(gateway)
                 workload.echo("during")  # written while the gateway is down
                 runner.recover(run)
-            history = clients.finish(run)
+            history = clients.finish(run, held=workload.held)
             yield Outcome(
                 key, gateway, workload, run, runner, stopped_sibling=sibling, history=history
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_openshell.summary import OPERATIONS
+from pytest_openshell.summary import OPERATIONS, TIMELINE
 
 from ._support import SURVIVING, Outcome
 
@@ -22,10 +22,15 @@ def test_every_acknowledged_operation_of_the_workload_holds_after_recovery(
     if history is None:
         pytest.skip("the workload is off; --openshell-workload runs it during the scenario")
     lifecycle.require_recovered()
-    where = f"history {history.path}, seed {history.seed} (--openshell-seed {history.seed})"
+    where = (
+        f"history {history.path}, timeline {history.timeline}; "
+        f"seed {history.seed} (--openshell-seed {history.seed} repeats its choices)"
+    )
     if history.error is not None:
         pytest.fail(f"the workload broke off: {history.error}\n{where}", pytrace=False)
     record_property(OPERATIONS, history.operations)
+    if history.timeline is not None:
+        record_property(TIMELINE, str(history.timeline))
     if history.violations:
         listed = "\n".join(str(v) for v in history.violations)
         pytest.fail(

@@ -24,6 +24,8 @@ RECOVERY = "openshell.recovery_seconds"
 DOWNTIME = "openshell.downtime_seconds"
 #: operations of the --openshell-workload history checked after a scenario (property 18)
 OPERATIONS = "openshell.operations_checked"
+#: the scenario's timeline page (HTML, under the artefacts directory)
+TIMELINE = "openshell.timeline"
 SUMMARY_FILE = "openshell-summary.json"
 #: The column of scenario tests that name no property.
 OTHER = 0
@@ -51,6 +53,7 @@ class RunSummary:
     downtime: dict[str, float] = field(default_factory=dict)
     skip_reasons: dict[str, str] = field(default_factory=dict)
     operations: dict[str, int] = field(default_factory=dict)
+    timelines: dict[str, str] = field(default_factory=dict)
 
     def add(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -61,6 +64,8 @@ class RunSummary:
         for key, sink in ((RECOVERY, self.recovery), (DOWNTIME, self.downtime)):
             if props.get(key) is not None:
                 sink[str(scenario)] = float(props[key])  # type: ignore[arg-type]
+        if props.get(TIMELINE) is not None:
+            self.timelines[str(scenario)] = str(props[TIMELINE])
         if props.get(OPERATIONS) is not None:
             self.operations[str(scenario)] = int(props[OPERATIONS])  # type: ignore[call-overload]
         outcome: str = report.outcome
@@ -93,6 +98,7 @@ class RunSummary:
                     "downtime_seconds": self.downtime.get(scenario),
                     "skip_reason": self.skip_reasons.get(scenario),
                     "operations_checked": self.operations.get(scenario),
+                    "timeline": self.timelines.get(scenario),
                     "properties": {
                         _label(number): {
                             "outcome": self.cells[(scenario, number)].outcome,
@@ -136,7 +142,10 @@ class RunSummary:
             f"  {scenario}: skipped: {reason}"
             for scenario, reason in sorted(self.skip_reasons.items())
         ]
-        return [*lines, *skipped]
+        timelines = [
+            f"  {scenario}: timeline {path}" for scenario, path in sorted(self.timelines.items())
+        ]
+        return [*lines, *skipped, *timelines]
 
 
 def _label(number: int, *, prefix: str = "") -> str:
