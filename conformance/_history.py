@@ -14,19 +14,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from openshell_core.errors import OpenShellError
+import grpc
+
+from openshell_core.errors import OpenShellError, ReadinessTimeout
+from openshell_core.retry import poll_until
 from pytest_openshell.artefacts import private_directory, write_private
 from pytest_openshell.drivers import GatewayHandle
 from pytest_openshell.fixtures import HeldSession, SshHelper
-from pytest_openshell.history import Violation, check, dump
+from pytest_openshell.history import Kind, Violation, check, dump
 from pytest_openshell.scenarios import ScenarioRun
 from pytest_openshell.session import OpenShellSession
+from pytest_openshell.strike import Moment, choose
 from pytest_openshell.timeline import render
 from pytest_openshell.workload import ClientWorkload, WorkloadError
 
 #: Appends acknowledged before the disruption, and again after the recovery.
 BEFORE = 4
 AFTER = 4
+#: Seconds the disruption waits for its moment (then it strikes anyway, and says so).
+STRIKE_WAIT = 60.0
 #: One seed per run (per xdist worker) unless --openshell-seed gives it.
 _RUN_SEED = secrets.randbelow(2**31)
 
@@ -39,6 +45,8 @@ class HistoryOutcome:
     path: Path | None = None
     operations: int = 0
     violations: list[Violation] = field(default_factory=list)
+    #: the moment the scenario struck at
+    moment: Moment | None = None
     #: the timeline page drawn from the history
     timeline: Path | None = None
     #: the workload broke off (a thread died, the gateway never answered): no check was possible
@@ -55,6 +63,8 @@ class ScenarioWorkload:
     key: str
     workload: ClientWorkload | None = None
     outcome: HistoryOutcome | None = None
+    #: the operation in flight the strike aimed at: (process, invoked)
+    _target: tuple[str, float] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -72,6 +82,42 @@ class ScenarioWorkload:
         )
         self.workload.start()
         self.workload.progress(BEFORE, timeout=settings.api_timeout * 2)
+
+    def strike(self) -> None:
+        """Wait (briefly) for the moment this scenario strikes at; the disruption follows at once.
+        A moment that does not come within :data:`STRIKE_WAIT` seconds is recorded as missed."""
+        workload, outcome = self.workload, self.outcome
+        if workload is None or outcome is None:
+            return
+        moment = self.session.settings.strike or choose(outcome.seed, self.key)
+        outcome.moment = moment
+
+        def current() -> str | None:
+            if moment is Moment.SEEDING:
+                seeding = [s.name for s in workload.listed() if s.phase == "PROVISIONING"]
+                return f"seeding {seeding[0]}" if seeding else None
+            flying = workload.in_flight()
+            if moment is Moment.BETWEEN:
+                return None if flying else "between operations"
+            kind = Kind.CREATE if moment is Moment.CREATE else Kind.APPEND
+            for process, (what, sandbox, invoked) in flying.items():
+                if what is kind:
+                    self._target = (process, invoked)
+                    return f"{process} {what.value} {sandbox} invoked at {invoked:.2f} s"
+            return None
+
+        try:
+            found = poll_until(
+                current,
+                lambda seen: seen is not None,
+                timeout=STRIKE_WAIT,
+                what=f"the moment {moment.value}",
+                retry_on=(OpenShellError, grpc.RpcError),
+                schedule=(0.02, 1.0, 0.02),
+            )
+            workload.event(f"strike during {moment.value}: {found}")
+        except ReadinessTimeout:
+            workload.event(f"strike during {moment.value}: missed (not within {STRIKE_WAIT:g} s)")
 
     def finish(self, run: ScenarioRun, held: HeldSession | None = None) -> HistoryOutcome | None:
         """After the recovery: more work, stop, observe, check, write the history and its
@@ -98,6 +144,8 @@ class ScenarioWorkload:
             outcome.error = str(exc)
         if held is not None:
             _held_stall(workload, held)
+        if self._target is not None and run.started_at is not None:
+            _strike_result(workload, self._target, workload.at(run.started_at))
         outcome.operations = workload.operations
         try:
             if outcome.error is None and run.recovered:
@@ -135,3 +183,18 @@ def _held_stall(workload: ClientWorkload, held: HeldSession) -> None:
     if length > 1.0:  # the remote side prints a line every 0.2 s
         what = "held session stall" if held.alive else "held session stall (ended)"
         workload.event(what, workload.at(begin), workload.at(end))
+
+
+def _strike_result(workload: ClientWorkload, target: tuple[str, float], began: float) -> None:
+    """Whether the operation the strike aimed at was still in flight when the disruption began."""
+    process, invoked = target
+    for op in workload.history.operations:
+        if op.process == process and abs(op.invoked - invoked) < 1e-6:
+            hit = op.completed > began
+            verdict = "hit" if hit else "missed"
+            workload.event(
+                f"strike {verdict} #{op.index} {op.kind.value} {op.sandbox} "
+                f"({op.outcome.value}, completed {op.completed - began:+.2f} s from its start)",
+                began,
+            )
+            return

@@ -57,7 +57,8 @@ def lifecycle(
             clients = ScenarioWorkload(openshell, gateway, ssh, key)  # --openshell-workload
             clients.begin()
             with openshell.engine_use(scenario):
-                run = runner.disrupt(gateway)
+                # at the chosen moment of the workload's work (--openshell-strike, the seed)
+                run = runner.disrupt(gateway, at_moment=clients.strike)
                 workload.echo("during")  # written while the gateway is down
                 runner.recover(run)
             history = clients.finish(run, held=workload.held)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_openshell.summary import OPERATIONS, TIMELINE
+from pytest_openshell.summary import OPERATIONS, SEED, TIMELINE
 
 from ._support import SURVIVING, Outcome
 
@@ -21,6 +21,7 @@ def test_every_acknowledged_operation_of_the_workload_holds_after_recovery(
     history = lifecycle.history
     if history is None:
         pytest.skip("the workload is off; --openshell-workload runs it during the scenario")
+    record_property(SEED, history.seed)
     lifecycle.require_recovered()
     where = (
         f"history {history.path}, timeline {history.timeline}; "

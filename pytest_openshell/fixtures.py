@@ -96,8 +96,11 @@ class ScenarioFixture:
     def last(self) -> ScenarioRun | None:
         return self.runs[-1] if self.runs else None
 
-    def disrupt(self, gateway: GatewayHandle) -> ScenarioRun:
-        """Disrupt ``gateway`` (plain engine and driver operations); returns the run."""
+    def disrupt(
+        self, gateway: GatewayHandle, *, at_moment: Callable[[], None] = lambda: None
+    ) -> ScenarioRun:
+        """Disrupt ``gateway`` (plain engine and driver operations); returns the run.
+        ``at_moment`` waits for the moment to strike at (see :mod:`pytest_openshell.strike`)."""
         artefacts = Artefacts(self.session.engine, gateway.name, self.session.redactor)
         self.session.artefacts_of(self.key).append(artefacts)
         run = ScenarioRun(
@@ -106,7 +109,11 @@ class ScenarioFixture:
         self.runs.append(run)
         self.session.record_run(run)
         hook = self.session.config.hook
-        disrupt(run, on_disrupted=lambda current: hook.pytest_openshell_disrupted(run=current))
+        disrupt(
+            run,
+            on_disrupted=lambda current: hook.pytest_openshell_disrupted(run=current),
+            at_moment=at_moment,
+        )
         return run
 
     def recover(

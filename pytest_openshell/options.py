@@ -19,6 +19,7 @@ from openshell_core.engine import EngineMode
 from openshell_core.errors import UsageError
 from openshell_core.faults import Fault, parse_faults
 from openshell_core.images import ImageSet
+from pytest_openshell.strike import Moment, parse_moment
 
 GROUP = "openshell"
 REFERENCE_TARGET = "reference"
@@ -113,6 +114,13 @@ OPTIONS: tuple[_Option, ...] = (
         "",
         "N",
     ),
+    _Option(
+        "strike",
+        "when the scenario strikes, with the workload on: between (operations), create, append "
+        "or seeding (default: drawn from the seed)",
+        "",
+        "MOMENT",
+    ),
 )
 
 
@@ -180,6 +188,8 @@ class Settings:
     workload: bool = False
     #: --openshell-seed: the workload's choices (None: drawn per run)
     seed: int | None = None
+    #: --openshell-strike: the moment the disruption waits for (None: drawn from the seed)
+    strike: Moment | None = None
 
     @property
     def enabled(self) -> bool:
@@ -250,6 +260,7 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
             settle=_number("settle", values["settle"]) if str(values["settle"]) != "0" else 0.0,
             workload=_truthy(values["workload"]),
             seed=_seed(values["seed"]),
+            strike=parse_moment(str(values["strike"] or "")),
         )
     except UsageError as exc:
         raise pytest.UsageError(f"openshell: {exc}") from exc

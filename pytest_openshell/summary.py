@@ -26,6 +26,8 @@ DOWNTIME = "openshell.downtime_seconds"
 OPERATIONS = "openshell.operations_checked"
 #: the scenario's timeline page (HTML, under the artefacts directory)
 TIMELINE = "openshell.timeline"
+#: the workload's seed (--openshell-seed repeats its choices and strike points)
+SEED = "openshell.seed"
 SUMMARY_FILE = "openshell-summary.json"
 #: The column of scenario tests that name no property.
 OTHER = 0
@@ -54,6 +56,7 @@ class RunSummary:
     skip_reasons: dict[str, str] = field(default_factory=dict)
     operations: dict[str, int] = field(default_factory=dict)
     timelines: dict[str, str] = field(default_factory=dict)
+    seeds: dict[str, int] = field(default_factory=dict)
 
     def add(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -64,6 +67,8 @@ class RunSummary:
         for key, sink in ((RECOVERY, self.recovery), (DOWNTIME, self.downtime)):
             if props.get(key) is not None:
                 sink[str(scenario)] = float(props[key])  # type: ignore[arg-type]
+        if props.get(SEED) is not None:
+            self.seeds[str(scenario)] = int(props[SEED])  # type: ignore[call-overload]
         if props.get(TIMELINE) is not None:
             self.timelines[str(scenario)] = str(props[TIMELINE])
         if props.get(OPERATIONS) is not None:
@@ -99,6 +104,7 @@ class RunSummary:
                     "skip_reason": self.skip_reasons.get(scenario),
                     "operations_checked": self.operations.get(scenario),
                     "timeline": self.timelines.get(scenario),
+                    "seed": self.seeds.get(scenario),
                     "properties": {
                         _label(number): {
                             "outcome": self.cells[(scenario, number)].outcome,
@@ -143,7 +149,9 @@ class RunSummary:
             for scenario, reason in sorted(self.skip_reasons.items())
         ]
         timelines = [
-            f"  {scenario}: timeline {path}" for scenario, path in sorted(self.timelines.items())
+            f"  {scenario}: timeline {path} (workload seed {self.seeds.get(scenario)}: "
+            f"--openshell-seed {self.seeds.get(scenario)} repeats it)"
+            for scenario, path in sorted(self.timelines.items())
         ]
         return [*lines, *skipped, *timelines]
 

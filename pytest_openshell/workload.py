@@ -127,6 +127,8 @@ class ClientWorkload:
     _workers: list[threading.Thread] = field(init=False, default_factory=list)
     _errors: list[str] = field(init=False, default_factory=list)
     _count: int = field(init=False, default=0)
+    #: process -> the operation it has invoked and not completed: (kind, sandbox, invoked)
+    _inflight: dict[str, tuple[Kind, str, float]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.history = History(scenario=self.scenario, seed=self.seed)
@@ -150,7 +152,20 @@ class ClientWorkload:
         with self._lock:
             op = Operation(index=len(self.history.operations), **fields)  # type: ignore[arg-type]
             self.history.operations.append(op)
+            self._inflight.pop(op.process, None)
         return op
+
+    def _invoke(self, process: str, kind: Kind, sandbox: str) -> float:
+        """Note an operation as in flight; its invocation time."""
+        invoked = self.now()
+        with self._lock:
+            self._inflight[process] = (kind, sandbox, invoked)
+        return invoked
+
+    def in_flight(self) -> dict[str, tuple[Kind, str, float]]:
+        """The operations invoked and not completed now, by process."""
+        with self._lock:
+            return dict(self._inflight)
 
     @property
     def operations(self) -> int:
@@ -285,7 +300,7 @@ class ClientWorkload:
     def _call(
         self, process: str, kind: Kind, name: str, verb: Callable[[GatewayClient], object]
     ) -> Outcome:
-        invoked = self.now()
+        invoked = self._invoke(process, kind, name)
         try:
             with self._client() as client:
                 verb(client)
@@ -311,7 +326,7 @@ class ClientWorkload:
             "WORKLOAD_SANDBOX": name,
         }
         image = self.session.settings.images.sandbox
-        invoked = self.now()
+        invoked = self._invoke(process, Kind.CREATE, name)
         sandbox_id, error = "", ""
         try:
             with self._client() as client:
@@ -343,7 +358,7 @@ class ClientWorkload:
         target.appended += 1
         line = f"{target.name}-{target.appended}"
         command = f"echo {line} >> {APPEND_FILE}"
-        invoked = self.now()
+        invoked = self._invoke(process, Kind.APPEND, target.name)
         error = ""
         try:
             if via == "exec":
@@ -379,7 +394,7 @@ class ClientWorkload:
         return outcome
 
     def _read(self, process: str, target: _Sandbox) -> Outcome:
-        invoked = self.now()
+        invoked = self._invoke(process, Kind.READ, target.name)
         lines: tuple[str, ...] = ()
         error = ""
         try:
@@ -453,6 +468,10 @@ class ClientWorkload:
         )
         self.history.observation = observation
         return observation
+
+    def listed(self) -> list[ObservedSandbox]:
+        """The workload's sandboxes as the gateway lists them now."""
+        return self._listed()
 
     def _listed(self) -> list[ObservedSandbox]:
         with self._client() as client:
