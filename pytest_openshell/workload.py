@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from openshell_core import contract
 from openshell_core.client import GatewayClient, GatewayRpcError
 from openshell_core.contract import AUTHORIZED_KEYS_ENV
 from openshell_core.errors import (
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("openshell.workload")
 
 #: The file each sandbox's appends go to.
-APPEND_FILE = "/sandbox/workload.log"
+APPEND_FILE = f"{contract.WORKSPACE_DIR}/workload.log"
 #: Seconds a client call may take before its outcome is ``unknown``.
 CALL_TIMEOUT = 15.0
 #: Live sandboxes per thread at most (the machine has two cores; containers are dear).
