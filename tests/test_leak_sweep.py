@@ -59,7 +59,7 @@ def _interrupted_run(rng: random.Random, how: str, work: Path) -> str:
         process = subprocess.Popen(
             [sys.executable, "-m", "pytest", *args], cwd=ROOT, env=env, stdout=out, stderr=out
         )
-    after = rng.uniform(2.0, 30.0)
+    after = rng.uniform(1.0, 14.0)  # a run of SUITE lasts about 15-25 s
     try:
         process.wait(timeout=after)
         return f"{how}: finished before {after:.1f} s"
