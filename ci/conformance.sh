@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
 exec bash ci/with-engine.sh .venv/bin/pytest -p no:cacheprovider conformance \
-    --openshell-gateway=reference --openshell-scenarios=all "$@"
+    --openshell-gateway=reference --openshell-scenarios=all --openshell-workload "$@"

@@ -44,6 +44,8 @@ from pytest_openshell.scenarios import (
 from pytest_openshell.session import OpenShellSession
 from pytest_openshell.survival import GiveUp, SurvivalRecord
 
+from ._history import HistoryOutcome
+
 #: Which scenarios a check applies to, by their traits (never by key: a scenario a downstream
 #: project adds is checked like ours). Every state check needs state that survives.
 SURVIVING = Applies(state=StateOutcome.SURVIVES)
@@ -401,6 +403,8 @@ class Outcome:
     scenario: ScenarioFixture
     #: a second gateway stopped before a daemon scenario (it must stay stopped)
     stopped_sibling: GatewayHandle | None = None
+    #: what the client threads of --openshell-workload recorded and the checker found (P18)
+    history: HistoryOutcome | None = None
     _reachable: bool = False
 
     @property

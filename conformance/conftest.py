@@ -16,6 +16,7 @@ from pytest_openshell import OpenShellSession, ScenarioFixture, parametrize_scen
 from pytest_openshell.fixtures import GatewayFactory, SandboxFactory, SshHelper
 from pytest_openshell.scenarios import EngineScope
 
+from ._history import ScenarioWorkload
 from ._support import Outcome, Workload
 
 
@@ -55,11 +56,17 @@ def lifecycle(
                 sibling = openshell_gateway_factory.deploy(label="stopped")
                 openshell.driver.stop(sibling)
             runner = ScenarioFixture(openshell, scenario)
+            clients = ScenarioWorkload(openshell, gateway, ssh, key)  # --openshell-workload
+            clients.begin()
             with openshell.engine_use(scenario):
-                run = runner.disrupt(gateway)
+                # at the chosen moment of the workload's work (--openshell-strike, the seed)
+                run = runner.disrupt(gateway, at_moment=clients.strike)
                 workload.echo("during")  # written while the gateway is down
                 runner.recover(run)
-            yield Outcome(key, gateway, workload, run, runner, stopped_sibling=sibling)
+            history = clients.finish(run, held=workload.held)
+            yield Outcome(
+                key, gateway, workload, run, runner, stopped_sibling=sibling, history=history
+            )
         finally:
             ssh.close()
             if workload is not None:

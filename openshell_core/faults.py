@@ -45,6 +45,10 @@ class Fault(enum.Enum):
     RELABEL_ON_UPGRADE = "relabel-on-upgrade"
     #: server: a sandbox whose container stopped out of band is marked Error for good.
     ERROR_IS_TERMINAL = "error-is-terminal"
+    #: server: CreateSandbox (every store write) answered before it is committed; a kill loses it.
+    ACK_BEFORE_COMMIT = "ack-before-commit"
+    #: server: an appending exec is answered before it reaches the workspace; a kill drops it.
+    LOST_APPEND = "lost-append"
 
 
 def parse_faults(text: str | Iterable[str]) -> frozenset[Fault]:

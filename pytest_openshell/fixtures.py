@@ -101,8 +101,11 @@ class ScenarioFixture:
     def last(self) -> ScenarioRun | None:
         return self.runs[-1] if self.runs else None
 
-    def disrupt(self, gateway: GatewayHandle) -> ScenarioRun:
-        """Disrupt ``gateway`` (plain engine and driver operations); returns the run."""
+    def disrupt(
+        self, gateway: GatewayHandle, *, at_moment: Callable[[], None] = lambda: None
+    ) -> ScenarioRun:
+        """Disrupt ``gateway`` (plain engine and driver operations); returns the run.
+        ``at_moment`` waits for the moment to strike at (see :mod:`pytest_openshell.strike`)."""
         artefacts = Artefacts(self.session.engine, gateway.name, self.session.redactor)
         sink = self.artefacts if self.artefacts is not None else self.session.artefacts.of(self.key)
         sink.append(artefacts)
@@ -112,7 +115,11 @@ class ScenarioFixture:
         self.runs.append(run)
         self.session.records.record_run(run)
         hook = self.session.config.hook
-        disrupt(run, on_disrupted=lambda current: hook.pytest_openshell_disrupted(run=current))
+        disrupt(
+            run,
+            on_disrupted=lambda current: hook.pytest_openshell_disrupted(run=current),
+            at_moment=at_moment,
+        )
         return run
 
     def recover(

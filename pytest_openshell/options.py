@@ -19,6 +19,7 @@ from openshell_core.engine import EngineMode
 from openshell_core.errors import UsageError
 from openshell_core.faults import Fault, parse_faults
 from openshell_core.images import ImageSet
+from pytest_openshell.strike import Moment, parse_moment
 
 GROUP = "openshell"
 REFERENCE_TARGET = "reference"
@@ -99,6 +100,27 @@ OPTIONS: tuple[_Option, ...] = (
         "5",
         "SECONDS",
     ),
+    _Option(
+        "workload",
+        "run client threads against each scenario's gateway during its disruption and check "
+        "their history (property 18): 'on' (what a bare --openshell-workload means) or 'off'",
+        "off",
+        "on|off",
+        optional="on",
+    ),
+    _Option(
+        "seed",
+        "seed of the workload's choices (default: a new one per run, printed when a check fails)",
+        "",
+        "N",
+    ),
+    _Option(
+        "strike",
+        "when the scenario strikes, with the workload on: between (operations), create, append "
+        "or seeding (default: drawn from the seed)",
+        "",
+        "MOMENT",
+    ),
 )
 
 
@@ -173,6 +195,12 @@ class Settings:
     recovery_timeout: float
     settle: float
     extra: dict[str, str] = field(default_factory=dict)
+    #: --openshell-workload: client threads during each scenario (property 18)
+    workload: bool = False
+    #: --openshell-seed: the workload's choices (None: drawn per run)
+    seed: int | None = None
+    #: --openshell-strike: the moment the disruption waits for (None: drawn from the seed)
+    strike: Moment | None = None
 
     @property
     def enabled(self) -> bool:
@@ -210,6 +238,16 @@ def _truthy(value: object) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _seed(value: object) -> int | None:
+    text = str(value or "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--openshell-seed takes an integer, not {value!r}") from None
+
+
 def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Settings:
     """Read every option from the command line, the environment and the ini file.
 
@@ -236,6 +274,9 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
             api_timeout=_number("api-timeout", values["api-timeout"]),
             recovery_timeout=_number("recovery-timeout", values["recovery-timeout"]),
             settle=_number("settle", values["settle"]) if str(values["settle"]) != "0" else 0.0,
+            workload=_truthy(values["workload"]),
+            seed=_seed(values["seed"]),
+            strike=parse_moment(str(values["strike"] or "")),
         )
     except UsageError as exc:
         raise pytest.UsageError(f"openshell: {exc}") from exc

@@ -750,12 +750,17 @@ DOWN_GRACE = 10.0
 
 
 def disrupt(
-    run: ScenarioRun, *, on_disrupted: Callable[[ScenarioRun], None] = lambda r: None
+    run: ScenarioRun,
+    *,
+    on_disrupted: Callable[[ScenarioRun], None] = lambda r: None,
+    at_moment: Callable[[], None] = lambda: None,
 ) -> None:
-    """Run the scenario's disruption (artefacts are captured first: it may destroy logs)."""
+    """Run the scenario's disruption (artefacts are captured first: it may destroy logs).
+    ``at_moment`` waits for the moment to strike at, right before the disruption begins."""
     scenario = run.scenario
     if run.artefacts is not None:
         run.artefacts.capture(f"before {scenario.key}")
+    at_moment()
     log.info("scenario %s: disrupting gateway %s", scenario.key, run.gateway.name)
     run.started_at = time.monotonic()
     scenario.disrupt(run)

@@ -22,6 +22,12 @@ SCENARIO = "openshell.scenario"
 PROPERTY = "openshell.property"
 RECOVERY = "openshell.recovery_seconds"
 DOWNTIME = "openshell.downtime_seconds"
+#: operations of the --openshell-workload history checked after a scenario (property 18)
+OPERATIONS = "openshell.operations_checked"
+#: the scenario's timeline page (HTML, under the artefacts directory)
+TIMELINE = "openshell.timeline"
+#: the workload's seed (--openshell-seed repeats its choices and strike points)
+SEED = "openshell.seed"
 SUMMARY_FILE = "openshell-summary.json"
 #: The column of scenario tests that name no property.
 OTHER = 0
@@ -48,6 +54,9 @@ class RunSummary:
     recovery: dict[str, float] = field(default_factory=dict)
     downtime: dict[str, float] = field(default_factory=dict)
     skip_reasons: dict[str, str] = field(default_factory=dict)
+    operations: dict[str, int] = field(default_factory=dict)
+    timelines: dict[str, str] = field(default_factory=dict)
+    seeds: dict[str, int] = field(default_factory=dict)
 
     def add(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -58,6 +67,12 @@ class RunSummary:
         for key, sink in ((RECOVERY, self.recovery), (DOWNTIME, self.downtime)):
             if props.get(key) is not None:
                 sink[str(scenario)] = float(props[key])  # type: ignore[arg-type]
+        if props.get(SEED) is not None:
+            self.seeds[str(scenario)] = int(props[SEED])  # type: ignore[call-overload]
+        if props.get(TIMELINE) is not None:
+            self.timelines[str(scenario)] = str(props[TIMELINE])
+        if props.get(OPERATIONS) is not None:
+            self.operations[str(scenario)] = int(props[OPERATIONS])  # type: ignore[call-overload]
         outcome: str = report.outcome
         if report.when != "call" and outcome == "passed":
             return  # setup/teardown passing says nothing; the call report decides
@@ -87,6 +102,9 @@ class RunSummary:
                     "recovery_seconds": self.recovery.get(scenario),
                     "downtime_seconds": self.downtime.get(scenario),
                     "skip_reason": self.skip_reasons.get(scenario),
+                    "operations_checked": self.operations.get(scenario),
+                    "timeline": self.timelines.get(scenario),
+                    "seed": self.seeds.get(scenario),
                     "properties": {
                         _label(number): {
                             "outcome": self.cells[(scenario, number)].outcome,
@@ -110,6 +128,8 @@ class RunSummary:
         symbols = {"passed": "pass", "failed": "FAIL", "error": "ERR", "skipped": "skip", "": "-"}
         numbers = self.properties()
         header = ["scenario", *[_label(n, prefix="P") for n in numbers], "recovery s", "downtime s"]
+        if self.operations:
+            header.append("ops checked")
         rows = [header]
         for scenario in self.scenarios():
             row = [scenario]
@@ -119,6 +139,8 @@ class RunSummary:
             for timings in (self.recovery, self.downtime):
                 seconds = timings.get(scenario)
                 row.append(f"{seconds:.1f}" if seconds is not None else "-")
+            if self.operations:
+                row.append(str(self.operations.get(scenario, "-")))
             rows.append(row)
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(value.ljust(widths[i]) for i, value in enumerate(row)) for row in rows]
@@ -126,7 +148,12 @@ class RunSummary:
             f"  {scenario}: skipped: {reason}"
             for scenario, reason in sorted(self.skip_reasons.items())
         ]
-        return [*lines, *skipped]
+        timelines = [
+            f"  {scenario}: timeline {path} (workload seed {self.seeds.get(scenario)}: "
+            f"--openshell-seed {self.seeds.get(scenario)} repeats it)"
+            for scenario, path in sorted(self.timelines.items())
+        ]
+        return [*lines, *skipped, *timelines]
 
 
 def _label(number: int, *, prefix: str = "") -> str:

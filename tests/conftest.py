@@ -109,3 +109,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "needs_ability(ability): a driver compliance test, run for the drivers that declare it",
     )
+    config.addinivalue_line("markers", "slow: a long sweep, run only with --run-slow")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow", action="store_true", default=False, help="run the long sweeps (marked slow)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="a long sweep: run it with --run-slow")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)

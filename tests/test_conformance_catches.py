@@ -29,12 +29,17 @@ PARALLEL_RUNS = 2
 RUN_TIMEOUT = 20 * 60
 
 
+P18 = "test_acknowledged.py::test_every_acknowledged_operation_of_the_workload_holds_after_recovery"
+
+
 @dataclass(frozen=True)
 class Catch:
     """The scenario that exposes a fault, and conformance tests that must fail under it."""
 
     scenario: str
     tests: tuple[str, ...]
+    #: options of the run beyond the fault and the scenario
+    args: tuple[str, ...] = ()
 
 
 CATCH_TABLE: dict[Fault, Catch] = {
@@ -95,6 +100,8 @@ CATCH_TABLE: dict[Fault, Catch] = {
         "sandbox-reschedule",
         ("test_sandboxes.py::test_a_running_sandbox_is_ready_again_and_stays_ready",),
     ),
+    Fault.ACK_BEFORE_COMMIT: Catch("kill", (P18,), ("--openshell-workload",)),
+    Fault.LOST_APPEND: Catch("kill", (P18,), ("--openshell-workload",)),
 }
 
 CORE = ("stop-start", "kill", "remove-keep-volume", "image-upgrade", "docker-restart")
@@ -146,7 +153,11 @@ def suite_runs(
     with concurrent.futures.ThreadPoolExecutor(PARALLEL_RUNS) as pool:
         runs: dict[Fault | None, concurrent.futures.Future[SuiteRun]] = {
             None: pool.submit(
-                run_suite, work, "clean", f"--openshell-scenarios={','.join(CLEAN_SCENARIOS)}"
+                run_suite,
+                work,
+                "clean",
+                f"--openshell-scenarios={','.join(CLEAN_SCENARIOS)}",
+                "--openshell-workload",
             )
         }
         for fault, catch in CATCH_TABLE.items():
@@ -158,6 +169,7 @@ def suite_runs(
                 f"--openshell-scenarios={catch.scenario}",
                 "-k",
                 STANDALONE,
+                *catch.args,
             )
         yield runs
         for future in runs.values():

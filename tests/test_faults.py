@@ -20,6 +20,9 @@ CONFORMANCE_TABLE = {
     "forget-sandboxes-on-start",
     "relabel-on-upgrade",
     "error-is-terminal",
+    # issue 16: acknowledged is not yet durable (caught by the history checker, property 18)
+    "ack-before-commit",
+    "lost-append",
 }
 
 

@@ -65,6 +65,8 @@ class SandboxInfo:
     host_public_key: str = ""
     restart_count: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: The environment its create asked for (what the store must keep).
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -391,4 +393,5 @@ def _info(sandbox: Any) -> SandboxInfo:
         host_public_key=str(sandbox.metadata.annotations.get(HOST_PUBLIC_KEY_ANNOTATION, "")),
         restart_count=int(status.restart_count),
         labels=dict(sandbox.metadata.labels),
+        environment=dict(sandbox.spec.environment),
     )

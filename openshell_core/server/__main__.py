@@ -28,6 +28,7 @@ from openshell_core.server import tunnel
 from openshell_core.server.api import GatewayServicer
 from openshell_core.server.compute import Ownership
 from openshell_core.server.config import ServerConfig
+from openshell_core.server.durability_faults import UncommittedStore
 from openshell_core.server.listener import GatewayListener, server_tls_context
 from openshell_core.server.reconciler import Reconciler, gateway_label
 from openshell_core.server.sandboxes import SandboxService
@@ -68,6 +69,9 @@ class Gateway:
             config.store_path.unlink(missing_ok=True)
         # The store first: a store this gateway must not use stops it before anything changes.
         store = open_store(config.store_path, schema=config.schema)
+        if config.has(Fault.ACK_BEFORE_COMMIT):
+            log.warning("fault ack-before-commit: store writes are committed at a clean stop only")
+            store = UncommittedStore.over(store)
         self._closers.append(_async(store.close))
         log.info("store %s open at schema version %d", config.store_path, store.version)
         # Only an image that opened the store is recorded: the host resumes on it when this

@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
+from openshell_core.faults import Fault
 from openshell_core.grpc_api import (
     HINT_METADATA,
     HOST_PUBLIC_KEY_ANNOTATION,
@@ -28,10 +29,12 @@ from openshell_core.grpc_api import (
     phase_value,
     selected_workspace,
 )
+from openshell_core.server.durability_faults import cache_write, is_append
 from openshell_core.server.model import Phase, SandboxRecord
 from openshell_core.server.sandbox_link import exec_in_sandbox
 from openshell_core.server.sandboxes import SandboxService
 from openshell_core.server.store import StoreConflict
+from openshell_core.wire.exec1 import ExecEvent
 
 log = logging.getLogger("openshell.server.api")
 
@@ -181,16 +184,24 @@ class GatewayServicer(Servicer):
             await context.abort(_status_of(exc), exc.message)
         host, port = self._service.driver.endpoint(record.id)
         timeout = request.execution_timeout.ToTimedelta().total_seconds() or None
-        events = exec_in_sandbox(
-            host,
-            port,
-            self._service.secret,
-            list(request.command),
-            env=dict(request.environment) or None,
-            workdir=request.workdir or None,
-            stdin=bytes(request.stdin) if request.stdin else None,
-            token=str(uuid.uuid4()),
-        )
+
+        def run() -> AsyncIterator[ExecEvent]:
+            return exec_in_sandbox(
+                host,
+                port,
+                self._service.secret,
+                list(request.command),
+                env=dict(request.environment) or None,
+                workdir=request.workdir or None,
+                stdin=bytes(request.stdin) if request.stdin else None,
+                token=str(uuid.uuid4()),
+            )
+
+        if self._service.config.has(Fault.LOST_APPEND) and is_append(request.command):
+            cache_write(self._service.spawn, run, f"in {record.name}")
+            yield pb.ExecSandboxEvent(exit=pb.ExecSandboxExit(exit_code=0))
+            return
+        events = run()
         exit_code: int | None = None
         try:
             async with asyncio.timeout(timeout):
