@@ -117,12 +117,13 @@ class CliDriver(GatewayDriver, ListsSandboxContainers, ReportsStateDigests):
     # -- abilities: what this gateway lets a test see beyond its CLI --
 
     def sandbox_containers(self, gateway: GatewayHandle, *, running: bool = False) -> list[str]:
-        """The gateway labels its sandbox containers with its name."""
+        """The gateway labels its sandbox containers with its name; oldest first."""
         found = self.session.engine.list_containers(
             label_filters=[f"openshell.ai/gateway={gateway.name}", "openshell.ai/role=sandbox"],
             all=not running,
         )
-        return sorted(str(container["Names"][0]).lstrip("/") for container in found)
+        found.sort(key=lambda container: (int(container.get("Created", 0)), container["Names"][0]))
+        return [str(container["Names"][0]).lstrip("/") for container in found]
 
     def state_digests(self, gateway: GatewayHandle) -> dict[str, str]:
         """SHA-256 of each secret-state file, read from the gateway's container (never the

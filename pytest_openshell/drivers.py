@@ -16,7 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from openshell_core import labels
 from openshell_core.engine import Engine
@@ -198,7 +198,9 @@ class ReportsDownReason(Protocol):
 
 @runtime_checkable
 class ListsSandboxContainers(Protocol):
-    """The names of the gateway's sandbox containers (only running ones with ``running``)."""
+    """The names of the gateway's sandbox containers (only running ones with ``running``), oldest
+    first: a scenario that disrupts "the first" sandboxes hits those made before it began, not
+    those a workload creates while it runs."""
 
     def sandbox_containers(self, gateway: GatewayHandle, *, running: bool = False) -> list[str]: ...
 
@@ -405,7 +407,7 @@ class ReferenceDriver(
 
     def sandbox_containers(self, gateway: GatewayHandle, *, running: bool = False) -> list[str]:
         """The names of the gateway's sandbox containers (only running ones with ``running``),
-        found by their labels."""
+        found by their labels, oldest first."""
         found = self.engine.list_containers(
             label_filters=[
                 f"{labels.MANAGED_BY}={labels.MANAGER}",
@@ -414,10 +416,15 @@ class ReferenceDriver(
             ],
             all=not running,
         )
-        return sorted(str(c["Names"][0]).lstrip("/") for c in found)
+        return [str(c["Names"][0]).lstrip("/") for c in sorted(found, key=_creation_order)]
 
 
 def cli_path() -> str:
     """The ``pytest-openshell`` script of this interpreter's environment."""
     beside = Path(sys.executable).with_name("pytest-openshell")
     return str(beside) if beside.exists() else "pytest-openshell"
+
+
+def _creation_order(container: dict[str, Any]) -> tuple[int, str]:
+    """Oldest first; the engine counts creation in whole seconds, so names break ties."""
+    return int(container.get("Created", 0)), str(container["Names"][0])

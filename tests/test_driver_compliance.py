@@ -292,6 +292,24 @@ def test_sandbox_containers_names_the_containers_of_its_sandboxes(subject: Subje
     assert driver.sandbox_containers(gateway) == named
 
 
+@pytest.mark.needs_ability(Ability.SANDBOX_CONTAINERS)
+def test_sandbox_containers_lists_the_oldest_first(subject: Subject) -> None:
+    """A scenario disrupts "the first" sandboxes: those made before it, not a workload's."""
+    driver = subject.driver
+    assert isinstance(driver, ListsSandboxContainers)
+    gateway = subject.deploy()
+    with GatewayClient.for_gateway(gateway.name, env=gateway.env) as client:
+        first = client.create_sandbox("zz-made-first")
+        client.wait_ready("zz-made-first", timeout=120)
+        # The engine counts creation in whole seconds: the next one is made in a later second.
+        second_started = int(time.time()) + 1
+        wait_until(lambda: time.time() >= second_started, timeout=5, what="the next second")
+        second = client.create_sandbox("aa-made-second")
+        client.wait_ready("aa-made-second", timeout=120)
+    named = driver.sandbox_containers(gateway, running=True)
+    assert [first.id in named[0], second.id in named[1]] == [True, True], named
+
+
 @pytest.mark.needs_ability(Ability.STATE_DIGESTS)
 def test_state_digests_are_hex_digests_that_survive_a_stop_and_start(subject: Subject) -> None:
     driver = subject.driver
