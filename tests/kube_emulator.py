@@ -167,6 +167,7 @@ class KubeEmulator:
     #: Every request, as (verb, resource key or path, namespace, name), for assertions.
     requests: list[tuple[str, str, str, str]] = field(default_factory=list)
     _controllers: list[tuple[str, ControllerFn]] = field(default_factory=list)
+    _hooks: list[list[Any]] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _server: ThreadingHTTPServer | None = None
     _closing: bool = False
@@ -204,6 +205,19 @@ class KubeEmulator:
         """Call ``react(emulator, event kind, object)`` after each change of a ``key`` object,
         in the writing request (a stand-in for a controller: it sees every change at once)."""
         self._controllers.append((key, react))
+
+    def before(
+        self, verb: str, key: str, act: Callable[[KubeEmulator], None], times: int = 1
+    ) -> None:
+        """Run ``act(emulator)`` just before the next ``times`` requests of ``verb`` on ``key``
+        are served (to change the world between a client's read and its write)."""
+        self._hooks.append([verb, key, act, times])
+
+    def _run_hooks(self, verb: str, key: str) -> None:
+        for hook in list(self._hooks):
+            if hook[0] == verb and hook[1] == key and hook[3] > 0:
+                hook[3] -= 1
+                hook[2](self)
 
     # -- the store, for the HTTP side and for stand-ins --
 
@@ -316,13 +330,24 @@ class KubeEmulator:
             ]
         return self._update(key, name, namespace, current, patched)
 
-    def delete(self, key: str, name: str, namespace: str = "") -> Obj:
+    def delete(
+        self, key: str, name: str, namespace: str = "", preconditions: Obj | None = None
+    ) -> Obj:
         resource = self.resource(key)
         namespace = namespace if resource.namespaced else ""
         with self._changed:
             found = self.store.get((resource.key, namespace, name))
             if found is None:
                 raise not_found(resource, name)
+            for field_name in ("uid", "resourceVersion"):
+                wanted = (preconditions or {}).get(field_name)
+                if wanted and wanted != found["metadata"][field_name]:
+                    raise ApiError(
+                        409,
+                        "Conflict",
+                        f"Precondition failed: {field_name} in precondition: {wanted}, "
+                        f"{field_name} in object meta: {found['metadata'][field_name]}",
+                    )
             gone = self._remove(resource, namespace, name)
         self._react("DELETED", resource, gone)
         self._collect_garbage({gone["metadata"]["uid"]})
@@ -616,6 +641,9 @@ _PATCH_TYPES = {
 class _Handler(BaseHTTPRequestHandler):
     api: KubeEmulator
     protocol_version = "HTTP/1.1"
+    # Headers and body in one segment: otherwise Nagle's algorithm and delayed ACKs cost 40 ms a
+    # request.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the requests are recorded in KubeEmulator.requests
@@ -672,7 +700,17 @@ class _Handler(BaseHTTPRequestHandler):
             groups.setdefault(resource.group, []).append(resource)
         path = path.rstrip("/")
         if path == "/version":
-            return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-emulator"}
+            return {
+                "major": "1",
+                "minor": "31",
+                "gitVersion": "v1.31.0-emulator",
+                "gitCommit": "0" * 40,
+                "gitTreeState": "clean",
+                "buildDate": "2026-01-01T00:00:00Z",
+                "goVersion": "go1.22",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }
         if path == "/api":
             return {"kind": "APIVersions", "versions": ["v1"]}
         if path == "/apis":
@@ -744,6 +782,7 @@ class _Handler(BaseHTTPRequestHandler):
             "DELETE": "delete" if name else "deletecollection",
         }[method]
         api.requests.append((verb, resource.key, namespace, name))
+        api._run_hooks(verb, resource.key)
         if resource.key == "selfsubjectaccessreviews.authorization.k8s.io":
             self._reply(201, _access_review(api, body))
             return
@@ -789,7 +828,8 @@ class _Handler(BaseHTTPRequestHandler):
             patched = api.patch(resource.key, name, body, kind, namespace)
             self._reply(200, api._as_version(patched, version))
         elif verb == "delete":
-            self._reply(200, api._as_version(api.delete(resource.key, name, namespace), version))
+            gone = api.delete(resource.key, name, namespace, (body or {}).get("preconditions"))
+            self._reply(200, api._as_version(gone, version))
         else:
             items = api.list(
                 resource.key,
