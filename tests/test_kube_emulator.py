@@ -254,3 +254,35 @@ def test_deleting_a_namespace_deletes_its_objects(kube_client: Any) -> None:
     core.delete_namespace("gone")
 
     assert core.list_persistent_volume_claim_for_all_namespaces().items == []
+
+
+def test_a_delete_with_a_stale_uid_precondition_is_409_and_deletes_nothing(
+    kube: KubeEmulator, kube_client: Any
+) -> None:
+    custom = client.CustomObjectsApi(kube_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, _sandbox("s"))
+
+    with pytest.raises(ApiException) as caught:
+        custom.delete_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, "s", body={"preconditions": {"uid": "stale"}}
+        )
+
+    assert caught.value.status == 409
+    assert kube.find(f"{PLURAL}.{GROUP}", "s", "default") is not None
+
+
+def test_a_hook_runs_between_a_clients_read_and_its_write(
+    kube: KubeEmulator, kube_client: Any
+) -> None:
+    custom = client.CustomObjectsApi(kube_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, _sandbox("s"))
+    kube.before(
+        "patch", f"{PLURAL}.{GROUP}", lambda k: k.delete(f"{PLURAL}.{GROUP}", "s", "default")
+    )
+
+    with pytest.raises(ApiException) as caught:
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, "s", {"spec": {"replicas": 0}}
+        )
+
+    assert caught.value.status == 404
