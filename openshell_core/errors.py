@@ -44,6 +44,10 @@ class EnginePrerequisiteError(EngineError):
         )
 
 
+class ClusterError(OpenShellError):
+    """The Kubernetes API failed, refused an operation, or cannot be reached."""
+
+
 class PermissionDeniedError(OpenShellError):
     """This user may not use what another user made (a private engine runs as root; host-side
     gateway files belong to whoever started the gateway)."""

@@ -1,10 +1,11 @@
 """The compute driver compliance suite: what every compute driver must do, for every driver.
 
 Each test states one rule of :class:`~openshell_core.server.compute.ComputeDriver` and runs once
-per platform: the in-memory driver (pure, fast) and the Docker driver on the real private engine
-(sandbox image, network, volumes). A new driver joins by adding a :class:`Platform` for it: the
-driver under test plus the few things a test must do *behind the driver's back* (what a user, a
-crash or the platform itself would do).
+per platform: the in-memory driver (pure, fast), the Docker driver on the real private engine
+(sandbox image, network, volumes) and the Kubernetes driver against the in-process API emulator
+(``kube_emulator``, with the agent-sandbox controller's and the kubelet's stand-ins). A new driver
+joins by adding a :class:`Platform` for it: the driver under test plus the few things a test must
+do *behind the driver's back* (what a user, a crash or the platform itself would do).
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import pytest
+from kube_emulator import KubeEmulator
+from kube_standins import SANDBOXES, SandboxControllerStandIn
 
 from openshell_core import labels
 from openshell_core.engine import Engine
 from openshell_core.errors import NotFoundError
 from openshell_core.images import ImageSet
 from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_dir
-from openshell_core.server import compute_docker, compute_memory
+from openshell_core.server import compute_docker, compute_kubernetes, compute_memory
 from openshell_core.server.compute import (
     ComputeDriver,
     Observation,
@@ -184,6 +187,83 @@ class DockerPlatform:
         assert self._sh(sandbox_id, f"rm {contract.WORKSPACE_DIR}/{name}") == 0
 
 
+class KubernetesPlatform:
+    """The Kubernetes driver against the emulator, the controller and kubelet stand-ins running."""
+
+    NAMESPACE = "sandboxes"
+
+    def __init__(self, kube: KubeEmulator) -> None:
+        self.kube = kube
+        kube.create("namespaces", {"metadata": {"name": self.NAMESPACE}})
+        self.controller = SandboxControllerStandIn(kube).install()
+        self.settings = compute_kubernetes.KubernetesSettings(self.NAMESPACE, api=kube.url)
+        self.driver = self.settings.open(Ownership("compliance", "node-a"))
+
+    def spec(self, sandbox_id: str, *, persistent_workspace: bool = True) -> SandboxSpec:
+        return SandboxSpec(
+            sandbox_id,
+            sandbox_id,
+            contract.DEFAULT_SANDBOX_IMAGE,
+            _environment(sandbox_id),
+            persistent_workspace=persistent_workspace,
+        )
+
+    def other_gateway(self) -> ComputeDriver:
+        return self.settings.open(Ownership("compliance-other", "node-b"))
+
+    def _sandbox(self, sandbox_id: str) -> dict:
+        return self.kube.get(SANDBOXES, f"default--{sandbox_id}", self.NAMESPACE)
+
+    def _pod(self, sandbox_id: str) -> dict:
+        return self.kube.get("pods", f"default--{sandbox_id}", self.NAMESPACE)
+
+    def vanish(self, sandbox_id: str) -> None:
+        """The Sandbox deleted with its claim kept (``kubectl delete sandbox`` after the claim's
+        owner reference was taken off): its pod goes with it."""
+        claim = compute_kubernetes.claim_name(f"default--{sandbox_id}")
+        self.kube.patch(
+            "persistentvolumeclaims",
+            claim,
+            {"metadata": {"ownerReferences": None}},
+            "merge",
+            self.NAMESPACE,
+        )
+        self.kube.delete(SANDBOXES, f"default--{sandbox_id}", self.NAMESPACE)
+
+    def halt(self, sandbox_id: str) -> None:
+        """The supervisor exited: the pod failed (it is never restarted in place)."""
+        self.kube.patch(
+            "pods",
+            f"default--{sandbox_id}",
+            {"status": {"phase": "Failed"}},
+            "merge",
+            self.NAMESPACE,
+        )
+
+    def cut_off(self, sandbox_id: str) -> None:
+        raise AssertionError("a pod's address cannot be cut off from the gateway's pod")
+
+    def start_marker(self, sandbox_id: str) -> object:
+        return self._pod(sandbox_id)["metadata"]["uid"]
+
+    def environment(self, sandbox_id: str) -> dict[str, str]:
+        (agent,) = self._pod(sandbox_id)["spec"]["containers"]
+        return {item["name"]: item["value"] for item in agent["env"]}
+
+    def _files(self, sandbox_id: str) -> set[str]:
+        claim = compute_kubernetes.claim_name(f"default--{sandbox_id}")
+        return self.controller.kubelet.files.setdefault(claim, set())
+
+    def has_file(self, sandbox_id: str, name: str) -> bool:
+        return name in self._files(sandbox_id)
+
+    def write_file(self, sandbox_id: str, name: str) -> None:
+        self._files(sandbox_id).add(name)
+
+    def remove_file(self, sandbox_id: str, name: str) -> None:
+        self._files(sandbox_id).discard(name)
+
+
 @pytest.fixture(scope="module")
 def docker_network(engine: Engine) -> Iterator[tuple[str, str]]:
     """A network for the module's sandboxes, and the run id everything made here carries (a
@@ -198,21 +278,34 @@ def docker_network(engine: Engine) -> Iterator[tuple[str, str]]:
             remove_run_objects(engine, [run_id])
 
 
-@pytest.fixture(params=["memory", "docker"])
-def platform(request: pytest.FixtureRequest) -> Iterator[Platform]:
+def _platform(request: pytest.FixtureRequest, name: str) -> Iterator[Platform]:
     made: Platform
-    if request.param == "memory":
+    if name == "memory":
         made = MemoryPlatform()
+    elif name == "kubernetes":
+        made = KubernetesPlatform(request.getfixturevalue("kube"))
     else:
         engine: Engine = request.getfixturevalue("engine")
         images: ImageSet = request.getfixturevalue("images")
         network, run_id = request.getfixturevalue("docker_network")
         made = DockerPlatform(engine, images.sandbox, network, run_id)
-    created: list[str] = []
-    request.node.stash[_CREATED] = created
+    created = request.node.stash.setdefault(_CREATED, [])
     yield made
     for sandbox_id in created:
         made.driver.delete(sandbox_id, workspace=True)
+
+
+@pytest.fixture(params=["memory", "docker", "kubernetes"])
+def platform(request: pytest.FixtureRequest) -> Iterator[Platform]:
+    yield from _platform(request, request.param)
+
+
+@pytest.fixture(params=["memory", "docker"])
+def platform_with_paths(request: pytest.FixtureRequest) -> Iterator[Platform]:
+    """The platforms on which a running sandbox can be out of the gateway's reach (Docker: taken
+    off the gateway's network). Not Kubernetes: every pod's address is routable from the
+    gateway's pod, so there is no path a gateway must re-establish, and ``adopt`` only finds."""
+    yield from _platform(request, request.param)
 
 
 _CREATED = pytest.StashKey[list[str]]()
@@ -222,12 +315,12 @@ NewId = Callable[[], str]
 
 
 @pytest.fixture
-def new_id(request: pytest.FixtureRequest, platform: Platform) -> NewId:
+def new_id(request: pytest.FixtureRequest) -> NewId:
     """Makes sandbox ids that the platform fixture deletes (with their workspaces) at the end."""
 
     def make() -> str:
         sandbox_id = str(uuid.uuid4())
-        request.node.stash[_CREATED].append(sandbox_id)
+        request.node.stash.setdefault(_CREATED, []).append(sandbox_id)
         return sandbox_id
 
     return make
@@ -248,7 +341,11 @@ def _state(observed: Observation) -> tuple[RuntimeState, bool]:
 
 def test_the_driver_is_a_compute_driver(platform: Platform) -> None:
     assert isinstance(platform.driver, ComputeDriver)
-    assert platform.driver.name in {"memory", contract.DEFAULT_COMPUTE_DRIVER}
+    assert platform.driver.name in {
+        "memory",
+        contract.DEFAULT_COMPUTE_DRIVER,
+        contract.KUBERNETES_COMPUTE_DRIVER,
+    }
 
 
 def test_create_makes_a_running_reachable_sandbox_on_a_seeded_workspace(
@@ -385,8 +482,9 @@ def test_list_owned_lists_this_gateways_sandboxes_only(platform: Platform, new_i
 
 
 def test_a_runtime_out_of_reach_is_adopted_without_a_restart(
-    platform: Platform, new_id: NewId
+    platform_with_paths: Platform, new_id: NewId
 ) -> None:
+    platform = platform_with_paths
     sandbox_id = _created(platform, new_id)
     started = platform.start_marker(sandbox_id)
 

@@ -12,6 +12,7 @@ from openshell_core.faults import Fault
 from openshell_core.server import __main__ as server_main
 from openshell_core.server import healthcheck
 from openshell_core.server.compute_docker import DockerSettings
+from openshell_core.server.compute_kubernetes import KubernetesSettings
 from openshell_core.server.config import LISTEN_PORT, ServerConfig
 
 BASE = {
@@ -116,17 +117,46 @@ def test_the_compute_driver_is_picked_by_name() -> None:
 
 def test_an_unknown_compute_driver_is_a_configuration_error_naming_the_known_ones() -> None:
     with pytest.raises(UsageError) as refused:
-        ServerConfig.from_env({**BASE, "OPENSHELL_COMPUTE_DRIVER": "kubernetes"})
+        ServerConfig.from_env({**BASE, "OPENSHELL_COMPUTE_DRIVER": "nomad"})
     assert refused.value.message == (
-        "OPENSHELL_COMPUTE_DRIVER='kubernetes' names no compute driver this gateway has"
+        "OPENSHELL_COMPUTE_DRIVER='nomad' names no compute driver this gateway has"
     )
-    assert refused.value.hint == "set it to one of: docker (or leave it unset for docker)"
+    assert refused.value.hint == (
+        "set it to one of: docker, kubernetes (or leave it unset for docker)"
+    )
+
+
+def test_the_kubernetes_compute_driver_is_picked_with_its_namespace_api_and_gateway_id() -> None:
+    config = ServerConfig.from_env(
+        {
+            "OPENSHELL_GATEWAY_NAME": "demo",
+            "OPENSHELL_COMPUTE_DRIVER": "kubernetes",
+            "OPENSHELL_KUBE_NAMESPACE": "openshell",
+            "OPENSHELL_KUBE_API": "http://127.0.0.1:8001",
+            "OPENSHELL_KUBE_GATEWAY_ID": "gw-7",
+        }
+    )
+    assert config.compute == KubernetesSettings(
+        namespace="openshell", api="http://127.0.0.1:8001", gateway_id="gw-7"
+    )
+    assert config.compute.driver == "kubernetes"
+
+
+def test_the_kubernetes_compute_driver_without_a_namespace_is_a_configuration_error() -> None:
+    with pytest.raises(UsageError) as refused:
+        ServerConfig.from_env(
+            {"OPENSHELL_GATEWAY_NAME": "demo", "OPENSHELL_COMPUTE_DRIVER": "kubernetes"}
+        )
+    assert refused.value.message == (
+        "OPENSHELL_KUBE_NAMESPACE is not set and the gateway runs in no pod: set it to the "
+        "namespace of the gateway's sandboxes"
+    )
 
 
 def test_an_unknown_compute_driver_stops_the_gateway_with_the_usage_exit_code(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for name, value in {**BASE, "OPENSHELL_COMPUTE_DRIVER": "kubernetes"}.items():
+    for name, value in {**BASE, "OPENSHELL_COMPUTE_DRIVER": "nomad"}.items():
         monkeypatch.setenv(name, value)
     assert server_main.main() == server_main.EXIT_USAGE
     assert "names no compute driver this gateway has" in caplog.text

@@ -1,6 +1,7 @@
 """The gateway's compute platform is declared, not assumed: outside the Docker compute driver
-(``server/compute_docker.py``) no module of ``openshell_core.server`` names a Docker concept, in
-code, strings, comments or docstrings."""
+(``server/compute_docker.py``) no module of ``openshell_core.server`` names a Docker concept, and
+outside the Kubernetes compute driver (``server/compute_kubernetes.py``) none names a Kubernetes
+concept, in code, strings, comments or docstrings."""
 
 from __future__ import annotations
 
@@ -14,9 +15,15 @@ from openshell_core.server import compute
 
 SERVER = Path(compute.__file__).parent
 DOCKER_DRIVER = SERVER / "compute_docker.py"
+KUBERNETES_DRIVER = SERVER / "compute_kubernetes.py"
 #: Docker's words. "engine" is ours for the Docker daemon; "ContainerSpec" is covered by
 #: "container".
 DOCKER_WORDS = re.compile(r"docker|container|volume|network|engine", re.IGNORECASE)
+#: Kubernetes' words (its "container" and "volume" are Docker's too).
+KUBERNETES_WORDS = re.compile(
+    r"kube|k8s|\bpods?\b|claim|namespace|crd|custom.?resource|agent.?sandbox|statefulset",
+    re.IGNORECASE,
+)
 #: What may still carry one of those words, and why.
 ALLOWED = (
     # The fault catalogue's names re-create upstream reports; they are the user's words for them.
@@ -26,13 +33,15 @@ ALLOWED = (
     # module are the only way to reach it).
     *compute.DRIVERS,
     *compute.DRIVERS.values(),
+    "KUBERNETES_COMPUTE_DRIVER",
     # A column of the store on every existing gateway's disk: renaming it needs a migration.
     "container_env_json",
 )
 
 
-def docker_words(source: str) -> list[str]:
-    """Each token (name, string, comment) that names a Docker concept, allowed words removed."""
+def docker_words(source: str, words: re.Pattern[str] = DOCKER_WORDS) -> list[str]:
+    """Each token (name, string, comment) that names a Docker concept (or one of ``words``),
+    allowed words removed."""
     found = []
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type not in {tokenize.NAME, tokenize.STRING, tokenize.COMMENT}:
@@ -40,13 +49,13 @@ def docker_words(source: str) -> list[str]:
         text = token.string
         for allowed in sorted(ALLOWED, key=len, reverse=True):
             text = text.replace(allowed, "")
-        if DOCKER_WORDS.search(text):
-            found.append(f"{token.start[0]}: {DOCKER_WORDS.findall(text)} in {token.line.strip()}")
+        if words.search(text):
+            found.append(f"{token.start[0]}: {words.findall(text)} in {token.line.strip()}")
     return found
 
 
-def test_no_server_module_but_the_docker_driver_names_a_docker_concept() -> None:
-    modules = sorted(p for p in SERVER.glob("*.py") if p != DOCKER_DRIVER)
+def test_no_server_module_but_the_platform_drivers_names_a_docker_concept() -> None:
+    modules = sorted(p for p in SERVER.glob("*.py") if p not in {DOCKER_DRIVER, KUBERNETES_DRIVER})
     assert len(modules) > 10
     found = [f"{path.name}:{hit}" for path in modules for hit in docker_words(path.read_text())]
     assert not found, "\n".join(found)
@@ -59,3 +68,23 @@ def test_the_search_finds_docker_words_in_names_strings_and_comments() -> None:
         "x = Fault.NO_WORKSPACE_VOLUME\n"
     )
     assert [hit.split(":")[0] for hit in docker_words(source)] == ["1", "2", "2"]
+
+
+def test_no_server_module_but_the_kubernetes_driver_names_a_kubernetes_concept() -> None:
+    modules = sorted(p for p in SERVER.glob("*.py") if p != KUBERNETES_DRIVER)
+    assert len(modules) > 10
+    found = [
+        f"{path.name}:{hit}"
+        for path in modules
+        for hit in docker_words(path.read_text(), KUBERNETES_WORDS)
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_the_search_finds_kubernetes_words() -> None:
+    source = 'CLAIM = "workspace"\n# the pod\'s PVC\napi = kube_config()\n'
+    assert [hit.split(":")[0] for hit in docker_words(source, KUBERNETES_WORDS)] == [
+        "1",
+        "2",
+        "3",
+    ]

@@ -34,6 +34,8 @@ GATEWAY_REQUIREMENTS: tuple[str, ...] = (
     "grpcio>=1.78",
     "protobuf>=6.31.1",
     "openshell>=0.1.5,<0.2",
+    # The Kubernetes compute driver (server/compute_kubernetes.py, imported when chosen).
+    "kubernetes>=31",
 )
 
 

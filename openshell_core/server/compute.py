@@ -25,7 +25,10 @@ from openshell_core.errors import UsageError
 from openshell_core.wire import contract
 
 #: The drivers a gateway can be configured with, and the module that holds each.
-DRIVERS: Final = {contract.DEFAULT_COMPUTE_DRIVER: "openshell_core.server.compute_docker"}
+DRIVERS: Final = {
+    contract.DEFAULT_COMPUTE_DRIVER: "openshell_core.server.compute_docker",
+    contract.KUBERNETES_COMPUTE_DRIVER: "openshell_core.server.compute_kubernetes",
+}
 
 
 class RuntimeState(enum.StrEnum):
@@ -70,6 +73,8 @@ class SandboxSpec:
     :param persistent_workspace: False only with the ``no-workspace-volume`` fault: the
         workspace is not kept apart from the runtime, and goes when the runtime goes.
     :param reseed: True only with the ``reseed-workspace`` fault: seeding ignores the sentinel.
+    :param api_workspace: the API's workspace the sandbox belongs to (upstream's "sandbox
+        workspace", a grouping of sandboxes; not its files). Drivers may use it in names.
     """
 
     sandbox_id: str
@@ -78,6 +83,7 @@ class SandboxSpec:
     environment: Mapping[str, str] = field(repr=False)
     persistent_workspace: bool = True
     reseed: bool = False
+    api_workspace: str = "default"
 
 
 @dataclass(frozen=True)

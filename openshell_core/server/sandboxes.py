@@ -281,6 +281,7 @@ class SandboxService:
             environment=record.sandbox_env,
             persistent_workspace=not self.config.has(Fault.NO_WORKSPACE_VOLUME),
             reseed=self.config.has(Fault.RESEED_WORKSPACE),
+            api_workspace=record.workspace,
         )
 
     @staticmethod

@@ -80,6 +80,16 @@ VARIANT_ENV: Final = "OPENSHELL_GATEWAY_VARIANT"
 #: Which compute driver runs the sandboxes (default :data:`DEFAULT_COMPUTE_DRIVER`).
 COMPUTE_DRIVER_ENV: Final = "OPENSHELL_COMPUTE_DRIVER"
 DEFAULT_COMPUTE_DRIVER: Final = "docker"
+#: The compute driver that runs each sandbox as an agent-sandbox ``Sandbox`` on a cluster.
+KUBERNETES_COMPUTE_DRIVER: Final = "kubernetes"
+#: Its namespace (Sandbox objects, pods and claims); default: the gateway pod's own namespace.
+KUBE_NAMESPACE_ENV: Final = "OPENSHELL_KUBE_NAMESPACE"
+#: Its gateway id (the ``openshell.ai/gateway-id`` label); default: the gateway's label.
+KUBE_GATEWAY_ID_ENV: Final = "OPENSHELL_KUBE_GATEWAY_ID"
+#: The API server's URL, plain (``kubectl proxy``, tests); unset: the pod's service account, else
+#: the kubeconfig (``KUBECONFIG``) with its current context or :data:`KUBE_CONTEXT_ENV`.
+KUBE_API_ENV: Final = "OPENSHELL_KUBE_API"
+KUBE_CONTEXT_ENV: Final = "OPENSHELL_KUBE_CONTEXT"
 #: The engine the gateway's Docker compute driver uses (Docker's own variable).
 DOCKER_HOST_ENV: Final = "DOCKER_HOST"
 #: Development overrides of :data:`STATE_DIR` and :data:`RUN_DIR` (running the server outside
@@ -127,6 +137,11 @@ STORE_SCHEMA_LABEL: Final = "openshell.ai/store-schema"
 #: On images instead of :data:`MANAGED_BY_LABEL` (a container inherits its image's labels).
 BUILT_BY_LABEL: Final = "openshell.ai/built-by"
 SANDBOX_ID_LABEL: Final = "openshell.ai/sandbox-id"
+#: Upstream's further sandbox labels (on Kubernetes objects): the sandbox's name, its
+#: workspace, and the gateway id that owns it.
+SANDBOX_NAME_LABEL: Final = "openshell.ai/sandbox-name"
+SANDBOX_WORKSPACE_LABEL: Final = "openshell.ai/sandbox-workspace"
+GATEWAY_ID_LABEL: Final = "openshell.ai/gateway-id"
 NODE_NAME_LABEL: Final = "openshell.ai/node-name"
 #: Values of :data:`ROLE_LABEL`.
 GATEWAY_ROLE: Final = "gateway"
