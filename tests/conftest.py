@@ -14,8 +14,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kube_emulator import SANDBOX_CRD, KubeEmulator
 
 from openshell_core.engine import Engine, PrivateEngine
 from openshell_core.engine.private import DEFAULT_ENGINE_NAME, engines_dir
@@ -80,6 +82,30 @@ def lab_engine_factory() -> Iterator[Callable[[], PrivateEngine]]:
     for engine, root in made:
         engine.purge()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeEmulator]:
+    """An in-process Kubernetes API server (``tests/kube_emulator.py``) serving the built-in
+    resources and the agent-sandbox ``Sandbox`` CRD; no controllers run unless a test adds one."""
+    emulator = KubeEmulator()
+    emulator.declare(SANDBOX_CRD)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def kube_client(kube: KubeEmulator) -> Iterator[Any]:
+    """An official ``kubernetes`` client ``ApiClient`` pointed at :func:`kube`."""
+    # Imported here: the client takes seconds to import, and most sessions never use it.
+    from kubernetes import client  # noqa: PLC0415
+
+    configuration = client.Configuration()
+    configuration.host = kube.url
+    api = client.ApiClient(configuration)
+    yield api
+    api.close()
 
 
 @dataclass
