@@ -57,6 +57,11 @@ class EngineCapabilityError(EngineError):
     """The operation needs an engine we own (restart, crash) and this one is not ours."""
 
 
+class ClusterError(OpenShellError):
+    """A Kubernetes cluster cannot be reached, or refuses what a gateway on it needs. The message
+    is one line that names the fix (checked before anything is created)."""
+
+
 class NotFoundError(OpenShellError):
     """A Docker object that was expected does not exist."""
 

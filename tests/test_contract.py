@@ -30,6 +30,7 @@ NOT_SEARCHED = {
     contract.GATEWAY_ROLE: "an ordinary word",
     contract.SANDBOX_ROLE: "an ordinary word",
     contract.DEFAULT_COMPUTE_DRIVER: "an ordinary word",
+    contract.KUBERNETES_COMPUTE_DRIVER: "an ordinary word (the plugin's target has the same name)",
     contract.MANAGER: "the package's own name",
     # The host's mTLS directory uses upstream's file names, one of which is also ca.crt: the same
     # word for another file. The gateway's PKI files are searched for as pki/<name>.

@@ -80,6 +80,10 @@ VARIANT_ENV: Final = "OPENSHELL_GATEWAY_VARIANT"
 #: Which compute driver runs the sandboxes (default :data:`DEFAULT_COMPUTE_DRIVER`).
 COMPUTE_DRIVER_ENV: Final = "OPENSHELL_COMPUTE_DRIVER"
 DEFAULT_COMPUTE_DRIVER: Final = "docker"
+#: The compute driver of a gateway that runs on a cluster (sandboxes are ``Sandbox`` resources).
+KUBERNETES_COMPUTE_DRIVER: Final = "kubernetes"
+#: The namespace a gateway on a cluster makes its sandboxes in (its own, from the downward API).
+KUBE_NAMESPACE_ENV: Final = "OPENSHELL_KUBE_NAMESPACE"
 #: The engine the gateway's Docker compute driver uses (Docker's own variable).
 DOCKER_HOST_ENV: Final = "DOCKER_HOST"
 #: Development overrides of :data:`STATE_DIR` and :data:`RUN_DIR` (running the server outside
