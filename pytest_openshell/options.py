@@ -22,6 +22,8 @@ from openshell_core.images import ImageSet
 
 GROUP = "openshell"
 REFERENCE_TARGET = "reference"
+#: The built-in target of a gateway on a Kubernetes cluster (pytest_openshell.kube_driver).
+KUBE_TARGET = "kubernetes"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,26 @@ OPTIONS: tuple[_Option, ...] = (
         "seconds a scenario's recovery may take before it fails",
         "300",
         "SECONDS",
+    ),
+    _Option(
+        "kube-context",
+        "kubernetes target: the kube config context of the cluster (default: the current one)",
+        None,
+        "NAME",
+    ),
+    _Option(
+        "kube-namespace",
+        "kubernetes target: the namespace to deploy in, ours or absent (default: a fresh one per "
+        "run and worker, deleted at the end, swept after a crashed run)",
+        None,
+        "NAME",
+    ),
+    _Option(
+        "kube-endpoint",
+        "kubernetes target: HOST:PORT of the gateway Service's node port the user reaches it by "
+        "(default: a port-forward the plugin holds)",
+        None,
+        "HOST:PORT",
     ),
     _Option(
         "settle",
@@ -173,6 +195,9 @@ class Settings:
     recovery_timeout: float
     settle: float
     extra: dict[str, str] = field(default_factory=dict)
+    kube_context: str | None = None
+    kube_namespace: str | None = None
+    kube_endpoint: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -206,6 +231,15 @@ def _keep(value: object) -> str:
     return text
 
 
+def _endpoint(value: object) -> str | None:
+    if not value:
+        return None
+    host, _, port = str(value).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--openshell-kube-endpoint takes HOST:PORT, not {value!r}")
+    return str(value)
+
+
 def _truthy(value: object) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
@@ -236,6 +270,9 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
             api_timeout=_number("api-timeout", values["api-timeout"]),
             recovery_timeout=_number("recovery-timeout", values["recovery-timeout"]),
             settle=_number("settle", values["settle"]) if str(values["settle"]) != "0" else 0.0,
+            kube_context=str(values["kube-context"]) if values["kube-context"] else None,
+            kube_namespace=str(values["kube-namespace"]) if values["kube-namespace"] else None,
+            kube_endpoint=_endpoint(values["kube-endpoint"]),
         )
     except UsageError as exc:
         raise pytest.UsageError(f"openshell: {exc}") from exc

@@ -478,7 +478,7 @@ class Cluster:
         try:
             return poll_until(
                 lambda: self.pod(spec),
-                _ready,
+                pod_ready,
                 timeout=timeout,
                 what=f"pod {spec.pod_name} Ready",
                 fail_fast=hopeless,
@@ -527,8 +527,11 @@ class Preflight:
     namespace_exists: bool
 
 
-def _ready(pod: dict[str, Any] | None) -> bool:
-    conditions = ((pod or {}).get("status") or {}).get("conditions") or []
+def pod_ready(pod: dict[str, Any] | None) -> bool:
+    """Ready, and not on its way out (a deleted pod may still say Ready for a moment)."""
+    if pod is None or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
