@@ -183,20 +183,15 @@ class KubeDriver(
         remove_gateway_files(gateway.name, self.env)
 
     def state_digests(self, gateway: GatewayHandle) -> dict[str, str]:
-        """Digests of the secret state on the claim, read from the running pod (a stopped
-        gateway has no pod to read through: scaled to zero, it reports what it read last)."""
+        """Digests of the secret state on the claim: read through the gateway's pod, or, while
+        it is scaled to zero, through a reader pod that mounts the claim read-only."""
         kube = _kube(gateway)
-        if self.cluster.pod(kube) is None:
-            kept = gateway.extra.get("digests")
-            return dict(kept) if isinstance(kept, dict) else {}
-        digests = {
-            name: hashlib.sha256(
-                self.cluster.read_file(kube, f"{contract.STATE_DIR}/{name}")
-            ).hexdigest()
-            for name in contract.GATEWAY_SECRET_STATE
-        }
-        gateway.extra["digests"] = digests
-        return digests
+        paths = {name: f"{contract.STATE_DIR}/{name}" for name in contract.GATEWAY_SECRET_STATE}
+        if self.cluster.pod(kube) is not None:
+            files = {path: self.cluster.read_file(kube, path) for path in paths.values()}
+        else:
+            files = self.cluster.read_claim(kube, paths.values(), timeout=self.pod_timeout)
+        return {name: hashlib.sha256(files[path]).hexdigest() for name, path in paths.items()}
 
     def down_reason(self, gateway: GatewayHandle) -> str | None:
         kube = _kube(gateway)

@@ -601,3 +601,22 @@ def test_down_reason_says_when_the_statefulset_is_gone_or_scaled_to_zero(
     assert kube_driver.down_reason(handle) == (
         "the StatefulSet openshell-cluster-gw1 does not exist"
     )
+
+
+def test_the_reader_pod_mounts_the_claim_read_only_and_is_labelled_as_ours() -> None:
+    reader = manifests.reader_pod(spec())
+    assert reader["metadata"]["name"] == "openshell-cluster-gw1-reader"
+    assert labels.is_ours(reader["metadata"]["labels"])
+    assert reader["metadata"]["labels"][labels.ROLE] == manifests.READER_ROLE
+    assert reader["spec"]["volumes"] == [
+        {
+            "name": "openshell-data",
+            "persistentVolumeClaim": {
+                "claimName": "openshell-data-openshell-cluster-gw1-0",
+                "readOnly": True,
+            },
+        }
+    ]
+    (container,) = reader["spec"]["containers"]
+    assert container["volumeMounts"][0]["readOnly"] is True
+    assert container["image"] == "openshell-gateway:v1"

@@ -494,15 +494,17 @@ class Cluster:
             what=f"pod {spec.pod_name} gone",
         )
 
-    def read_file(self, spec: KubeGatewaySpec, path: str) -> bytes:
+    def read_file(
+        self, spec: KubeGatewaySpec, path: str, *, pod: str | None = None, container: str = ""
+    ) -> bytes:
         """A file of the running gateway pod (``cat`` through the exec API)."""
         from kubernetes.stream import stream  # noqa: PLC0415
 
         text = stream(
             self.core.connect_get_namespaced_pod_exec,
-            spec.pod_name,
+            pod or spec.pod_name,
             spec.namespace,
-            container=manifests.CONTAINER,
+            container=container or manifests.CONTAINER,
             command=["cat", path],
             stderr=False,
             stdin=False,
@@ -510,6 +512,41 @@ class Cluster:
             tty=False,
         )
         return str(text).encode()
+
+    def read_claim(
+        self, spec: KubeGatewaySpec, paths: Collection[str], *, timeout: float
+    ) -> dict[str, bytes]:
+        """Files of the gateway's claim while no gateway pod holds it, through a reader pod
+        (:func:`~openshell_core.kube.manifests.reader_pod`) made for this and deleted after."""
+        reader = manifests.reader_pod(spec)
+        name = reader["metadata"]["name"]
+        try:
+            self.core.create_namespaced_pod(spec.namespace, reader)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise ClusterError(f"creating pod {name} failed ({_reason(exc)})") from None
+        try:
+            poll_until(
+                lambda: self._pod_named(spec.namespace, name),
+                lambda pod: ((pod or {}).get("status") or {}).get("phase") == "Running",
+                timeout=timeout,
+                what=f"pod {name} running",
+            )
+            return {
+                path: self.read_file(spec, path, pod=name, container=manifests.READER_ROLE)
+                for path in paths
+            }
+        finally:
+            self.delete_pod(spec.namespace, name)
+
+    def _pod_named(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found = self.core.read_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(self.api.sanitize_for_serialization(found))
 
     def nodes(self) -> list[str]:
         """The schedulable nodes (not cordoned) of the cluster."""

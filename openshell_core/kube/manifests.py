@@ -307,6 +307,47 @@ def service(spec: KubeGatewaySpec) -> Manifest:
     }
 
 
+#: The role label of the short-lived pod that reads a stopped gateway's claim.
+READER_ROLE: Final = "reader"
+
+
+def reader_pod(spec: KubeGatewaySpec) -> Manifest:
+    """A pod that mounts the gateway's claim read-only and does nothing, so that its files can be
+    read while the gateway is scaled to zero (as a never-started reader container reads a stopped
+    gateway's volume on Docker). Labelled as ours, with its own role; deleted after use."""
+    own = {**spec.labels, labels.ROLE: READER_ROLE}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{spec.object_name}-reader",
+            "namespace": spec.namespace,
+            "labels": own,
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": READER_ROLE,
+                    "image": spec.image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["sleep", "600"],
+                    "volumeMounts": [
+                        {"name": DATA_CLAIM, "mountPath": contract.STATE_DIR, "readOnly": True}
+                    ],
+                }
+            ],
+            "volumes": [
+                {
+                    "name": DATA_CLAIM,
+                    "persistentVolumeClaim": {"claimName": spec.claim_name, "readOnly": True},
+                }
+            ],
+        },
+    }
+
+
 def render(spec: KubeGatewaySpec, *, with_namespace: bool = True) -> list[Manifest]:
     """Every object of the gateway, in the order they are applied (namespace first)."""
     made = [
