@@ -242,12 +242,13 @@ class KubeDriver(
         if forward is not None:
             forward.stop()
 
-    def close(self) -> None:
-        """End the port-forwards; delete the run's namespace when this driver made it."""
+    def close(self, *, keep: bool = False) -> None:
+        """End the port-forwards; delete the run's namespace when this driver made it, unless
+        the run keeps its gateways (``--openshell-keep``)."""
         for forward in self._forwards.values():
             forward.stop()
         self._forwards.clear()
-        if self._made_namespace is not None:
+        if self._made_namespace is not None and not keep:
             self.cluster.delete_namespace(self._made_namespace)
             self._made_namespace = None
 
@@ -263,8 +264,17 @@ class PortForward:
     """``127.0.0.1:{port}`` -> the gateway pod's TLS port, through the API server's port-forward
     (one stream per accepted connection), as ``kubectl port-forward`` does."""
 
-    def __init__(self, cluster: Cluster, kube: KubeGatewaySpec, port: int) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        kube: KubeGatewaySpec,
+        port: int,
+        *,
+        opener: Callable[[], socket.socket] | None = None,
+    ) -> None:
         self.cluster, self.kube, self.port = cluster, kube, port
+        #: opens one stream to the pod's port (default: the API server's port-forward)
+        self.opener = opener or self._open_port_forward
         self._listener: socket.socket | None = None
         self._stopped = threading.Event()
 
@@ -292,32 +302,38 @@ class PortForward:
                 return
             threading.Thread(target=self._serve, args=(local,), daemon=True).start()
 
-    def _serve(self, local: socket.socket) -> None:
+    def _open_port_forward(self) -> socket.socket:
         from kubernetes.stream import portforward  # noqa: PLC0415
 
+        forward = portforward(
+            self.cluster.core.connect_get_namespaced_pod_portforward,
+            self.kube.pod_name,
+            self.kube.namespace,
+            ports=str(contract.GATEWAY_PORT),
+        )
+        remote: socket.socket = forward.socket(contract.GATEWAY_PORT)
+        return remote
+
+    def _serve(self, local: socket.socket) -> None:
         try:
-            forward = portforward(
-                self.cluster.core.connect_get_namespaced_pod_portforward,
-                self.kube.pod_name,
-                self.kube.namespace,
-                ports=str(contract.GATEWAY_PORT),
-            )
-            remote = forward.socket(contract.GATEWAY_PORT)
+            remote = self.opener()
         except Exception as exc:
             log.warning("port-forward to %s failed: %s", self.kube.pod_name, exc)
             local.close()
             return
-        done = threading.Event()
 
         def pump(source: socket.socket, sink: socket.socket) -> None:
             with contextlib.suppress(OSError):
                 while data := source.recv(65536):
                     sink.sendall(data)
-            done.set()
+                sink.shutdown(socket.SHUT_WR)  # pass the end on; the other way may go on
 
-        threading.Thread(target=pump, args=(remote, local), daemon=True).start()
+        back = threading.Thread(target=pump, args=(remote, local), daemon=True)
+        back.start()
         pump(local, remote)
-        done.wait(timeout=5)
+        # The way back ends once the pod's side has passed the end on (bounded: a pod that
+        # never answers the end must not hold the thread for ever).
+        back.join(timeout=30)
         for end in (local, remote):
             with contextlib.suppress(OSError):
                 end.close()

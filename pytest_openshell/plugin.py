@@ -154,7 +154,7 @@ def _kube_driver(session: OpenShellSession) -> GatewayDriver:
         )
     except OpenShellError as exc:
         raise pytest.UsageError(f"--openshell-gateway=kubernetes: {exc}") from None
-    session.at_exit(driver.close)
+    session.at_exit(lambda: driver.close(keep=session.keeps()))
     return driver
 
 

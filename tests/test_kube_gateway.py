@@ -7,7 +7,9 @@ claim, :func:`statefulset_controller_stand_in` makes it (and nothing else).
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,9 @@ from pytest_openshell.drivers import (
     GatewaySpec,
     abilities_of,
 )
-from pytest_openshell.kube_driver import SCENARIOS, KubeDriver, run_namespace
+from pytest_openshell.kube_driver import SCENARIOS, KubeDriver, PortForward, run_namespace
 from pytest_openshell.scenarios import BUILTIN, refused
+from pytest_openshell.session_parts import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NODES = Resource("", ("v1",), "nodes", "Node", namespaced=False)
@@ -620,3 +623,57 @@ def test_the_reader_pod_mounts_the_claim_read_only_and_is_labelled_as_ours() -> 
     (container,) = reader["spec"]["containers"]
     assert container["volumeMounts"][0]["readOnly"] is True
     assert container["image"] == "openshell-gateway:v1"
+
+
+def test_the_port_forward_relays_each_connection_both_ways_and_passes_the_end_on(
+    cluster: Cluster,
+) -> None:
+    """The relay of :class:`PortForward`, with a real TCP echo server standing in for the
+    API server's port-forward stream (the emulator has no streaming)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(1024):
+                    conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    opened: list[int] = []
+
+    def opener() -> socket.socket:
+        opened.append(1)
+        return socket.create_connection(server.getsockname())
+
+    forward = PortForward(cluster, spec(), free_port(), opener=opener)
+    forward.start()
+    try:
+        for word in (b"first", b"second"):
+            with socket.create_connection(("127.0.0.1", forward.port), timeout=10) as client:
+                client.sendall(word)
+                client.shutdown(socket.SHUT_WR)
+                received = b""
+                while chunk := client.recv(1024):
+                    received += chunk
+                assert received == word
+        assert len(opened) == 2  # one stream per connection
+    finally:
+        forward.stop()
+        server.close()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", forward.port), timeout=2):
+        pass
+
+
+def test_a_run_that_keeps_its_gateways_keeps_its_namespace(
+    emulator: KubeEmulator, cluster: Cluster, tmp_path: Path
+) -> None:
+    pod_controller_stand_in(emulator, waiting="ErrImagePull")
+    made = driver(cluster, tmp_path)
+    with pytest.raises(ClusterError):
+        made.deploy(gateway_spec())
+    made.close(keep=True)
+    assert emulator.find("namespaces", made.target_namespace) is not None
