@@ -27,11 +27,8 @@ from openshell_core.kube.cluster import Cluster, connect
 from openshell_core.kube.manifests import KubeGatewaySpec
 from openshell_core.wire import contract
 from pytest_openshell.drivers import (
-    Ability,
-    GatewayDriver,
     GatewayHandle,
     GatewaySpec,
-    abilities_of,
 )
 from pytest_openshell.kube_driver import SCENARIOS, KubeDriver, PortForward, run_namespace
 from pytest_openshell.scenarios import BUILTIN, refused
@@ -417,20 +414,6 @@ def test_delete_namespace_refuses_one_without_our_labels(
 
 def driver(cluster: Cluster, tmp_path: Path) -> KubeDriver:
     return KubeDriver(cluster, tmp_path, "run123abc456def")
-
-
-def test_the_kubernetes_driver_is_a_gateway_driver_with_its_abilities(
-    cluster: Cluster, tmp_path: Path
-) -> None:
-    made = driver(cluster, tmp_path)
-    assert isinstance(made, GatewayDriver)
-    assert abilities_of(made) == {
-        Ability.RECREATE,
-        Ability.FORGET_HOST_FILES,
-        Ability.STATE_DIGESTS,
-        Ability.DOWN_REASON,
-        Ability.SANDBOX_CONTAINERS,
-    }
 
 
 def test_each_process_of_a_run_has_its_own_namespace() -> None:
