@@ -34,6 +34,7 @@ from openshell_core.host.metadata import (
 )
 from openshell_core.kube.cluster import Cluster, pod_ready
 from openshell_core.kube.manifests import KubeGatewaySpec
+from openshell_core.retry import poll_until
 from openshell_core.runs import live_runs, runs_dir
 from openshell_core.wire import contract
 from pytest_openshell.drivers import (
@@ -165,8 +166,18 @@ class KubeDriver(
         self.cluster.wait_pod_gone(kube, timeout=self.pod_timeout)
 
     def destroy(self, gateway: GatewayHandle) -> None:
+        """Everything of the gateway goes, and is waited for: a deploy under the same name
+        right after must not find the old pod holding the old claim."""
+        kube = _kube(gateway)
         self._unforward(gateway)
-        self.cluster.destroy(_kube(gateway))
+        self.cluster.destroy(kube)
+        self.cluster.wait_pod_gone(kube, timeout=self.pod_timeout)
+        poll_until(
+            lambda: self.cluster.claims(kube),
+            lambda claims: claims == [],
+            timeout=self.pod_timeout,
+            what=f"the claims of gateway {gateway.name} deleted",
+        )
         remove_gateway_files(gateway.name, self.env)
 
     # -- abilities ------------------------------------------------------------------------------
@@ -175,7 +186,6 @@ class KubeDriver(
         """``--recreate``: everything of the gateway goes, its claim too, and a fresh one comes."""
         kube = _kube(gateway)
         self.destroy(gateway)
-        self.cluster.wait_pod_gone(kube, timeout=self.pod_timeout)
         self.cluster.apply(kube)
         self._come_up(gateway)
 
@@ -389,8 +399,6 @@ def _delete_sandbox_pod(run: ScenarioRun) -> None:
 
 
 def _await_sandbox_pods(run: ScenarioRun) -> None:
-    from openshell_core.retry import poll_until  # noqa: PLC0415
-
     driver = _driver(run)
     wanted = set(run.sandbox_fates)
     poll_until(

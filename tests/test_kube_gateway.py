@@ -142,8 +142,8 @@ def test_the_role_grants_sandboxes_pods_claims_and_events_in_its_namespace_only(
         for resource in rule["resources"]
     }
     assert granted[("agents.x-k8s.io", "sandboxes")] >= {"create", "delete", "patch", "watch"}
-    assert granted[("", "pods")] == {"get", "list", "watch"}
-    assert granted[("", "persistentvolumeclaims")] == {"get", "list", "watch", "delete"}
+    assert granted[("", "pods")] == {"get", "list", "watch", "delete"}
+    assert granted[("", "persistentvolumeclaims")] == {"get", "list", "watch", "patch", "delete"}
     assert granted[("", "events")] == {"get", "list", "watch"}
     binding = by_kind(manifests.render(spec()))["RoleBinding"]
     assert binding["subjects"] == [
@@ -660,3 +660,25 @@ def test_a_run_that_keeps_its_gateways_keeps_its_namespace(
         made.deploy(gateway_spec())
     made.close(keep=True)
     assert emulator.find("namespaces", made.target_namespace) is not None
+
+
+def test_destroy_deletes_the_gateways_sandboxes_and_no_one_elses(
+    emulator: KubeEmulator, cluster: Cluster, tmp_path: Path
+) -> None:
+    made = deployed(emulator, cluster)
+    mine = labels.ownership(gateway=made.name, role=contract.SANDBOX_ROLE)
+    other = labels.ownership(gateway="other", role=contract.SANDBOX_ROLE)
+    for name, own in [
+        ("s-mine", mine),
+        ("s-other", other),
+        ("s-plain", {labels.GATEWAY: made.name}),
+    ]:
+        emulator.create(
+            SANDBOX_CRD.key, {"metadata": {"name": name, "labels": own}}, made.namespace
+        )
+    assert cluster.sandboxes(made) == ["s-mine"]
+    handle = GatewayHandle(gateway_spec(), tmp_path, extra={"kube": made})
+    driver(cluster, tmp_path).destroy(handle)
+    left = {s["metadata"]["name"] for s in emulator.list(SANDBOX_CRD.key, made.namespace)}
+    assert left == {"s-other", "s-plain"}
+    assert cluster.claims(made) == []

@@ -129,6 +129,7 @@ class Cluster:
         self.apps = client.AppsV1Api(api)
         self.rbac = client.RbacAuthorizationV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self._sandbox_version: str | None = None
 
     @property
     def host(self) -> str:
@@ -172,10 +173,15 @@ class Cluster:
             ) from None
 
     def sandbox_version(self) -> str:
-        """The ``Sandbox`` API version the cluster serves (``v1beta1`` preferred).
+        """The ``Sandbox`` API version the cluster serves (``v1beta1`` preferred), found once.
 
         :raises ClusterError: the cluster has no ``Sandbox`` resource.
         """
+        if self._sandbox_version is None:
+            self._sandbox_version = self._find_sandbox_version()
+        return self._sandbox_version
+
+    def _find_sandbox_version(self) -> str:
         for version in SANDBOX_VERSIONS:
             path = f"/apis/{manifests.SANDBOX_GROUP}/{version}"
             try:
@@ -426,9 +432,32 @@ class Cluster:
             and (p.metadata.labels or {}).get(labels.ROLE) == role
         ]
 
+    def sandboxes(self, spec: KubeGatewaySpec) -> list[str]:
+        """The names of the gateway's ``Sandbox`` resources (labelled as ours and its)."""
+        found = self.custom.list_namespaced_custom_object(
+            manifests.SANDBOX_GROUP,
+            self.sandbox_version(),
+            spec.namespace,
+            "sandboxes",
+            label_selector=f"{labels.MANAGED_BY}={labels.MANAGER},{labels.GATEWAY}={spec.name}",
+        )
+        return sorted(
+            str(item["metadata"]["name"])
+            for item in found.get("items") or []
+            if labels.is_ours(item["metadata"].get("labels"))
+            and item["metadata"]["labels"].get(labels.GATEWAY) == spec.name
+        )
+
     def destroy(self, spec: KubeGatewaySpec) -> None:
-        """Delete every object of the gateway, its claim included (``destroy``, ``--recreate``)."""
+        """Delete every object of the gateway, its claim and its sandboxes (with their workspace
+        claims) included: ``destroy``, ``--recreate``. Only objects labelled as ours."""
         self.delete_statefulset(spec)
+        version = self.sandbox_version()
+        for name in self.sandboxes(spec):
+            with contextlib.suppress(ApiException):
+                self.custom.delete_namespaced_custom_object(
+                    manifests.SANDBOX_GROUP, version, spec.namespace, "sandboxes", name
+                )
         deleters: list[tuple[Callable[[], Any], Callable[[str, str], Any]]] = [
             (
                 lambda: self.core.read_namespaced_service(spec.object_name, spec.namespace),

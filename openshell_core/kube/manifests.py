@@ -153,9 +153,10 @@ def service_account(spec: KubeGatewaySpec) -> Manifest:
 
 def role(spec: KubeGatewaySpec) -> Manifest:
     """What the gateway's compute driver does in its namespace: upstream's chart grants the
-    ``Sandbox`` verbs and reads of events and pods; pods are also listed and watched here (a
-    sandbox whose pod vanished is noticed) and claims deleted (a sandbox's workspace goes with
-    ``sandbox delete``)."""
+    ``Sandbox`` verbs and reads of events and pods; here pods are also listed, watched and
+    deleted (a sandbox whose pod vanished is noticed; a stuck one replaced), and claims patched
+    and deleted (a workspace is released from its ``Sandbox`` before a delete that keeps it, and
+    goes with ``sandbox delete``)."""
     read = ["get", "list", "watch"]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -167,11 +168,11 @@ def role(spec: KubeGatewaySpec) -> Manifest:
                 "resources": ["sandboxes", "sandboxes/status"],
                 "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
             },
-            {"apiGroups": [""], "resources": ["pods"], "verbs": read},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": [*read, "delete"]},
             {
                 "apiGroups": [""],
                 "resources": ["persistentvolumeclaims"],
-                "verbs": [*read, "delete"],
+                "verbs": [*read, "patch", "delete"],
             },
             {"apiGroups": [""], "resources": ["events"], "verbs": read},
         ],
