@@ -21,7 +21,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,8 @@ class KubeDriver(
     def start(self, gateway: GatewayHandle, *, image: str | None = None) -> None:
         """``gateway start``: the StatefulSet back at one replica (made again when it was
         deleted; on ``image`` when given), then the port-forward aimed at its pod."""
-        kube = self.kube_spec(gateway.spec, image)
+        # Without an image: the one it last ran (as a resume on Docker uses the recorded one).
+        kube = _kube(gateway) if image is None else replace(_kube(gateway), image=image)
         found = self.cluster.statefulset(kube)
         if found is None:
             self.cluster.apply(kube)
@@ -154,8 +155,7 @@ class KubeDriver(
             self.cluster.set_image(kube)
         else:
             self.cluster.scale(kube, 1)
-        if image is not None:
-            gateway.extra["kube"] = kube
+        gateway.extra["kube"] = kube
         self._come_up(gateway)
 
     def stop(self, gateway: GatewayHandle) -> None:

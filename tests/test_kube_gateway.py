@@ -682,3 +682,31 @@ def test_destroy_deletes_the_gateways_sandboxes_and_no_one_elses(
     left = {s["metadata"]["name"] for s in emulator.list(SANDBOX_CRD.key, made.namespace)}
     assert left == {"s-other", "s-plain"}
     assert cluster.claims(made) == []
+
+
+def ready_pod(made: KubeGatewaySpec, image: str, **meta: Any) -> dict[str, Any]:
+    """The gateway's pod as the kubelet reports it once Ready (a stand-in for the kubelet)."""
+    return {
+        "metadata": {"name": made.pod_name, "labels": made.labels, **meta},
+        "spec": {"containers": [{"name": manifests.CONTAINER, "image": image}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def test_the_wait_for_the_gateway_pod_wants_it_ready_on_the_image_asked_for(
+    emulator: KubeEmulator, cluster: Cluster
+) -> None:
+    made = deployed(emulator, cluster)
+    emulator.create("pods", ready_pod(made, "openshell-gateway:v1"), made.namespace)
+    assert cluster.wait_pod_ready(made, timeout=5) is not None
+    upgraded = KubeGatewaySpec(**{**made.__dict__, "image": "openshell-gateway:v2"})
+    with pytest.raises(ClusterError, match=r"Ready on openshell-gateway:v2"):
+        cluster.wait_pod_ready(upgraded, timeout=1)
+
+
+def test_a_pod_on_its_way_out_is_not_ready(emulator: KubeEmulator, cluster: Cluster) -> None:
+    made = deployed(emulator, cluster)
+    leaving = ready_pod(made, made.image, deletionTimestamp="2026-12-03T12:00:00Z")
+    emulator.create("pods", leaving, made.namespace)
+    with pytest.raises(ClusterError):
+        cluster.wait_pod_ready(made, timeout=1)

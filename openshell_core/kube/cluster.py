@@ -370,6 +370,10 @@ class Cluster:
 
     def set_image(self, spec: KubeGatewaySpec) -> None:
         """Roll the StatefulSet onto ``spec.image`` (the pod is replaced on the same claim)."""
+        if not self._ours(self.statefulset(spec)):
+            raise ClusterError(
+                f"StatefulSet {spec.object_name} in {spec.namespace} is missing or not ours"
+            )
         patch = manifests.stateful_set(spec)
         self.apps.patch_namespaced_stateful_set(
             spec.object_name,
@@ -505,11 +509,12 @@ class Cluster:
             return None
 
         try:
+            # Ready on the wanted image: right after a rollout starts, the old pod still is Ready.
             return poll_until(
                 lambda: self.pod(spec),
-                pod_ready,
+                lambda pod: pod_ready(pod) and pod_image(pod) == spec.image,
                 timeout=timeout,
-                what=f"pod {spec.pod_name} Ready",
+                what=f"pod {spec.pod_name} Ready on {spec.image}",
                 fail_fast=hopeless,
             )
         except ReadinessTimeout as exc:
@@ -591,6 +596,14 @@ class Preflight:
 
     sandbox_version: str
     namespace_exists: bool
+
+
+def pod_image(pod: dict[str, Any] | None) -> str | None:
+    """The image of the gateway container of ``pod`` (as its spec names it)."""
+    for container in ((pod or {}).get("spec") or {}).get("containers") or []:
+        if container.get("name") == manifests.CONTAINER:
+            return str(container.get("image"))
+    return None
 
 
 def pod_ready(pod: dict[str, Any] | None) -> bool:
