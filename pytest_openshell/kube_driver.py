@@ -135,7 +135,8 @@ class KubeDriver(
         self.preflight()
         kube = self.kube_spec(spec)
         namespace_existed = self.cluster.namespace_labels(kube.namespace) is not None
-        self.cluster.ensure_namespace(kube.namespace, self.run_id)
+        # A namespace the user named outlives the run: it carries no run id, so no sweep takes it.
+        self.cluster.ensure_namespace(kube.namespace, None if self.namespace else self.run_id)
         if not namespace_existed and self.namespace is None:
             self._made_namespace = kube.namespace
         self.cluster.apply(kube)

@@ -710,3 +710,17 @@ def test_a_pod_on_its_way_out_is_not_ready(emulator: KubeEmulator, cluster: Clus
     emulator.create("pods", leaving, made.namespace)
     with pytest.raises(ClusterError):
         cluster.wait_pod_ready(made, timeout=1)
+
+
+def test_a_namespace_the_user_named_and_we_made_carries_no_run_id_so_no_sweep_takes_it(
+    emulator: KubeEmulator, cluster: Cluster, tmp_path: Path
+) -> None:
+    pod_controller_stand_in(emulator, waiting="ErrImagePull")
+    made = KubeDriver(cluster, tmp_path, "run123abc456def", namespace="named")
+    with pytest.raises(ClusterError):
+        made.deploy(gateway_spec())
+    made.close()
+    assert emulator.get("namespaces", "named")["metadata"]["labels"] == (
+        manifests.namespace_labels(None)
+    )
+    assert cluster.sweep_namespaces(keep_runs=set()) == []
