@@ -530,8 +530,9 @@ def test_deploy_fails_fast_naming_the_image_import_when_the_cluster_cannot_pull_
     made = driver(cluster, tmp_path)
     with pytest.raises(ClusterError) as caught:
         made.deploy(gateway_spec())
-    assert "ErrImagePull; import it into the cluster (k3d image import openshell-gateway:v1)" in (
-        one_line(caught.value)
+    assert one_line(caught.value) == (
+        "pod openshell-cluster-gw1-0: ErrImagePull; import it into the cluster "
+        "(k3d image import openshell-gateway:v1)"
     )
 
 
@@ -700,8 +701,12 @@ def test_the_wait_for_the_gateway_pod_wants_it_ready_on_the_image_asked_for(
     emulator.create("pods", ready_pod(made, "openshell-gateway:v1"), made.namespace)
     assert cluster.wait_pod_ready(made, timeout=5) is not None
     upgraded = KubeGatewaySpec(**{**made.__dict__, "image": "openshell-gateway:v2"})
-    with pytest.raises(ClusterError, match=r"Ready on openshell-gateway:v2"):
+    with pytest.raises(ClusterError) as caught:
         cluster.wait_pod_ready(upgraded, timeout=1)
+    assert one_line(caught.value) == (
+        "pod openshell-cluster-gw1-0 was not Ready on openshell-gateway:v2 within 1 s (phase "
+        "Running); see `kubectl describe pod -n openshell-t openshell-cluster-gw1-0`"
+    )
 
 
 def test_a_pod_on_its_way_out_is_not_ready(emulator: KubeEmulator, cluster: Cluster) -> None:

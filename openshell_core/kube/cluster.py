@@ -517,8 +517,14 @@ class Cluster:
                 what=f"pod {spec.pod_name} Ready on {spec.image}",
                 fail_fast=hopeless,
             )
-        except ReadinessTimeout as exc:
-            raise ClusterError(str(exc).splitlines()[0]) from None
+        except ReadinessTimeout:
+            pod = self.pod(spec)
+            phase = ((pod or {}).get("status") or {}).get("phase") or "absent"
+            raise ClusterError(
+                hopeless()
+                or f"pod {spec.pod_name} was not Ready on {spec.image} within {timeout:.0f} s "
+                f"(phase {phase}); see `kubectl describe pod -n {spec.namespace} {spec.pod_name}`"
+            ) from None
 
     def wait_pod_gone(self, spec: KubeGatewaySpec, *, timeout: float) -> None:
         poll_until(
