@@ -137,7 +137,8 @@ def add_options(parser: pytest.Parser) -> None:
         const=REFERENCE_TARGET,
         default=None,
         metavar="TARGET",
-        help="enable the plugin against TARGET: the embedded reference gateway (default) or a "
+        help="enable the plugin against TARGET: the embedded reference gateway (default), "
+        "'kubernetes' (the same gateway on the cluster of a kube context) or a "
         "gateway driver registered with the pytest_openshell_gateway_driver hook. Without it "
         "the plugin does nothing and its tests skip.",
     )
