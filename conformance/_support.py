@@ -40,6 +40,7 @@ from pytest_openshell.scenarios import (
     ScenarioRun,
     StateOutcome,
     Traits,
+    on_docker,
 )
 from pytest_openshell.session import OpenShellSession
 from pytest_openshell.survival import GiveUp, SurvivalRecord
@@ -200,6 +201,12 @@ class Workload:
             raise GiveUp(f"sandbox {name} is in ERROR: {info.reason}")
         return info.phase
 
+    @property
+    def on_docker(self) -> bool:
+        """Whether the gateway runs on Docker (the checks marked ``openshell_docker`` read its
+        objects; they are skipped, with the reason, elsewhere)."""
+        return on_docker(self.session.driver) is None
+
     def inspect_gateway(self) -> dict[str, Any]:
         found = self.session.engine.inspect_container(self.gateway.container_name)
         if found is None:
@@ -277,7 +284,9 @@ class Workload:
 
     def make_foreign(self) -> None:
         """A container, a volume and a network with names like the gateway's and no label of
-        ours, as another tool on the same engine would leave them."""
+        ours, as another tool on the same engine would leave them (on Docker only)."""
+        if not self.on_docker:
+            return
         engine, base = self.session.engine, f"{self.gateway.container_name}-foreign"
         tag = {FOREIGN_LABEL: self.gateway.name}
         image = str(self.inspect_gateway()["Image"])
@@ -356,6 +365,8 @@ class Workload:
         for path in (mtls.ca_cert, mtls.cert, mtls.key):
             shutil.copy2(path, backup / path.name)
         self.old_mtls = MtlsFiles(backup / "ca.crt", backup / "tls.crt", backup / "tls.key")
+        if not self.on_docker:
+            return  # the gateway's container is read only where there is one
         doc = self.inspect_gateway()
         record.track("node identity", lambda: node_identity(self.inspect_gateway()))
         record.track("gateway container", lambda: self.inspect_gateway()["Id"])

@@ -39,6 +39,7 @@ def test_after_a_failed_resume_the_next_start_resumes_every_sandbox(lifecycle: O
 
 
 @pytest.mark.openshell_abilities(Ability.FAIL_DEPLOY)
+@pytest.mark.openshell_docker
 def test_a_failed_fresh_deploy_leaves_nothing_behind(openshell: OpenShellSession) -> None:
     driver = openshell.driver
     assert isinstance(driver, CanFailDeploy)

@@ -18,12 +18,14 @@ from ._support import Outcome
 pytestmark = [pytest.mark.openshell_property(number=12), pytest.mark.openshell_traits()]
 
 
+@pytest.mark.openshell_docker
 def test_foreign_objects_beside_the_gateway_are_untouched(lifecycle: Outcome) -> None:
     workload = lifecycle.workload
     assert workload.foreign, "the foreign objects were not made"
     assert workload.foreign_objects() == workload.foreign
 
 
+@pytest.mark.openshell_docker
 def test_every_object_of_the_gateway_carries_the_runs_label(lifecycle: Outcome) -> None:
     engine, gateway = lifecycle.session.engine, lifecycle.gateway
     selector = [f"{labels.MANAGED_BY}={labels.MANAGER}", f"{labels.GATEWAY}={gateway.name}"]

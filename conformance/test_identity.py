@@ -13,6 +13,7 @@ pytestmark = pytest.mark.openshell_property(number=6)
 
 
 @pytest.mark.openshell_traits(SURVIVING)
+@pytest.mark.openshell_docker
 def test_hostname_and_node_name_are_the_gateways_node_name_unchanged(lifecycle: Outcome) -> None:
     expected = node_name(lifecycle.gateway.name)
     before = lifecycle.workload.record.expected("node identity")
@@ -24,6 +25,7 @@ def test_hostname_and_node_name_are_the_gateways_node_name_unchanged(lifecycle: 
 
 @pytest.mark.openshell_traits(SANDBOXES_ADOPTED)
 @pytest.mark.openshell_abilities(Ability.SANDBOX_CONTAINERS)
+@pytest.mark.openshell_docker
 def test_sandboxes_of_the_old_container_are_adopted_not_replaced(lifecycle: Outcome) -> None:
     lifecycle.require_recovered()
     workload = lifecycle.workload

@@ -8,7 +8,7 @@ from pytest_openshell import GatewayHandle, OpenShellSession
 
 from ._support import NEW_CONTAINER, SAME_CONTAINER, SETTLED, Outcome
 
-pytestmark = pytest.mark.openshell_property(number=8)
+pytestmark = [pytest.mark.openshell_property(number=8), pytest.mark.openshell_docker]
 
 
 @pytest.mark.openshell_traits(SAME_CONTAINER)

@@ -6,7 +6,11 @@ import pytest
 
 from ._support import SURVIVING, Outcome
 
-pytestmark = [pytest.mark.openshell_property(number=7), pytest.mark.openshell_traits(SURVIVING)]
+pytestmark = [
+    pytest.mark.openshell_property(number=7),
+    pytest.mark.openshell_traits(SURVIVING),
+    pytest.mark.openshell_docker,
+]
 
 
 def test_the_gateway_is_attached_only_to_its_network_with_the_current_id(

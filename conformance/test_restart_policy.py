@@ -7,7 +7,7 @@ import pytest
 
 from ._support import DAEMON, SURVIVING, Outcome
 
-pytestmark = pytest.mark.openshell_property(number=9)
+pytestmark = [pytest.mark.openshell_property(number=9), pytest.mark.openshell_docker]
 
 
 @pytest.mark.openshell_traits(SURVIVING)

@@ -44,10 +44,6 @@ class EnginePrerequisiteError(EngineError):
         )
 
 
-class ClusterError(OpenShellError):
-    """The Kubernetes API failed, refused an operation, or cannot be reached."""
-
-
 class PermissionDeniedError(OpenShellError):
     """This user may not use what another user made (a private engine runs as root; host-side
     gateway files belong to whoever started the gateway)."""
@@ -59,6 +55,11 @@ class EnginePermissionError(NoEngineError, PermissionDeniedError):
 
 class EngineCapabilityError(EngineError):
     """The operation needs an engine we own (restart, crash) and this one is not ours."""
+
+
+class ClusterError(OpenShellError):
+    """A Kubernetes cluster cannot be reached, or refuses what a gateway or its compute driver
+    needs. The message is one line that names the fix (checked before anything is created)."""
 
 
 class NotFoundError(OpenShellError):

@@ -23,7 +23,14 @@ from types import ModuleType
 from typing import Any
 
 from pytest_openshell.drivers import Ability
-from pytest_openshell.scenarios import BUILTIN, Applies, EngineScope, Scenario, applicable
+from pytest_openshell.scenarios import (
+    BUILTIN,
+    Applies,
+    EngineScope,
+    Scenario,
+    applicable,
+    on_docker,
+)
 
 PAGE = Path("docs/conformance.md")
 SUITE = "pytest_openshell.conformance"
@@ -43,6 +50,8 @@ class Check:
     property: int | None
     applies: Applies | None
     abilities: tuple[Ability, ...]
+    #: whether it reads Docker objects (``openshell_docker``: skipped for a gateway elsewhere)
+    docker: bool
     #: whether it runs once per scenario (it uses the ``lifecycle`` fixture)
     per_scenario: bool
 
@@ -88,6 +97,7 @@ def _checks_of(module: ModuleType, name: str) -> Iterator[Check]:
             property=None if number is None else int(number.kwargs.get("number", 0)),
             applies=None if traits is None else Applies.of(*traits.args, **traits.kwargs),
             abilities=() if abilities is None else tuple(abilities.args),
+            docker="openshell_docker" in marks,
             per_scenario="lifecycle" in inspect.signature(func).parameters,
         )
 
@@ -119,13 +129,20 @@ def scenarios_block(scenarios: Iterable[Scenario] = BUILTIN) -> str:
                 traits.state.value,
                 traits.held_session.value,
                 "daemon" if traits.engine is EngineScope.DAEMON else "shared",
-                _code(sorted(a.value for a in traits.abilities)),
+                _code(_needs(scenario)),
                 "yes" if scenario.core else "",
             ]
         )
     header = ["key", "what happens", "gateway", "sandboxes", "state", "held session", "engine",
               "driver needs", "default"]  # fmt: skip
     return _table(header, rows)
+
+
+def _needs(scenario: Scenario) -> list[str]:
+    """What a scenario needs of the driver: its abilities, and ``docker`` when it acts on Docker
+    objects (skipped with the reason for a gateway elsewhere)."""
+    needs = sorted(a.value for a in scenario.declared_traits.abilities)
+    return [*needs, "docker"] if scenario.precondition is on_docker else needs
 
 
 def checks_block(found: Iterable[Check], scenarios: Iterable[Scenario] = BUILTIN) -> str:
@@ -142,7 +159,7 @@ def checks_block(found: Iterable[Check], scenarios: Iterable[Scenario] = BUILTIN
                 str(check.property or "-"),
                 f"`{check.module}::{check.name}`",
                 applies,
-                _code(a.value for a in check.abilities),
+                _code([*(a.value for a in check.abilities), *(["docker"] if check.docker else [])]),
                 runs_with,
             ]
         )
@@ -159,12 +176,27 @@ def counts_block(found: Iterable[Check], scenarios: Iterable[Scenario] = BUILTIN
     return _table(["scenario", "checks"], rows)
 
 
+def kube_counts_block(found: Iterable[Check]) -> str:
+    """Checks per scenario of the kubernetes target: those its traits select and that read no
+    Docker objects (the others are skipped there, with the reason)."""
+    elsewhere = [check for check in found if not check.docker]
+    return counts_block(elsewhere, _kube_scenarios())
+
+
+def _kube_scenarios() -> tuple[Scenario, ...]:
+    from pytest_openshell.kube_driver import SCENARIOS  # noqa: PLC0415 (the kubernetes client)
+
+    return SCENARIOS
+
+
 def blocks() -> dict[str, Callable[[], str]]:
     found = checks()
     return {
         "scenarios": scenarios_block,
         "checks": lambda: checks_block(found),
         "counts": lambda: counts_block(found),
+        "kube-scenarios": lambda: scenarios_block(_kube_scenarios()),
+        "kube-counts": lambda: kube_counts_block(found),
     }
 
 

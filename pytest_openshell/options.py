@@ -23,6 +23,8 @@ from pytest_openshell.strike import Moment, parse_moment
 
 GROUP = "openshell"
 REFERENCE_TARGET = "reference"
+#: The built-in target of a gateway on a Kubernetes cluster (pytest_openshell.kube_driver).
+KUBE_TARGET = "kubernetes"
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,26 @@ OPTIONS: tuple[_Option, ...] = (
         "SECONDS",
     ),
     _Option(
+        "kube-context",
+        "kubernetes target: the kube config context of the cluster (default: the current one)",
+        None,
+        "NAME",
+    ),
+    _Option(
+        "kube-namespace",
+        "kubernetes target: the namespace to deploy in, ours or absent (default: a fresh one per "
+        "run and worker, deleted at the end, swept after a crashed run)",
+        None,
+        "NAME",
+    ),
+    _Option(
+        "kube-endpoint",
+        "kubernetes target: HOST:PORT of the gateway Service's node port the user reaches it by "
+        "(default: a port-forward the plugin holds)",
+        None,
+        "HOST:PORT",
+    ),
+    _Option(
         "settle",
         "seconds to keep re-checking a recovered state ('Ready, then Error two "
         "seconds later' is a failure)",
@@ -137,7 +159,8 @@ def add_options(parser: pytest.Parser) -> None:
         const=REFERENCE_TARGET,
         default=None,
         metavar="TARGET",
-        help="enable the plugin against TARGET: the embedded reference gateway (default) or a "
+        help="enable the plugin against TARGET: the embedded reference gateway (default), "
+        "'kubernetes' (the same gateway on the cluster of a kube context) or a "
         "gateway driver registered with the pytest_openshell_gateway_driver hook. Without it "
         "the plugin does nothing and its tests skip.",
     )
@@ -201,6 +224,9 @@ class Settings:
     seed: int | None = None
     #: --openshell-strike: the moment the disruption waits for (None: drawn from the seed)
     strike: Moment | None = None
+    kube_context: str | None = None
+    kube_namespace: str | None = None
+    kube_endpoint: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -232,6 +258,15 @@ def _keep(value: object) -> str:
     if text not in KEEP_CHOICES:
         raise UsageError(f"--openshell-keep takes never, failed or always, not {value!r}")
     return text
+
+
+def _endpoint(value: object) -> str | None:
+    if not value:
+        return None
+    host, _, port = str(value).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--openshell-kube-endpoint takes HOST:PORT, not {value!r}")
+    return str(value)
 
 
 def _truthy(value: object) -> bool:
@@ -277,6 +312,9 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
             workload=_truthy(values["workload"]),
             seed=_seed(values["seed"]),
             strike=parse_moment(str(values["strike"] or "")),
+            kube_context=str(values["kube-context"]) if values["kube-context"] else None,
+            kube_namespace=str(values["kube-namespace"]) if values["kube-namespace"] else None,
+            kube_endpoint=_endpoint(values["kube-endpoint"]),
         )
     except UsageError as exc:
         raise pytest.UsageError(f"openshell: {exc}") from exc

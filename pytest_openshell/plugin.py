@@ -27,8 +27,8 @@ from pytest_openshell.fixtures import (
     ScenarioFixture,
     SshHelper,
 )
-from pytest_openshell.options import REFERENCE_TARGET, add_options, resolve
-from pytest_openshell.scenarios import Applies, applicable
+from pytest_openshell.options import KUBE_TARGET, REFERENCE_TARGET, add_options, resolve
+from pytest_openshell.scenarios import Applies, Scenario, applicable, on_docker
 from pytest_openshell.session import WORKER_INPUT_KEY, OpenShellSession, is_worker
 from pytest_openshell.session_parts import FAILED_KEY, SCENARIO_KEY
 from pytest_openshell.summary import DOWNTIME, PROPERTY, RECOVERY, SCENARIO
@@ -45,6 +45,8 @@ MARKERS = (
     "traits match (pytest_openshell.Applies; see docs/conformance.md)",
     "openshell_abilities(*abilities): skip, with the reason, when the gateway driver lacks one of "
     "these abilities (pytest_openshell.Ability)",
+    "openshell_docker: the test reads Docker objects (containers, volumes, networks, the "
+    "daemon): skip, with the reason, when the gateway does not run on Docker",
     "openshell_scenarios(*keys): run this test only with these lifecycle scenarios",
     "openshell_exclude_scenarios(*keys): never run this test with these scenarios",
     "openshell_property(number=N): the property of docs/conformance.md this test checks (run "
@@ -129,9 +131,42 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_openshell_gateway_driver(target: str, session: OpenShellSession) -> GatewayDriver | None:
     """The built-in driver: the embedded reference gateway."""
+    if target == KUBE_TARGET:
+        return _kube_driver(session)
     if target != REFERENCE_TARGET:
         return None
     return ReferenceDriver(session.engine, session.config_home)
+
+
+def _kube_driver(session: OpenShellSession) -> GatewayDriver:
+    from openshell_core.errors import OpenShellError  # noqa: PLC0415
+    from pytest_openshell.kube_driver import make_driver  # noqa: PLC0415
+
+    settings = session.settings
+    try:
+        driver = make_driver(
+            context=settings.kube_context,
+            namespace=settings.kube_namespace,
+            endpoint=settings.kube_endpoint,
+            config_home=session.config_home,
+            run_id=session.run_id,
+            worker=session.worker,
+        )
+    except OpenShellError as exc:
+        raise pytest.UsageError(f"--openshell-gateway=kubernetes: {exc}") from None
+    session.at_exit(lambda: driver.close(keep=session.keeps()))
+    return driver
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_openshell_scenarios(config: pytest.Config) -> list[Scenario] | None:
+    """The kubernetes target's own scenarios, when it is the target."""
+    state = config.stash.get(SESSION_KEY, None)
+    if state is None or state.settings.target != KUBE_TARGET:
+        return None
+    from pytest_openshell.kube_driver import SCENARIOS  # noqa: PLC0415
+
+    return list(SCENARIOS)
 
 
 # -- scenario parametrisation --------------------------------------------------------------------
@@ -290,10 +325,17 @@ def openshell_scenario(
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip, before any fixture runs, a test that needs a driver ability the driver lacks."""
+    """Skip, before any fixture runs, a test that needs a driver ability the driver lacks, or
+    Docker objects a gateway on another platform does not have."""
     marker = item.get_closest_marker("openshell_abilities")
     state = item.config.stash[SESSION_KEY]
-    if marker is None or not state.settings.enabled or state.setup_error:
+    if not state.settings.enabled or state.setup_error:
+        return
+    if item.get_closest_marker("openshell_docker") is not None:
+        elsewhere = on_docker(state.driver)
+        if elsewhere is not None:
+            pytest.skip(f"this check reads Docker objects: {elsewhere}")
+    if marker is None:
         return
     needed: tuple[Ability, ...] = marker.args
     lacking = [ability.lacking(state.driver) for ability in needed if not ability.of(state.driver)]

@@ -374,6 +374,8 @@ class Scenario:
     recover: Step = _nothing
     traits: Traits | None = None
     core: bool = False
+    #: why it cannot run with this driver here (None: it can), e.g. a cluster with one node
+    precondition: Callable[[object], str | None] | None = None
 
     @property
     def declared_traits(self) -> Traits:
@@ -410,6 +412,10 @@ class Scenario:
             for ability in sorted(traits.abilities, key=lambda a: a.value)
             if not ability.of(driver)
         ]
+        if self.precondition is not None:
+            reason = self.precondition(driver)
+            if reason is not None:
+                missing.append(f"scenario {self.key!r}: {reason}")
         if traits.engine is EngineScope.DAEMON and not engine.can_restart:
             missing.append(
                 f"scenario {self.key!r} restarts the Docker daemon, and the engine at "
@@ -559,6 +565,18 @@ def _destroy_and_deploy(run: ScenarioRun) -> None:
     run.driver.deploy(run.gateway.spec)
 
 
+def on_docker(driver: object) -> str | None:
+    """The precondition of a scenario that acts on Docker objects (the gateway's container,
+    network, the daemon): the gateway must run on Docker (a driver says where in ``platform``)."""
+    platform = getattr(driver, "platform", "docker")
+    if platform == "docker":
+        return None
+    return (
+        f"its steps or traits are about Docker objects (containers, the daemon), and this "
+        f"gateway runs on {platform}"
+    )
+
+
 #: The traits most gateway-level scenarios share: only the gateway's container is touched, every
 #: sandbox keeps running, and a held session pauses and carries on.
 GATEWAY_ONLY = Traits(
@@ -592,6 +610,7 @@ BUILTIN: tuple[Scenario, ...] = (
         _start,
         traits=GATEWAY_ONLY,
         core=True,
+        precondition=on_docker,
     ),
     Scenario(
         "kill",
@@ -600,6 +619,7 @@ BUILTIN: tuple[Scenario, ...] = (
         _start,
         traits=GATEWAY_ONLY,
         core=True,
+        precondition=on_docker,
     ),
     Scenario(
         "remove-keep-volume",
@@ -608,6 +628,7 @@ BUILTIN: tuple[Scenario, ...] = (
         _start,
         traits=_NEW_CONTAINER,
         core=True,
+        precondition=on_docker,
     ),
     Scenario(
         "image-upgrade",
@@ -616,6 +637,7 @@ BUILTIN: tuple[Scenario, ...] = (
         _start_upgraded,
         traits=_NEW_CONTAINER,
         core=True,
+        precondition=on_docker,
     ),
     Scenario(
         "docker-restart",
@@ -623,6 +645,7 @@ BUILTIN: tuple[Scenario, ...] = (
         _restart_daemon,
         traits=DAEMON_RESTART,
         core=True,
+        precondition=on_docker,
     ),
     Scenario(
         "docker-crash",
@@ -630,6 +653,7 @@ BUILTIN: tuple[Scenario, ...] = (
         "the daemon is started; nothing else",
         _crash_daemon,
         traits=DAEMON_RESTART,
+        precondition=on_docker,
     ),
     Scenario(
         "docker-daemon-kill",
@@ -638,6 +662,7 @@ BUILTIN: tuple[Scenario, ...] = (
         _kill_daemon,
         _start_engine,
         traits=DAEMON_RESTART,
+        precondition=on_docker,
     ),
     Scenario(
         "sandbox-reschedule",
@@ -653,6 +678,7 @@ BUILTIN: tuple[Scenario, ...] = (
             abilities=frozenset({Ability.SANDBOX_CONTAINERS}),
         ),
         core=True,
+        precondition=on_docker,
     ),
     Scenario(
         "start-while-running",
@@ -661,6 +687,7 @@ BUILTIN: tuple[Scenario, ...] = (
         _start,
         traits=dataclasses.replace(GATEWAY_ONLY, gateway=GatewayFate.KEPT),
         core=True,
+        precondition=on_docker,
     ),
     Scenario(
         "auto-bootstrap",
@@ -670,6 +697,7 @@ BUILTIN: tuple[Scenario, ...] = (
         traits=dataclasses.replace(
             GATEWAY_ONLY, abilities=frozenset({Ability.FORGET_HOST_FILES, Ability.AUTO_BOOTSTRAP})
         ),
+        precondition=on_docker,
     ),
     Scenario(
         "resume-failure",
@@ -679,6 +707,7 @@ BUILTIN: tuple[Scenario, ...] = (
         traits=dataclasses.replace(
             _NEW_CONTAINER, failed_resume=True, abilities=frozenset({Ability.FAIL_RESUME})
         ),
+        precondition=on_docker,
     ),
     Scenario(
         "recreate",

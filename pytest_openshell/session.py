@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,10 @@ class OpenShellSession:
 
     def note_kept(self, gateway: GatewayHandle) -> None:
         self.records.note_kept(gateway, self.engine.host)
+
+    def at_exit(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` when this process's plugin state closes (a driver's clean-up)."""
+        self._exit.callback(callback)
 
     # -- once a run (controller) ---------------------------------------------------------------
 

@@ -151,7 +151,7 @@ class Gateways:
             if found is None:
                 raise pytest.UsageError(
                     f"--openshell-gateway={target}: no gateway driver answers to {target!r}; "
-                    "use 'reference' or register a driver with the "
+                    "use 'reference', 'kubernetes' or register a driver with the "
                     "pytest_openshell_gateway_driver hook"
                 )
             if not isinstance(found, GatewayDriver):

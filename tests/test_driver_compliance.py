@@ -5,6 +5,7 @@ example's CLI driver, ``examples/cli_driver.py``) against real gateways on the p
 four verbs are the contract every driver keeps; each optional ability a driver declares (by its
 protocol: ``isinstance``) must behave as that protocol says, and an ability it does not declare is
 reported as a skip naming it. To hold a driver of your own to the contract, add it to ``DRIVERS``.
+The ``kubernetes`` driver is held only to its declarations here (no cluster on this machine).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from openshell_core.errors import OpenShellError
 from openshell_core.host.api_client import GatewayClient
 from openshell_core.host.metadata import gateway_dir
 from openshell_core.images import ImageSet
+from openshell_core.kube.cluster import Cluster
+from openshell_core.kube.cluster import client as kube_client
 from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_dir
 from pytest_openshell.drivers import (
     Ability,
@@ -45,6 +48,7 @@ from pytest_openshell.drivers import (
     ReportsStateDigests,
     abilities_of,
 )
+from pytest_openshell.kube_driver import KubeDriver
 from pytest_openshell.options import GatewayOptions
 from pytest_openshell.session_parts import free_port
 
@@ -82,11 +86,32 @@ def _cli(rig: Rig) -> GatewayDriver:
     return driver
 
 
+def _kubernetes(rig: Rig) -> GatewayDriver:
+    # A client of no cluster: the declarations are held here, the verbs need a cluster with its
+    # controllers (tests/test_kube_gateway.py holds the parts the API emulator can check).
+    return KubeDriver(Cluster(kube_client.ApiClient(), "compliance"), rig.config_home, rig.run_id)
+
+
 #: Driver name -> how to make it, and the abilities it declares.
 DRIVERS: dict[str, tuple[Callable[[Rig], GatewayDriver], frozenset[Ability]]] = {
     "reference": (_reference, frozenset(Ability)),
     "cli-example": (_cli, frozenset({Ability.SANDBOX_CONTAINERS, Ability.STATE_DIGESTS})),
+    "kubernetes": (
+        _kubernetes,
+        frozenset(
+            {
+                Ability.RECREATE,
+                Ability.FORGET_HOST_FILES,
+                Ability.STATE_DIGESTS,
+                Ability.DOWN_REASON,
+                Ability.SANDBOX_CONTAINERS,
+            }
+        ),
+    ),
 }
+#: Drivers whose gateways cannot be deployed on this machine (no cluster: only their declarations
+#: are held to them here; ci/kubernetes.sh runs the suite on a cluster).
+NOT_DEPLOYABLE_HERE = frozenset({"kubernetes"})
 
 
 @dataclass
@@ -122,7 +147,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     marker = metafunc.definition.get_closest_marker("needs_ability")
     names = [
-        name for name in sorted(DRIVERS) if marker is None or marker.args[0] in DRIVERS[name][1]
+        name
+        for name in sorted(DRIVERS)
+        if (marker is None or marker.args[0] in DRIVERS[name][1])
+        and name not in NOT_DEPLOYABLE_HERE
     ]
     metafunc.parametrize("subject", names, indirect=True)
 

@@ -173,3 +173,9 @@ def test_ssh_proxy_modules_load_neither_docker_nor_grpc(module: str) -> None:
 def test_the_gateway_package_loads_docker_plainly() -> None:
     # No lazy loading left in gateway/__init__.py: importing it loads the lifecycle (and Docker).
     assert "docker" in _heavy_modules_after("import openshell_core.gateway")
+
+
+def test_the_cluster_side_imports_neither_server_nor_sandbox_nor_host() -> None:
+    # kube/ renders and operates a gateway on a cluster from the user's side, as gateway/ does
+    # on Docker; the server's Kubernetes compute driver is the gateway's own business.
+    assert _violations("kube", (), ("server", "sandbox", "host", "cli")) == []

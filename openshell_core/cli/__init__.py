@@ -64,10 +64,11 @@ def build_parser(*, light: bool = False) -> argparse.ArgumentParser:
     if light:
         _ssh_proxy.register(commands)
         return parser
-    from openshell_core.cli import _engine, _gateway, _sandbox  # noqa: PLC0415 (see ``light``)
+    from openshell_core.cli import _engine, _gateway, _kube, _sandbox  # noqa: PLC0415 (``light``)
 
     _engine.register(commands)
     _gateway.register(commands)
+    _kube.register(commands)
     _sandbox.register(commands)
     _ssh_proxy.register(commands)
     return parser
