@@ -45,6 +45,11 @@ class Fault(enum.Enum):
     RELABEL_ON_UPGRADE = "relabel-on-upgrade"
     #: server: a sandbox whose container stopped out of band is marked Error for good.
     ERROR_IS_TERMINAL = "error-is-terminal"
+    #: server: stop and start are refused for a sandbox in Error, so only delete is left.
+    ERROR_REFUSES_STOP = "error-refuses-stop"
+    #: server: the sandbox's own command is run once after creation, not by the sandbox's
+    #: container, so a restarted container runs only its supervisor.
+    NO_COMMAND_REPLAY = "no-command-replay"
 
 
 def parse_faults(text: str | Iterable[str]) -> frozenset[Fault]:

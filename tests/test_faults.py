@@ -20,6 +20,8 @@ CONFORMANCE_TABLE = {
     "forget-sandboxes-on-start",
     "relabel-on-upgrade",
     "error-is-terminal",
+    "error-refuses-stop",
+    "no-command-replay",
 }
 
 
