@@ -233,6 +233,10 @@ class Workload:
         key = secrets.token_hex(2)
         running = [f"run-{key}-a", f"run-{key}-b"]
         stopped = f"stop-{key}"
+        errored = f"err-{key}"
+        # Provisioned while the others are made; broken early, so that the gateway notices
+        # while the markers are written.
+        self.sandboxes.create(self.gateway, errored, wait=False)
         for name in [*running, stopped]:
             command = STARTS_COMMAND if name in running else ()
             info = self.sandboxes.create(self.gateway, name, command=command)
@@ -244,6 +248,7 @@ class Workload:
             state.container = containers.get(state.id)
             if state.container:
                 state.container_id = self.container_id(state.container)
+        self.errored = self.break_sandbox(errored)
         for name in running:
             self._write_markers(self.states[name])
             self.states[name].starts = eventually(
@@ -251,7 +256,7 @@ class Workload:
                 timeout=60,
                 what=f"the own command of {name} logging its first start",
             )
-        self.errored = self.make_errored(f"err-{key}")
+        self.wait_phase(errored, "ERROR", within=ERROR_WITHIN)
         # The user stops one sandbox: it must stay stopped, and still start on request.
         with self.client() as client:
             client.stop_sandbox(stopped)
@@ -273,9 +278,17 @@ class Workload:
         return lines
 
     def make_errored(self, name: str) -> SandboxState:
-        """A sandbox with a marker in its workspace, whose container then fails at every start;
-        returned once the gateway reports it in ERROR (the marker's state recorded)."""
-        info = self.sandboxes.create(self.gateway, name)
+        """A new sandbox, broken (:meth:`break_sandbox`), once the gateway reports it in ERROR."""
+        self.sandboxes.create(self.gateway, name, wait=False)
+        state = self.break_sandbox(name)
+        self.wait_phase(name, "ERROR", within=ERROR_WITHIN)
+        return state
+
+    def break_sandbox(self, name: str) -> SandboxState:
+        """Once sandbox ``name`` is Ready: a marker in its workspace, then its container made to
+        fail at every start (:data:`BREAK_SUPERVISOR`; PID 1 ended). The marker recorded."""
+        with self.client() as client:
+            info = client.wait_ready(name, timeout=self.session.settings.api_timeout)
         state = SandboxState(
             name=name, id=info.id, running=False, host_public_key=info.host_public_key
         )
@@ -285,7 +298,6 @@ class Workload:
         assert self.shell(name, BREAK_SUPERVISOR).strip() == b"broken"
         # The session ends with the supervisor: its exit status says nothing.
         self.ssh.run(self.gateway, name, "kill -TERM 1")
-        self.wait_phase(name, "ERROR", within=ERROR_WITHIN)
         return state
 
     def wait_phase(self, name: str, phase: str, *, within: float) -> SandboxInfo:

@@ -39,7 +39,7 @@ FAILING_WITHIN = 60.0
 #: Moves the supervisor's package away inside a sandbox container.
 BREAK_SUPERVISOR = (
     "set -e; d=$(python3 -c 'import openshell_core.sandbox as m, os; "
-    "print(os.path.dirname(m.__file__))'); mv \"$d\" \"$d.broken\""
+    'print(os.path.dirname(m.__file__))\'); mv "$d" "$d.broken"'
 )
 
 
