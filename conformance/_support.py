@@ -89,6 +89,24 @@ SENTINEL = "/sandbox/.workspace-initialized"
 OUTSIDE_FILE = "/var/tmp/openshell-conformance-outside"
 #: The one label on the foreign objects: deliberately not in our namespace.
 FOREIGN_LABEL = "org.example.owner"
+#: Where the running sandboxes' own command logs each start of their container: one line, the
+#: start time of the container's PID 1 (so two starts never write the same line).
+STARTS_LOG = "/sandbox/.conformance-starts"
+#: The running sandboxes' own command (``spec.command``): it logs the start, then keeps running.
+STARTS_COMMAND = (
+    "sh",
+    "-c",
+    f"cut -d' ' -f22 /proc/1/stat >> {STARTS_LOG}; exec sleep 2147483647",
+)
+#: Makes a sandbox's container fail at every start from now on, for real: the supervisor's own
+#: code is moved away inside the container (its layer survives restarts), so each start ends
+#: at once with a Python import error, and the engine keeps restarting it.
+BREAK_SUPERVISOR = (
+    "set -e; d=$(python3 -c 'import openshell_core.sandbox as m, os; "
+    'print(os.path.dirname(m.__file__))\'); mv "$d" "$d.broken"; echo broken'
+)
+#: Seconds a sandbox whose container fails at every start may take to be reported in ERROR.
+ERROR_WITHIN = 90.0
 
 
 def sha256(data: bytes) -> str:
@@ -118,6 +136,8 @@ class SandboxState:
     image_file_digest: str = ""
     pid1_start: str = ""
     process: int = 0
+    #: the lines of :data:`STARTS_LOG` before the scenario
+    starts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -138,6 +158,8 @@ class Workload:
     old_mtls: MtlsFiles | None = None
     #: ids of the objects made by :meth:`make_foreign`
     foreign: dict[str, str] = field(default_factory=dict)
+    #: a sandbox whose container kept failing, in ERROR before the scenario (property 15)
+    errored: SandboxState | None = None
     #: when the gateway began to refuse tunnels to each Ready sandbox (cleared by a success)
     _refused_since: dict[str, float] = field(default_factory=dict)
 
@@ -220,8 +242,13 @@ class Workload:
         key = secrets.token_hex(2)
         running = [f"run-{key}-a", f"run-{key}-b"]
         stopped = f"stop-{key}"
+        errored = f"err-{key}"
+        # Provisioned while the others are made; broken early, so that the gateway notices
+        # while the markers are written.
+        self.sandboxes.create(self.gateway, errored, wait=False)
         for name in [*running, stopped]:
-            info = self.sandboxes.create(self.gateway, name)
+            command = STARTS_COMMAND if name in running else ()
+            info = self.sandboxes.create(self.gateway, name, command=command)
             self.states[name] = SandboxState(
                 name=name, id=info.id, running=True, host_public_key=info.host_public_key
             )
@@ -230,8 +257,15 @@ class Workload:
             state.container = containers.get(state.id)
             if state.container:
                 state.container_id = self.container_id(state.container)
+        self.errored = self.break_sandbox(errored)
         for name in running:
             self._write_markers(self.states[name])
+            self.states[name].starts = eventually(
+                functools.partial(self.command_starts, name, at_least=1),
+                timeout=60,
+                what=f"the own command of {name} logging its first start",
+            )
+        self.wait_phase(errored, "ERROR", within=ERROR_WITHIN)
         # The user stops one sandbox: it must stay stopped, and still start on request.
         with self.client() as client:
             client.stop_sandbox(stopped)
@@ -242,6 +276,50 @@ class Workload:
         self.echo("before")
         self.held.wait_for(lambda out: b"echo before-" in out, timeout=60)
         self._record()
+
+    def command_starts(self, name: str, *, at_least: int = 0) -> list[str]:
+        """The lines of :data:`STARTS_LOG` in sandbox ``name``.
+
+        :raises AssertionError: fewer than ``at_least`` (for :func:`eventually`).
+        """
+        lines = self.shell(name, f"cat {STARTS_LOG} 2>/dev/null || true").decode().split()
+        assert len(lines) >= at_least, f"{STARTS_LOG} in {name} has {len(lines)} line(s)"
+        return lines
+
+    def make_errored(self, name: str) -> SandboxState:
+        """A new sandbox, broken (:meth:`break_sandbox`), once the gateway reports it in ERROR."""
+        self.sandboxes.create(self.gateway, name, wait=False)
+        state = self.break_sandbox(name)
+        self.wait_phase(name, "ERROR", within=ERROR_WITHIN)
+        return state
+
+    def break_sandbox(self, name: str) -> SandboxState:
+        """Once sandbox ``name`` is Ready: a marker in its workspace, then its container made to
+        fail at every start (:data:`BREAK_SUPERVISOR`; PID 1 ended). The marker recorded."""
+        with self.client() as client:
+            info = client.wait_ready(name, timeout=self.session.settings.api_timeout)
+        state = SandboxState(
+            name=name, id=info.id, running=False, host_public_key=info.host_public_key
+        )
+        payload = secrets.token_bytes(1024)
+        self.shell(name, "cat > /sandbox/marker.bin; chmod 640 /sandbox/marker.bin", stdin=payload)
+        state.markers = [Marker("/sandbox/marker.bin", "640", sha256(payload))]
+        assert self.shell(name, BREAK_SUPERVISOR).strip() == b"broken"
+        # The session ends with the supervisor: its exit status says nothing.
+        self.ssh.run(self.gateway, name, "kill -TERM 1")
+        return state
+
+    def wait_phase(self, name: str, phase: str, *, within: float) -> SandboxInfo:
+        """The sandbox once the gateway reports it in ``phase``; fails at the deadline, or at
+        once when the gateway has no such sandbox."""
+
+        def reached() -> SandboxInfo:
+            info = self.info(name)
+            assert info.phase == phase, f"{name} is {info.phase} ({info.reason}), not {phase}"
+            return info
+
+        found: SandboxInfo = eventually(reached, timeout=within, what=f"{name} in {phase}")
+        return found
 
     def _sandbox_containers(self) -> dict[str, str]:
         """Sandbox id -> container name, when the driver can say (``sandbox-containers``)."""
@@ -491,7 +569,8 @@ def check_sandboxes_listed(outcome: Outcome, *, within: float) -> None:
     and none appears that nobody created (the scenario's own creations aside)."""
     workload = outcome.workload
     created = set(outcome.run.created_sandboxes)
-    expected = sorted((state.id, state.name) for state in workload.states.values())
+    acknowledged = [*workload.states.values(), *filter(None, [workload.errored])]
+    expected = sorted((state.id, state.name) for state in acknowledged)
 
     def listed() -> list[tuple[str, str]]:
         found = sorted((info.id, info.name) for info in workload.listed())

@@ -49,6 +49,11 @@ class Fault(enum.Enum):
     ACK_BEFORE_COMMIT = "ack-before-commit"
     #: server: an appending exec is answered before it reaches the workspace; a kill drops it.
     LOST_APPEND = "lost-append"
+    #: server: stop and start are refused for a sandbox in Error, so only delete is left.
+    ERROR_REFUSES_STOP = "error-refuses-stop"
+    #: server: the sandbox's own command is run once after creation, not by the sandbox's
+    #: container, so a restarted container runs only its supervisor.
+    NO_COMMAND_REPLAY = "no-command-replay"
 
 
 def parse_faults(text: str | Iterable[str]) -> frozenset[Fault]:

@@ -164,12 +164,16 @@ class SandboxFactory:
         name: str | None = None,
         *,
         environment: Mapping[str, str] | None = None,
+        command: Sequence[str] = (),
         wait: bool = True,
     ) -> SandboxInfo:
-        """Create a sandbox the run's SSH key may log into; wait until it is Ready."""
+        """Create a sandbox the run's SSH key may log into; wait until it is Ready.
+
+        :param command: the sandbox's own command (run at every start of the sandbox).
+        """
         wanted = {AUTHORIZED_KEYS_ENV: self.session.user_public_key(), **(environment or {})}
         with self.session.client(gateway) as client:
-            info = client.create_sandbox(name, environment=wanted)
+            info = client.create_sandbox(name, environment=wanted, command=command)
             self.made.append((gateway, info.name))
             if wait:
                 info = client.wait_ready(info.name, timeout=self.session.settings.api_timeout)

@@ -23,6 +23,7 @@ from openshell_core import labels
 from openshell_core.engine import Engine
 from openshell_core.errors import NotFoundError
 from openshell_core.images import ImageSet
+from openshell_core.retry import poll_until
 from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_dir
 from openshell_core.server import compute_docker, compute_kubernetes, compute_memory
 from openshell_core.server.compute import (
@@ -36,6 +37,13 @@ from openshell_core.wire import contract
 
 #: A file every sandbox image used here holds in its workspace (seeding copies it).
 SEEDED_FILE = "README.md"
+#: Seconds a runtime that fails at every start may take to be observed failing.
+FAILING_WITHIN = 60.0
+#: Moves the supervisor's package away inside a sandbox container.
+BREAK_SUPERVISOR = (
+    "set -e; d=$(python3 -c 'import openshell_core.sandbox as m, os; "
+    'print(os.path.dirname(m.__file__))\'); mv "$d" "$d.broken"'
+)
 
 
 class Platform(Protocol):
@@ -59,6 +67,11 @@ class Platform(Protocol):
 
     def cut_off(self, sandbox_id: str) -> None:
         """Leave the runtime running but out of the gateway's reach."""
+        ...
+
+    def break_runtime(self, sandbox_id: str) -> None:
+        """Make the runtime fail at every start from now on, and end its current run (the
+        platform keeps restarting it)."""
         ...
 
     def start_marker(self, sandbox_id: str) -> object:
@@ -110,6 +123,9 @@ class MemoryPlatform:
 
     def cut_off(self, sandbox_id: str) -> None:
         self.driver.cut_off(sandbox_id)
+
+    def break_runtime(self, sandbox_id: str) -> None:
+        self.driver.crash_loop(sandbox_id)
 
     def start_marker(self, sandbox_id: str) -> object:
         return self.driver.runtimes[sandbox_id].starts
@@ -163,6 +179,12 @@ class DockerPlatform:
 
     def cut_off(self, sandbox_id: str) -> None:
         self.engine.disconnect_network(self.network, self._container(sandbox_id))
+
+    def break_runtime(self, sandbox_id: str) -> None:
+        # The supervisor's code moved away in the container's own layer: every start ends at
+        # once with an import error. SIGTERM to PID 1 (the init) ends the current run.
+        assert self._sh(sandbox_id, BREAK_SUPERVISOR) == 0
+        self._sh(sandbox_id, "kill -TERM 1")
 
     def start_marker(self, sandbox_id: str) -> object:
         found = self.engine.inspect_container(self._container(sandbox_id)) or {}
@@ -242,6 +264,27 @@ class KubernetesPlatform:
 
     def cut_off(self, sandbox_id: str) -> None:
         raise AssertionError("a pod's address cannot be cut off from the gateway's pod")
+
+    def break_runtime(self, sandbox_id: str) -> None:
+        """The supervisor fails at its start (what a kubelet reports: the pod Failed, its agent
+        container terminated with a non-zero code; the pod is never restarted in place)."""
+        (agent,) = self._pod(sandbox_id)["spec"]["containers"]
+        ended = {"exitCode": 1, "reason": "Error", "message": "No module named openshell_core"}
+        status = {
+            "name": agent["name"],
+            "image": agent["image"],
+            "imageID": "",
+            "ready": False,
+            "restartCount": 0,
+            "state": {"terminated": ended},
+        }
+        self.kube.patch(
+            "pods",
+            f"default--{sandbox_id}",
+            {"status": {"phase": "Failed", "containerStatuses": [status]}},
+            "merge",
+            self.NAMESPACE,
+        )
 
     def start_marker(self, sandbox_id: str) -> object:
         return self._pod(sandbox_id)["metadata"]["uid"]
@@ -506,3 +549,39 @@ def test_the_supervisor_endpoint_and_the_workspace_are_named(
     host, port = platform.driver.endpoint(sandbox_id)
     assert host and port == contract.SUPERVISOR_PORT
     assert sandbox_id in platform.driver.workspace_name(sandbox_id)
+
+
+def test_a_runtime_that_fails_at_every_start_is_observed_failing(
+    platform: Platform, new_id: NewId
+) -> None:
+    sandbox_id = _created(platform, new_id)
+    assert platform.driver.observe(sandbox_id).failure == ""
+
+    platform.break_runtime(sandbox_id)
+
+    observed = poll_until(
+        lambda: platform.driver.observe(sandbox_id),
+        lambda observed: bool(observed.failure),
+        timeout=FAILING_WITHIN,
+        what=f"sandbox {sandbox_id} observed failing",
+        describe=lambda observed: f"{observed.detail}, not failing",
+    )
+    assert observed.workspace
+    poll_until(  # a listing taken during one of its short runs may not show it
+        lambda: {o.sandbox_id: o.failure for o in platform.driver.list_owned()},
+        lambda listed: bool(listed.get(sandbox_id)),
+        timeout=10,
+        what=f"the listing to say sandbox {sandbox_id} keeps failing",
+    )
+
+
+def test_a_runtime_stopped_and_started_again_is_not_failing(
+    platform: Platform, new_id: NewId
+) -> None:
+    sandbox_id = _created(platform, new_id)
+
+    platform.halt(sandbox_id)
+    assert platform.driver.observe(sandbox_id).failure == ""
+    platform.driver.start(sandbox_id)
+
+    assert platform.driver.observe(sandbox_id).failure == ""

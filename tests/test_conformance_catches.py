@@ -102,6 +102,20 @@ CATCH_TABLE: dict[Fault, Catch] = {
     ),
     Fault.ACK_BEFORE_COMMIT: Catch("kill", (P18,), ("--openshell-workload",)),
     Fault.LOST_APPEND: Catch("kill", (P18,), ("--openshell-workload",)),
+    Fault.ERROR_REFUSES_STOP: Catch(
+        "sandbox-reschedule",
+        (
+            "test_sandbox_in_error.py::"
+            "test_a_sandbox_in_error_accepts_stop_then_start_and_comes_back_with_its_workspace",
+        ),
+    ),
+    Fault.NO_COMMAND_REPLAY: Catch(
+        "sandbox-reschedule",
+        (
+            "test_own_command.py::"
+            "test_the_sandboxs_own_command_ran_once_at_every_start_of_its_container",
+        ),
+    ),
 }
 
 CORE = ("stop-start", "kill", "remove-keep-volume", "image-upgrade", "docker-restart")

@@ -439,3 +439,49 @@ def test_missing_secret_stops_the_supervisor_with_the_reason(lab: Lab) -> None:
     sandbox = lab.create(env, wait=False)
     assert lab.engine.wait_container(sandbox.name, timeout=60) == 2
     assert "OPENSHELL_SSH_HANDSHAKE_SECRET is required" in lab.logs(sandbox)
+
+
+# -- the sandbox's own command -----------------------------------------------------------------
+
+#: Appends a line to a log in the workspace at each start, then keeps running (as a workload).
+STARTS_COMMAND = '["sh", "-c", "echo \\"start $PWD\\" >> /sandbox/starts.log; exec sleep 86400"]'
+
+
+def starts_logged(lab: Lab, sandbox: Sandbox, count: int, *, timeout: float = 30) -> list[str]:
+    """The lines of the command's log once it has ``count`` of them (fails at the deadline, or at
+    once when the container stopped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = lab.docker_exec(sandbox, "cat /sandbox/starts.log 2>/dev/null || true").split("\n")
+        lines = [line for line in lines if line]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def test_the_sandboxs_command_runs_in_the_workspace_at_every_start(lab: Lab) -> None:
+    sandbox = lab.create({**lab.sandbox_env(), "OPENSHELL_SANDBOX_COMMAND": STARTS_COMMAND})
+    assert starts_logged(lab, sandbox, 1) == ["start /sandbox"], lab.logs(sandbox)
+
+    lab.engine.stop_container(sandbox.name, timeout=20)
+    lab.engine.start_container(sandbox.name)
+    lab.wait_listening(sandbox)
+
+    assert starts_logged(lab, sandbox, 2) == ["start /sandbox", "start /sandbox"], lab.logs(sandbox)
+
+
+def test_the_sandboxs_command_is_ended_when_the_supervisor_stops(lab: Lab) -> None:
+    sandbox = lab.create({**lab.sandbox_env(), "OPENSHELL_SANDBOX_COMMAND": STARTS_COMMAND})
+    assert starts_logged(lab, sandbox, 1), lab.logs(sandbox)
+
+    lab.engine.stop_container(sandbox.name, timeout=20)
+
+    state = (lab.engine.inspect_container(sandbox.name) or {})["State"]
+    assert state["ExitCode"] == 0, lab.logs(sandbox)
+    assert "the sandbox's command 'sh' exited" in lab.logs_once_they_show(sandbox, "exited")
+
+
+def test_a_command_that_is_not_a_json_list_stops_the_supervisor_with_the_reason(lab: Lab) -> None:
+    sandbox = lab.create({**lab.sandbox_env(), "OPENSHELL_SANDBOX_COMMAND": "sleep 1"}, wait=False)
+    assert lab.engine.wait_container(sandbox.name, timeout=60) == 2
+    assert "OPENSHELL_SANDBOX_COMMAND must be a non-empty JSON list of strings" in lab.logs(sandbox)

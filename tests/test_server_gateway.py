@@ -6,6 +6,7 @@ One gateway is shared by the tests of this module, in file order; the last ones 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -20,7 +21,7 @@ from server_support import GatewayUnderTest, lab_run, wait_for
 from openshell_core import pki
 from openshell_core.cli import main
 from openshell_core.engine import Engine
-from openshell_core.host.api_client import GatewayClient
+from openshell_core.host.api_client import GatewayClient, GatewayRpcError
 from openshell_core.images import ImageSet
 from openshell_core.server.compute_docker import container_name, volume_name
 
@@ -207,6 +208,54 @@ def test_a_sandbox_taken_off_the_gateway_network_is_attached_again(gateway, clie
     wait_for(attached, what="the sandbox to be attached again")
     client.wait_ready("detached", timeout=120)
     assert client.exec("detached", ["true"]).exit_code == 0
+
+
+#: Moves the supervisor's package away inside a sandbox container: every start fails from then on.
+BREAK_SUPERVISOR = (
+    "set -e; d=$(python3 -c 'import openshell_core.sandbox as m, os; "
+    'print(os.path.dirname(m.__file__))\'); mv "$d" "$d.broken"'
+)
+
+
+def _phase_is(client: GatewayClient, name: str, phase: str) -> bool:
+    return client.get_sandbox(name).phase == phase
+
+
+def test_a_sandbox_whose_container_fails_at_every_start_goes_to_error_and_a_start_mends_it(
+    gateway, client
+):
+    sandbox_id = _ready(client, "crashing")
+    client.exec("crashing", ["sh", "-c", "echo mine > /sandbox/mine.txt"])
+    assert client.exec("crashing", ["sh", "-c", BREAK_SUPERVISOR]).exit_code == 0
+    with contextlib.suppress(GatewayRpcError):  # the command ends with its supervisor
+        client.exec("crashing", ["kill", "-TERM", "1"])
+
+    wait_for(lambda: _phase_is(client, "crashing", "ERROR"), what="the sandbox in ERROR")
+    reason = client.get_sandbox("crashing").reason
+    assert "keeps failing" in reason and "No module named openshell_core.sandbox" in reason
+    assert gateway.engine.inspect_container(container_name(sandbox_id)) is None
+    assert gateway.engine.inspect_volume(volume_name(sandbox_id)) is not None
+
+    client.start_sandbox("crashing")
+    client.wait_ready("crashing", timeout=120)
+    assert client.exec("crashing", ["cat", "/sandbox/mine.txt"]).stdout == b"mine\n"
+
+
+def test_the_sandboxs_own_command_runs_at_every_start_of_its_container(gateway, client):
+    command = ["sh", "-c", "echo start >> /sandbox/starts.log; exec sleep 2147483647"]
+    sandbox_id = client.create_sandbox("commanded", command=command).id
+    client.wait_ready("commanded", timeout=120)
+
+    def starts() -> list[str]:
+        try:
+            read = client.exec("commanded", ["sh", "-c", "cat /sandbox/starts.log || true"])
+        except GatewayRpcError:  # not Ready (again) yet
+            return []
+        return read.stdout.decode().split()
+
+    wait_for(lambda: starts() == ["start"], what="the command's first start")
+    gateway.engine.stop_container(container_name(sandbox_id), timeout=5)
+    wait_for(lambda: starts() == ["start"] * 2, what="the command's second start")
 
 
 def test_a_sandbox_stopped_by_its_user_stays_stopped(gateway, client):

@@ -8,8 +8,11 @@ behaviours are exercised on a real engine by the integration tests in ``test_ser
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import socketserver
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from openshell_core.server.compute_memory import InMemoryComputeDriver, InMemory
 from openshell_core.server.config import ServerConfig
 from openshell_core.server.model import Desired, Phase
 from openshell_core.server.reconciler import Reconciler
-from openshell_core.server.sandboxes import SandboxService
+from openshell_core.server.sandboxes import SUPERVISOR_WAIT, SandboxService
 from openshell_core.server.store import Store, open_store
 
 SECRET = "ab" * 32
@@ -250,7 +253,9 @@ def test_a_sandbox_whose_workspace_is_gone_fails_with_the_reason(store, supervis
     run(scenario())
 
 
-def test_a_failed_sandbox_refuses_to_start(store, supervisor_port):
+def test_a_sandbox_whose_workspace_is_gone_accepts_a_start_and_fails_again_with_the_reason(
+    store, supervisor_port
+):
     async def scenario() -> None:
         driver = memory_driver(supervisor_port)
         service = _service(store, driver)
@@ -258,10 +263,227 @@ def test_a_failed_sandbox_refuses_to_start(store, supervisor_port):
         driver.lose_workspace(sandbox_id)
         await service.reconcile(sandbox_id)
         record = service.get(sandbox_id)
+        assert record is not None and record.phase is Phase.ERROR
+        reason = record.reason
+
+        await service.start(record)
+        await service.idle()
+
+        after = service.get(sandbox_id)
+        assert after is not None
+        assert (after.phase, after.reason) == (Phase.ERROR, reason)
+        assert sandbox_id not in driver.workspaces  # no fresh, empty workspace made
+        await service.close()
+
+    run(scenario())
+
+
+async def _failed(service: SandboxService, driver: InMemoryComputeDriver) -> str:
+    """A sandbox whose runtime kept failing, in ERROR."""
+    sandbox_id = await _created(service)
+    driver.crash_loop(sandbox_id, "exited with code 1 after 3 restarts")
+    await service.reconcile(sandbox_id)
+    assert _phase(service, sandbox_id) is Phase.ERROR
+    return sandbox_id
+
+
+def test_a_sandbox_whose_runtime_keeps_failing_goes_to_error_keeping_its_workspace(
+    store, supervisor_port
+):
+    async def scenario() -> None:
+        driver = memory_driver(supervisor_port)
+        service = _service(store, driver)
+        sandbox_id = await _created(service)
+
+        driver.crash_loop(sandbox_id, "exited with code 1 after 3 restarts")
+        await service.reconcile(sandbox_id)
+
+        record = service.get(sandbox_id)
+        assert record is not None
+        assert record.phase is Phase.ERROR
+        assert record.reason == (
+            "its runtime keeps failing (exited with code 1 after 3 restarts); start the sandbox "
+            "to run it on a new runtime with the same workspace"
+        )
+        assert sandbox_id not in driver.runtimes  # nothing keeps retrying it
+        assert driver.workspaces[sandbox_id].seeded == 1
+        await service.close()
+
+    run(scenario())
+
+
+def test_the_periodic_pass_leaves_a_sandbox_in_error_for_its_user(store, supervisor_port):
+    async def scenario() -> None:
+        driver = memory_driver(supervisor_port)
+        service = _service(store, driver)
+        sandbox_id = await _failed(service, driver)
+
+        await Reconciler(service, interval=60).reconcile_all()
+
+        assert _phase(service, sandbox_id) is Phase.ERROR
+        assert sandbox_id not in driver.runtimes
+        await service.close()
+
+    run(scenario())
+
+
+def test_a_sandbox_in_error_can_be_stopped_and_stays_stopped(store, supervisor_port):
+    async def scenario() -> None:
+        driver = memory_driver(supervisor_port)
+        service = _service(store, driver)
+        sandbox_id = await _failed(service, driver)
+        record = service.get(sandbox_id)
         assert record is not None
 
-        with pytest.raises(StateError, match="in error"):
-            await service.start(record)
+        stopped = await service.stop(record)
+        await service.reconcile(sandbox_id)
+
+        assert stopped.phase is Phase.STOPPED
+        assert _phase(service, sandbox_id) is Phase.STOPPED
+        assert sandbox_id not in driver.runtimes
+        await service.close()
+
+    run(scenario())
+
+
+def test_a_sandbox_in_error_starts_again_on_a_new_runtime_with_its_workspace(
+    store, supervisor_port
+):
+    async def scenario() -> None:
+        driver = memory_driver(supervisor_port)
+        service = _service(store, driver)
+        sandbox_id = await _failed(service, driver)
+        record = service.get(sandbox_id)
+        assert record is not None
+
+        started = await service.start(record)
+        await service.idle()
+
+        assert started.phase is Phase.PROVISIONING
+        assert _phase(service, sandbox_id) is Phase.READY
+        assert _states(driver) == {sandbox_id: RUNNING}
+        assert driver.workspaces[sandbox_id].seeded == 1  # the same workspace, not seeded again
+        await service.close()
+
+    run(scenario())
+
+
+def test_a_sandbox_in_error_stopped_then_started_comes_back(store, supervisor_port):
+    async def scenario() -> None:
+        driver = memory_driver(supervisor_port)
+        service = _service(store, driver)
+        sandbox_id = await _failed(service, driver)
+        record = service.get(sandbox_id)
+        assert record is not None
+
+        await service.stop(record)
+        await service.start(record)
+        await service.idle()
+
+        assert _phase(service, sandbox_id) is Phase.READY
+        assert driver.workspaces[sandbox_id].seeded == 1
+        await service.close()
+
+    run(scenario())
+
+
+def test_a_sandbox_in_error_can_be_deleted(store, supervisor_port):
+    async def scenario() -> None:
+        driver = memory_driver(supervisor_port)
+        service = _service(store, driver)
+        sandbox_id = await _failed(service, driver)
+        record = service.get(sandbox_id)
+        assert record is not None
+
+        await service.delete(record)
+
+        assert service.get(sandbox_id) is None
+        assert sandbox_id not in driver.workspaces
+        await service.close()
+
+    run(scenario())
+
+
+def test_the_gateways_start_gives_a_sandbox_in_error_another_attempt(store, supervisor_port):
+    """Upstream #2179: after an engine restart the resume sweep skipped sandboxes in Error."""
+
+    async def scenario() -> None:
+        driver = memory_driver(supervisor_port)
+        sandbox_id = await _failed(_service(store, driver), driver)
+
+        service = _service(store, driver)  # the gateway starts again
+        await Reconciler(service, interval=60).startup()
+
+        assert _phase(service, sandbox_id) is Phase.READY
+        assert driver.workspaces[sandbox_id].seeded == 1
+        await service.close()
+
+    run(scenario())
+
+
+def test_an_error_the_gateways_start_cannot_mend_keeps_its_reason(store, supervisor_port):
+    async def scenario() -> None:
+        driver = memory_driver(supervisor_port)
+        first = _service(store, driver)
+        sandbox_id = await _created(first)
+        driver.lose_workspace(sandbox_id)
+        await first.reconcile(sandbox_id)
+        before = first.get(sandbox_id)
+        assert before is not None and before.phase is Phase.ERROR
+
+        service = _service(store, driver)
+        await Reconciler(service, interval=60).startup()
+
+        after = service.get(sandbox_id)
+        assert after is not None
+        assert (after.phase, after.reason) == (Phase.ERROR, before.reason)
+        await service.close()
+
+    run(scenario())
+
+
+def test_the_sandboxs_command_is_frozen_into_its_runtime_and_reported(store, supervisor_port):
+    async def scenario() -> None:
+        driver = memory_driver(supervisor_port)
+        service = _service(store, driver)
+        record = await service.create(
+            workspace="default",
+            name="alpha",
+            image="",
+            environment={},
+            labels={},
+            command=["sh", "-c", "echo started >> /sandbox/starts.log"],
+        )
+        await service.idle()
+
+        env = driver.runtimes[record.id].spec.environment
+        assert json.loads(env["OPENSHELL_SANDBOX_COMMAND"]) == [
+            "sh",
+            "-c",
+            "echo started >> /sandbox/starts.log",
+        ]
+        stored = service.get(record.id)
+        assert stored is not None
+        assert stored.command == ("sh", "-c", "echo started >> /sandbox/starts.log")
+        driver.vanish(record.id)
+        await service.reconcile(record.id)  # made again: the same command
+        assert (
+            driver.runtimes[record.id].spec.environment["OPENSHELL_SANDBOX_COMMAND"]
+            == env["OPENSHELL_SANDBOX_COMMAND"]
+        )
+        await service.close()
+
+    run(scenario())
+
+
+def test_a_sandbox_created_without_a_command_has_none(store, supervisor_port):
+    async def scenario() -> None:
+        driver = memory_driver(supervisor_port)
+        service = _service(store, driver)
+        sandbox_id = await _created(service)
+
+        assert "OPENSHELL_SANDBOX_COMMAND" not in driver.runtimes[sandbox_id].spec.environment
+        assert service.get(sandbox_id).command == ()  # type: ignore[union-attr]
         await service.close()
 
     run(scenario())
@@ -333,6 +555,45 @@ def test_fault_error_is_terminal_leaves_a_stopped_sandbox_in_error(store, superv
 
         assert _states(driver) == {sandbox_id: STOPPED}
         assert _phase(service, sandbox_id) is Phase.ERROR
+        await service.close()
+
+    run(scenario())
+
+
+def test_fault_error_refuses_stop_refuses_stop_and_start_in_error(store, supervisor_port):
+    async def scenario() -> None:
+        driver = memory_driver(supervisor_port)
+        service = _service(store, driver, Fault.ERROR_REFUSES_STOP)
+        sandbox_id = await _failed(service, driver)
+        record = service.get(sandbox_id)
+        assert record is not None
+
+        with pytest.raises(StateError, match="is in error"):
+            await service.stop(record)
+        with pytest.raises(StateError, match="is in error"):
+            await service.start(record)
+        assert _phase(service, sandbox_id) is Phase.ERROR
+        await service.close()
+
+    run(scenario())
+
+
+def test_fault_no_command_replay_leaves_the_command_out_of_the_runtime(store, supervisor_port):
+    async def scenario() -> None:
+        driver = memory_driver(supervisor_port)
+        service = _service(store, driver, Fault.NO_COMMAND_REPLAY)
+        record = await service.create(
+            workspace="default",
+            name="alpha",
+            image="",
+            environment={},
+            labels={},
+            command=["true"],
+        )
+        await service.idle()
+
+        assert "OPENSHELL_SANDBOX_COMMAND" not in driver.runtimes[record.id].spec.environment
+        assert service.get(record.id).command == ("true",)  # type: ignore[union-attr]
         await service.close()
 
     run(scenario())
@@ -411,6 +672,37 @@ def test_fault_relabel_on_upgrade_does_nothing_in_v1(store, supervisor_port):
 
         assert [r.id for r in service.list(None)] == [sandbox_id]
         assert service.get(sandbox_id).desired is Desired.RUNNING  # type: ignore[union-attr]
+        await service.close()
+
+    run(scenario())
+
+
+def test_a_runtime_failing_while_the_gateway_waits_for_its_supervisor_goes_to_error_at_once(
+    store,
+):
+    """Nothing accepts on the supervisor's port: the wait ends with the platform's failure, not
+    at its deadline."""
+
+    async def scenario() -> None:
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        driver = memory_driver(port)
+        service = _service(store, driver)
+        record = await service.create(
+            workspace="default", name="alpha", image="", environment={}, labels={}
+        )
+        async with asyncio.timeout(5):  # provisioning makes the runtime, then waits
+            while record.id not in driver.runtimes:
+                await asyncio.sleep(0.05)
+        driver.crash_loop(record.id)
+        started = time.monotonic()
+
+        await service.idle()
+
+        assert time.monotonic() - started < SUPERVISOR_WAIT / 2
+        assert _phase(service, record.id) is Phase.ERROR
         await service.close()
 
     run(scenario())

@@ -236,8 +236,11 @@ class GatewayClient:
         environment: Mapping[str, str] | None = None,
         image: str | None = None,
         labels: Mapping[str, str] | None = None,
+        command: Sequence[str] = (),
     ) -> SandboxInfo:
-        spec = pb.SandboxSpec(environment=dict(environment or {}))
+        """:param command: the sandbox's own command, which its gateway runs at every start of
+        the sandbox (``spec.command``)."""
+        spec = pb.SandboxSpec(environment=dict(environment or {}), command=list(command))
         if image:
             spec.template.image = image
         request = pb.CreateSandboxRequest(

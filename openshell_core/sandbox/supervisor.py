@@ -14,6 +14,7 @@ Standard library only (the sandbox image has no third-party packages).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,7 @@ SKEW_ENV: Final = contract.HANDSHAKE_SKEW_ENV
 LISTEN_ENV: Final = contract.SSH_LISTEN_ENV
 HOST_KEY_ENV: Final = contract.SSH_HOST_KEY_ENV
 AUTHORIZED_KEYS_ENV: Final = contract.AUTHORIZED_KEYS_ENV
+COMMAND_ENV: Final = contract.SANDBOX_COMMAND_ENV
 #: Never handed to anything the supervisor starts.
 SECRET_VARIABLES: Final = frozenset(contract.SECRET_ENV_NAMES)
 DEFAULT_LISTEN: Final = f"0.0.0.0:{contract.SUPERVISOR_PORT}"
@@ -71,6 +73,8 @@ class SupervisorConfig:
     host_key: str = field(default="", repr=False)
     #: ``authorized_keys`` lines, newline separated.
     authorized_keys: str = ""
+    #: The sandbox's own command, run at every start of the supervisor (empty: none).
+    command: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SupervisorConfig:
@@ -87,6 +91,7 @@ class SupervisorConfig:
         host, port = parse_listen(env.get(LISTEN_ENV, "") or DEFAULT_LISTEN)
         child_env = {k: v for k, v in env.items() if k not in SECRET_VARIABLES}
         return cls(
+            command=parse_command(env.get(COMMAND_ENV, "")),
             secret=secret,
             host=host,
             port=port,
@@ -95,6 +100,19 @@ class SupervisorConfig:
             host_key=env.get(HOST_KEY_ENV, ""),
             authorized_keys=env.get(AUTHORIZED_KEYS_ENV, ""),
         )
+
+
+def parse_command(text: str) -> tuple[str, ...]:
+    """The sandbox's command from its JSON list (empty text: none)."""
+    if not text.strip():
+        return ()
+    try:
+        argv = json.loads(text)
+    except ValueError:
+        argv = None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise ConfigError(f"{COMMAND_ENV} must be a non-empty JSON list of strings, not {text!r}")
+    return tuple(argv)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -145,6 +163,7 @@ class Supervisor:
         }
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._command: asyncio.Task[None] | None = None
 
     async def start(self) -> tuple[str, int]:
         self._server = await asyncio.start_server(
@@ -153,6 +172,34 @@ class Supervisor:
         address = self._server.sockets[0].getsockname()
         log.info("supervisor listening on %s:%d", address[0], address[1])
         return str(address[0]), int(address[1])
+
+    def run_command(self) -> None:
+        """Start the sandbox's own command, if it has one, beside the server (at every start of
+        the supervisor: a restarted sandbox runs it again). Its output goes where the
+        supervisor's goes; its end is logged and does not end the supervisor."""
+        if self.config.command and self._command is None:
+            self._command = asyncio.get_running_loop().create_task(self._run_command())
+
+    async def _run_command(self) -> None:
+        argv = self.config.command
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                cwd=self.config.workdir,
+                env=self.config.child_env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.error("the sandbox's command %r did not start: %s", argv[0], exc.strerror or exc)
+            return
+        log.info("the sandbox's command %r started (pid %d)", argv[0], process.pid)
+        self.children.running.add(process)
+        try:
+            code = await process.wait()
+        finally:
+            self.children.running.discard(process)
+        log.info("the sandbox's command %r exited with code %d", argv[0], code)
 
     async def stop(self) -> None:
         """Stop listening, end every child and connection.
@@ -163,6 +210,8 @@ class Supervisor:
             self._server.close()
         await self.resumable.tell_stopping()
         await self.children.stop_all()
+        if self._command is not None:
+            await asyncio.gather(self._command, return_exceptions=True)
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
@@ -245,6 +294,7 @@ async def serve(config: SupervisorConfig, files: sshd.SshdFiles | None = None) -
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     await supervisor.start()
+    supervisor.run_command()
     await stopping.wait()
     log.info("stopping")
     await supervisor.stop()

@@ -35,4 +35,10 @@ live in the server, each re-creating one upstream failure:
 ``error-is-terminal``
     a sandbox whose runtime stopped behind the gateway's back is marked ERROR for good instead
     of being started again.
+``error-refuses-stop``
+    stop and start of a sandbox in ERROR are refused (``FAILED_PRECONDITION``, "delete it and
+    create a new one"), so its workspace is out of the user's reach.
+``no-command-replay``
+    the sandbox's own command is left out of its runtime's environment and run once, detached,
+    after the sandbox is first Ready; a runtime that starts again runs its supervisor alone.
 """

@@ -111,6 +111,7 @@ class GatewayServicer(Servicer):
             image=spec.template.image,
             environment=environment,
             labels=dict(request.labels),
+            command=list(spec.command),
         )
         return pb.SandboxResponse(sandbox=_sandbox(record))
 
@@ -310,6 +311,7 @@ def _sandbox(record: SandboxRecord) -> pb.Sandbox:
         spec=pb.SandboxSpec(
             environment=dict(record.environment),
             template=pb.SandboxTemplate(image=record.image),
+            command=list(record.command),
         ),
         status=pb.SandboxStatus(
             phase=phase_value(record.phase.value),  # type: ignore[arg-type]

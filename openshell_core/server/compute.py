@@ -29,6 +29,9 @@ DRIVERS: Final = {
     contract.DEFAULT_COMPUTE_DRIVER: "openshell_core.server.compute_docker",
     contract.KUBERNETES_COMPUTE_DRIVER: "openshell_core.server.compute_kubernetes",
 }
+#: Failed starts in a row after which a runtime counts as failing, not as restarting: more than a
+#: daemon restart or a crash causes (one each), few enough to say so within seconds.
+FAILURES_BEFORE_ERROR: Final = 3
 
 
 class RuntimeState(enum.StrEnum):
@@ -49,6 +52,8 @@ class Observation:
     :param workspace: True when the sandbox's persistent workspace exists.
     :param reachable: False when the platform knows the gateway cannot reach the running
         sandbox until :meth:`ComputeDriver.adopt` re-establishes the way (never a restart).
+    :param failure: non-empty when the runtime keeps failing (the platform restarted it
+        :data:`FAILURES_BEFORE_ERROR` times and it failed again): why, in the platform's words.
     """
 
     sandbox_id: str
@@ -57,6 +62,7 @@ class Observation:
     workspace: bool
     labels: Mapping[str, str] = field(default_factory=dict)
     reachable: bool = True
+    failure: str = ""
 
     @property
     def running(self) -> bool:

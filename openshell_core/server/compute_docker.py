@@ -21,7 +21,13 @@ from openshell_core import labels
 from openshell_core.engine import Engine, connect
 from openshell_core.errors import EngineError, NotFoundError, UsageError
 from openshell_core.sandbox import workspace
-from openshell_core.server.compute import Observation, Ownership, RuntimeState, SandboxSpec
+from openshell_core.server.compute import (
+    FAILURES_BEFORE_ERROR,
+    Observation,
+    Ownership,
+    RuntimeState,
+    SandboxSpec,
+)
 from openshell_core.wire import contract
 
 log = logging.getLogger("openshell.server.compute")
@@ -33,6 +39,8 @@ STOP_TIMEOUT: Final = 5
 SEED_TIMEOUT: Final = 300
 #: Container states in which the sandbox counts as running.
 _RUNNING: Final = frozenset({"running", "restarting"})
+#: Characters of a failing container's last output line kept in its failure.
+_LAST_WORDS: Final = 200
 
 
 def container_name(sandbox_id: str) -> str:
@@ -107,8 +115,30 @@ class DockerComputeDriver:
         container_labels = dict((found.get("Config") or {}).get("Labels") or {})
         attached = _on_network(_network_id(found, self._network), self._network_id())
         return Observation(
-            sandbox_id, _state(status), status, volume, container_labels, reachable=attached
+            sandbox_id,
+            _state(status),
+            status,
+            volume,
+            container_labels,
+            reachable=attached,
+            failure=self._failure(found),
         )
+
+    def _failure(self, found: Mapping[str, Any]) -> str:
+        """Why the container keeps failing, or "": Docker's restart policy has restarted it
+        :data:`FAILURES_BEFORE_ERROR` times (a count a manual start resets) and its last run
+        ended with a non-zero code, and it is not running now."""
+        state = found.get("State") or {}
+        restarts = int(found.get("RestartCount") or 0)
+        code = int(state.get("ExitCode") or 0)
+        if state.get("Running") and not state.get("Restarting"):
+            return ""
+        if restarts < FAILURES_BEFORE_ERROR or code == 0:
+            return ""
+        name = str(found.get("Name") or "").lstrip("/")
+        last = next(reversed(self._engine.container_logs(name, tail=1)), "").strip()
+        said = f"; its last output: {last[:_LAST_WORDS]}" if last else ""
+        return f"container {name} exited with code {code} after {restarts} restarts{said}"
 
     def list_owned(self, gateway_label: str | None = None) -> list[Observation]:
         owner = gateway_label or self._ownership.gateway_label
@@ -133,6 +163,9 @@ class DockerComputeDriver:
             if not sandbox_id:
                 continue
             status = str(container.get("State") or "unknown")
+            if status == "restarting":  # between failed starts: the listing has no counts
+                observed.append(self.observe(sandbox_id))
+                continue
             observed.append(
                 Observation(
                     sandbox_id,

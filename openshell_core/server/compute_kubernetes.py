@@ -518,7 +518,14 @@ class KubernetesComputeDriver:
         meta = sandbox["metadata"]
         sandbox_id = meta["labels"][labels.SANDBOX_ID]
         state, detail = self._state(sandbox, pod)
-        return Observation(sandbox_id, state, detail, claimed, dict(meta.get("labels") or {}))
+        return Observation(
+            sandbox_id,
+            state,
+            detail,
+            claimed,
+            dict(meta.get("labels") or {}),
+            failure=_pod_failure(pod) if self._running_mode(sandbox) else "",
+        )
 
     def _state(self, sandbox: Obj, pod: Obj | None) -> tuple[RuntimeState, str]:
         if not self._running_mode(sandbox):
@@ -530,7 +537,8 @@ class KubernetesComputeDriver:
             return RuntimeState.RUNNING, phase
         return RuntimeState.STOPPED, phase
 
-    def _running_mode(self, sandbox: Obj) -> bool:
+    @staticmethod
+    def _running_mode(sandbox: Obj) -> bool:
         spec = sandbox.get("spec") or {}
         if "operatingMode" in spec:
             return str(spec["operatingMode"]) != "Suspended"
@@ -797,3 +805,23 @@ def _status_message(exc: Any) -> str:
         return str(json.loads(exc.body).get("message") or exc.reason)
     except (TypeError, ValueError, AttributeError):
         return str(exc.reason)
+
+
+def _pod_failure(pod: Obj | None) -> str:
+    """Why the pod's runtime failed, or "". A sandbox pod is never restarted in place
+    (``restartPolicy: Never``), so a container that ended with a non-zero code has failed for good:
+    the gateway reports the sandbox in Error at once, rather than after the several restarts a
+    Docker restart policy makes. A pod that ended cleanly (the supervisor stopped) is not
+    failing."""
+    if pod is None or (pod.get("status") or {}).get("phase") != "Failed":
+        return ""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        ended = (status.get("state") or {}).get("terminated") or {}
+        code = int(ended.get("exitCode") or 0)
+        if code != 0:
+            why = ended.get("message") or ended.get("reason") or "no reason given"
+            return (
+                f"pod {pod['metadata']['name']}: container {status.get('name')} exited with "
+                f"code {code} ({str(why).strip().splitlines()[-1][:200]})"
+            )
+    return ""

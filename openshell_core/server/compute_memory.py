@@ -3,7 +3,8 @@
 It keeps what a real platform would (runtimes with their frozen spec and labels, workspaces with
 their seeding count) and offers the disruptions tests need, in the protocol's words
 (:meth:`InMemoryComputeDriver.vanish`, :meth:`~InMemoryComputeDriver.halt`,
-:meth:`~InMemoryComputeDriver.lose_workspace`, :meth:`~InMemoryComputeDriver.cut_off`). Every
+:meth:`~InMemoryComputeDriver.crash_loop`, :meth:`~InMemoryComputeDriver.lose_workspace`,
+:meth:`~InMemoryComputeDriver.cut_off`). Every
 sandbox's supervisor is the one ``endpoint`` it was given (a local port the test serves).
 """
 
@@ -39,6 +40,7 @@ class Runtime:
     detail: str = "created"
     reachable: bool = True
     starts: int = 0
+    failure: str = ""
 
 
 @dataclass
@@ -133,6 +135,16 @@ class InMemoryComputeDriver:
             runtime = self._runtime(sandbox_id)
             runtime.state, runtime.detail = RuntimeState.STOPPED, detail
 
+    def crash_loop(self, sandbox_id: str, failure: str = "exited with code 1") -> None:
+        """The runtime fails at every start, and the platform keeps restarting it."""
+        with self._lock:
+            runtime = self._runtime(sandbox_id)
+            runtime.state, runtime.detail, runtime.failure = (
+                RuntimeState.RUNNING,
+                "restarting",
+                failure,
+            )
+
     def lose_workspace(self, sandbox_id: str) -> None:
         with self._lock:
             del self.workspaces[sandbox_id]
@@ -181,6 +193,7 @@ class InMemoryComputeDriver:
             workspace,
             dict(runtime.labels),
             reachable=runtime.reachable,
+            failure=runtime.failure,
         )
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from openshell_core.wire import contract
 
 
 class Phase(enum.StrEnum):
@@ -54,6 +57,29 @@ class SandboxRecord:
     restart_count: int = 0
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        """The sandbox's own command (``spec.command`` at creation; empty: none).
+
+        Kept in :attr:`sandbox_env` (:data:`~openshell_core.wire.contract.SANDBOX_COMMAND_ENV`),
+        frozen with the rest, so the supervisor runs it at every start of its runtime.
+        """
+        return decode_command(self.sandbox_env.get(contract.SANDBOX_COMMAND_ENV, ""))
+
+
+def encode_command(command: Sequence[str]) -> str:
+    return json.dumps(list(command))
+
+
+def decode_command(text: str) -> tuple[str, ...]:
+    """:func:`encode_command`'s text back as argv; empty text is no command."""
+    if not text:
+        return ()
+    argv = json.loads(text)
+    if not isinstance(argv, list) or not all(isinstance(arg, str) for arg in argv):
+        raise ValueError(f"{contract.SANDBOX_COMMAND_ENV} is not a JSON list of strings")
+    return tuple(argv)
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,9 @@ class Reconciler:
             len(by_id),
             len(known),
         )
-        await self.reconcile_all(by_id)
+        # The resume sweep tries the sandboxes in ERROR too (upstream #2179): an error that a
+        # restart of the platform or of the gateway mended must not need the user.
+        await self.reconcile_all(by_id, revive=True)
         if self._config.has(Fault.RESEED_WORKSPACE):
             # The fault: the seed step runs at every gateway start, over the user's changes. A
             # correct gateway never seeds a workspace again (its sentinel says it is done), so it
@@ -94,23 +96,30 @@ class Reconciler:
             except Exception:  # the loop must outlive any one failure
                 log.exception("reconciliation pass failed")
 
-    async def reconcile_all(self, observed: dict[str, Observation] | None = None) -> None:
+    async def reconcile_all(
+        self, observed: dict[str, Observation] | None = None, *, revive: bool = False
+    ) -> None:
         if observed is None:
             found = await asyncio.to_thread(self._service.driver.list_owned)
             observed = {item.sandbox_id: item for item in found}
         records = self._service.store.list_sandboxes()
         await asyncio.gather(
-            *(self._one(record.id, observed) for record in records), return_exceptions=False
+            *(self._one(record.id, observed, revive) for record in records),
+            return_exceptions=False,
         )
 
-    async def _one(self, sandbox_id: str, observed: dict[str, Observation]) -> None:
+    async def _one(
+        self, sandbox_id: str, observed: dict[str, Observation], revive: bool = False
+    ) -> None:
         if self._service.lock(sandbox_id).locked():
             return  # an API call or an earlier pass is working on it
         async with self._limit:
             try:
                 # A sandbox absent from the listing is observed again inside reconcile():
                 # the listing may predate a concurrent change.
-                await self._service.reconcile(sandbox_id, observed=observed.get(sandbox_id))
+                await self._service.reconcile(
+                    sandbox_id, observed=observed.get(sandbox_id), revive=revive
+                )
             except OpenShellError as exc:
                 log.warning("sandbox %s: %s", sandbox_id, exc.message)
             except Exception:

@@ -8,7 +8,16 @@ calls run in worker threads. The rules (in the words of :mod:`.compute`):
 - a sandbox the user stopped stays stopped; one that should run and whose runtime stopped or
   vanished is started or made again, on its workspace and with its frozen environment;
 - a sandbox whose workspace was made and is now gone goes to ERROR with the reason, and stays
-  there (making a fresh, empty workspace would hide the loss).
+  there (making a fresh, empty workspace would hide the loss);
+- a sandbox whose runtime keeps failing (the platform restarts it and it fails again) goes to
+  ERROR with the platform's words for the failure, and its failed runtime is removed (never its
+  workspace), so that nothing keeps retrying it behind the user's back;
+- a sandbox in ERROR is still the user's: stop, start and delete are accepted. A start asks for
+  it to run again: a runtime that is gone is made anew on the same workspace (a lost workspace
+  sends it back to ERROR with the same reason). The gateway's start gives every sandbox in ERROR
+  that should run one such attempt too (upstream #2179: the resume sweep skipped them);
+- the sandbox's own command (``spec.command``) is frozen into its runtime's environment, so the
+  supervisor runs it at every start of the runtime, not only the first (upstream #1805).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Final
 
 from openshell_core import pki
@@ -29,7 +38,14 @@ from openshell_core.errors import NotFoundError, OpenShellError, StateError, Usa
 from openshell_core.faults import Fault
 from openshell_core.server.compute import ComputeDriver, Observation, RuntimeState, SandboxSpec
 from openshell_core.server.config import ServerConfig
-from openshell_core.server.model import Desired, Phase, SandboxRecord, SshSessionRecord
+from openshell_core.server.model import (
+    Desired,
+    Phase,
+    SandboxRecord,
+    SshSessionRecord,
+    encode_command,
+)
+from openshell_core.server.sandbox_link import exec_in_sandbox
 from openshell_core.server.store import Store
 from openshell_core.wire import contract
 
@@ -38,6 +54,8 @@ log = logging.getLogger("openshell.server.sandboxes")
 _NAME: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: Seconds to wait for a freshly started supervisor before leaving it to the next pass.
 SUPERVISOR_WAIT: Final = 10.0
+#: Seconds between looks at the platform while waiting for a supervisor (is it failing?).
+FAILURE_LOOK: Final = 1.0
 HANDSHAKE_SKEW_SECS: Final = 300
 
 
@@ -83,8 +101,13 @@ class SandboxService:
         image: str,
         environment: Mapping[str, str],
         labels: Mapping[str, str],
+        command: Sequence[str] = (),
     ) -> SandboxRecord:
-        """Record a new sandbox and start provisioning it in the background."""
+        """Record a new sandbox and start provisioning it in the background.
+
+        :param command: the sandbox's own command, run in ``/sandbox`` at every start of its
+            runtime (empty: the supervisor alone).
+        """
         name = name or f"sandbox-{secrets.token_hex(4)}"
         if not _NAME.match(name):
             raise UsageError(
@@ -101,7 +124,9 @@ class SandboxService:
             image=image or self.config.sandbox_image,
             environment=dict(environment),
             labels=dict(labels),
-            sandbox_env=self._sandbox_env(sandbox_id, name, private_key, environment, self.secret),
+            sandbox_env=self._sandbox_env(
+                sandbox_id, name, private_key, environment, self.secret, command=command
+            ),
             host_key_public=public_key,
             host_key_fingerprint=pki.ssh_fingerprint(public_key),
         )
@@ -112,6 +137,7 @@ class SandboxService:
 
     async def stop(self, record: SandboxRecord) -> SandboxRecord:
         async with self.lock(record.id):
+            self._refuse_in_error(self._require(record.id))
             self._update(record.id, desired=Desired.STOPPED, phase=Phase.STOPPING, reason="")
             with contextlib.suppress(NotFoundError):
                 await asyncio.to_thread(self.driver.stop, record.id)
@@ -123,10 +149,18 @@ class SandboxService:
             if current.desired is Desired.RUNNING and current.phase is Phase.READY:
                 return current
             if current.phase is Phase.ERROR:
-                raise StateError(
-                    f"sandbox {record.name!r} is in error: {current.reason}",
-                    hint="delete it and create a new one",
+                self._refuse_in_error(current)
+                # What ended in ERROR is looked at again under the usual rules: a lost workspace
+                # fails again at once, a removed runtime is made anew on the workspace. Starting
+                # the old runtime here could bring up a workspace the platform made empty.
+                updated = self._update(
+                    record.id,
+                    desired=Desired.RUNNING,
+                    phase=Phase.PROVISIONING,
+                    reason=f"starting again after an error ({current.reason})",
                 )
+                self.spawn(self.reconcile(record.id))
+                return updated
             updated = self._update(
                 record.id, desired=Desired.RUNNING, phase=Phase.PROVISIONING, reason="starting"
             )
@@ -139,6 +173,14 @@ class SandboxService:
                 pass  # the runtime is gone: the reconciliation below makes it again
         self.spawn(self.reconcile(record.id))
         return updated
+
+    def _refuse_in_error(self, current: SandboxRecord) -> None:
+        """The ``error-refuses-stop`` fault (upstream #3308, #3440): ERROR is a dead end."""
+        if current.phase is Phase.ERROR and self.config.has(Fault.ERROR_REFUSES_STOP):
+            raise StateError(
+                f"sandbox {current.name!r} is in error: {current.reason}",
+                hint="delete it and create a new one",
+            )
 
     async def delete(self, record: SandboxRecord) -> None:
         """Remove the sandbox's runtime and workspace, then forget it."""
@@ -168,11 +210,16 @@ class SandboxService:
 
     # -- reconciliation --
 
-    async def reconcile(self, sandbox_id: str, *, observed: Observation | None = None) -> None:
+    async def reconcile(
+        self, sandbox_id: str, *, observed: Observation | None = None, revive: bool = False
+    ) -> None:
         """Bring one sandbox towards what the user asked for (one step; safe to repeat).
 
         :param observed: what a listing said about it; used only when it shows a healthy running
             sandbox, since anything calling for action is looked at again, under the lock.
+        :param revive: give a sandbox in ERROR that should run one attempt (the gateway's start
+            does); when the attempt fails it stays in ERROR with its reason. Otherwise ERROR
+            waits for the user.
         """
         async with self.lock(sandbox_id):
             record = self.store.get_sandbox(sandbox_id)
@@ -187,6 +234,9 @@ class SandboxService:
                 await self._keep_stopped(record, observed)
             elif record.phase is not Phase.ERROR:
                 await self._keep_running(record, observed)
+            elif revive:
+                log.info("sandbox %s is in error (%s): trying once more", sandbox_id, record.reason)
+                await self._keep_running(record, observed, keep_error=True)
 
     async def _keep_stopped(self, record: SandboxRecord, observed: Observation) -> None:
         if observed.running:
@@ -194,7 +244,9 @@ class SandboxService:
         if record.phase is not Phase.STOPPED:
             self._update(record.id, phase=Phase.STOPPED, reason="stopped by the user")
 
-    async def _keep_running(self, record: SandboxRecord, observed: Observation) -> None:
+    async def _keep_running(
+        self, record: SandboxRecord, observed: Observation, *, keep_error: bool = False
+    ) -> None:
         persistent = not self.config.has(Fault.NO_WORKSPACE_VOLUME)
         if persistent and record.workspace_created and not observed.workspace:
             where = self.driver.workspace_name(record.id)
@@ -202,6 +254,10 @@ class SandboxService:
                 record, f"workspace {where} is gone; the sandbox's files cannot be recovered"
             )
             return
+        if observed.failure:
+            await self._give_up_on_runtime(record, observed.failure)
+            return
+        first = observed.state is RuntimeState.ABSENT and not record.workspace_created
         try:
             if observed.state is RuntimeState.ABSENT:
                 why = "runtime missing" if record.workspace_created else "creating"
@@ -215,10 +271,39 @@ class SandboxService:
                 log.info("sandbox %s is out of the gateway's reach: adopting it again", record.id)
                 await asyncio.to_thread(self.driver.adopt, record.id)
         except OpenShellError as exc:
-            self._update(record.id, phase=Phase.PROVISIONING, reason=exc.message)
             log.warning("sandbox %s: %s", record.id, exc.message)
+            if keep_error:  # the attempt failed: the sandbox stays as it was, reason and all
+                self._update(record.id, phase=Phase.ERROR, reason=record.reason)
+            else:
+                self._update(record.id, phase=Phase.PROVISIONING, reason=exc.message)
             return
-        await self._settle(record.id)
+        ready = await self._settle(record.id)
+        if ready and first and record.command and self.config.has(Fault.NO_COMMAND_REPLAY):
+            await self._run_command_once(record)
+
+    async def _give_up_on_runtime(self, record: SandboxRecord, failure: str) -> None:
+        """ERROR for a runtime that keeps failing; the runtime goes, the workspace stays."""
+        with contextlib.suppress(NotFoundError):
+            await asyncio.to_thread(self.driver.delete, record.id, workspace=False)
+        self._fail(
+            record,
+            f"its runtime keeps failing ({failure}); start the sandbox to run it on a new "
+            "runtime with the same workspace",
+        )
+
+    async def _run_command_once(self, record: SandboxRecord) -> None:
+        """The ``no-command-replay`` fault (upstream #1805): the sandbox's command is run once,
+        as a detached command after the sandbox is first Ready (as upstream's CLI did over SSH),
+        so a runtime that starts again runs its supervisor alone."""
+        host, port = self.driver.endpoint(record.id)
+        detached = ["sh", "-c", 'setsid "$@" </dev/null >/dev/null 2>&1 &', "sh", *record.command]
+        try:
+            async for _event in exec_in_sandbox(
+                host, port, self.secret, detached, token=str(uuid.uuid4())
+            ):
+                pass
+        except OpenShellError as exc:
+            log.warning("sandbox %s: its command did not start: %s", record.id, exc.message)
 
     async def _provision(self, record: SandboxRecord, why: str) -> None:
         log.info("provisioning sandbox %s (%s)", record.id, why)
@@ -249,22 +334,30 @@ class SandboxService:
             except OpenShellError as exc:
                 log.warning("sandbox %s: workspace check failed: %s", record.id, exc.message)
 
-    async def _settle(self, sandbox_id: str) -> None:
-        """READY once the supervisor accepts connections; otherwise PROVISIONING."""
+    async def _settle(self, sandbox_id: str) -> bool:
+        """READY once the supervisor accepts connections (True); otherwise PROVISIONING, or
+        ERROR as soon as the platform says the runtime keeps failing."""
         host, port = self.driver.endpoint(sandbox_id)
         deadline = time.monotonic() + SUPERVISOR_WAIT
+        looked = time.monotonic()
         while True:
             if await _accepts(host, port):
                 current = self._require(sandbox_id)
                 if current.phase is not Phase.READY:
                     log.info("sandbox %s is ready", sandbox_id)
                     self._update(sandbox_id, phase=Phase.READY, reason="")
-                return
+                return True
             if time.monotonic() >= deadline:
                 self._update(
                     sandbox_id, phase=Phase.PROVISIONING, reason="waiting for the supervisor"
                 )
-                return
+                return False
+            if time.monotonic() - looked >= FAILURE_LOOK:
+                looked = time.monotonic()
+                observed = await asyncio.to_thread(self.driver.observe, sandbox_id)
+                if observed.failure:
+                    await self._give_up_on_runtime(self._require(sandbox_id), observed.failure)
+                    return False
             await asyncio.sleep(0.2)
 
     def _fail(self, record: SandboxRecord, reason: str) -> None:
@@ -274,11 +367,14 @@ class SandboxService:
     # -- helpers --
 
     def _spec(self, record: SandboxRecord) -> SandboxSpec:
+        environment = dict(record.sandbox_env)
+        if self.config.has(Fault.NO_COMMAND_REPLAY):
+            environment.pop(contract.SANDBOX_COMMAND_ENV, None)
         return SandboxSpec(
             sandbox_id=record.id,
             name=record.name,
             image=record.image,
-            environment=record.sandbox_env,
+            environment=environment,
             persistent_workspace=not self.config.has(Fault.NO_WORKSPACE_VOLUME),
             reseed=self.config.has(Fault.RESEED_WORKSPACE),
             api_workspace=record.workspace,
@@ -286,11 +382,17 @@ class SandboxService:
 
     @staticmethod
     def _sandbox_env(
-        sandbox_id: str, name: str, host_key: str, requested: Mapping[str, str], secret: str
+        sandbox_id: str,
+        name: str,
+        host_key: str,
+        requested: Mapping[str, str],
+        secret: str,
+        *,
+        command: Sequence[str] = (),
     ) -> dict[str, str]:
         """The environment frozen into the sandbox at creation (as upstream: the handshake
         secret too, which is why a regenerated secret locks old sandboxes out)."""
-        return {
+        frozen = {
             **requested,
             contract.SANDBOX_ID_ENV: sandbox_id,
             contract.SANDBOX_NAME_ENV: name,
@@ -300,6 +402,10 @@ class SandboxService:
             contract.SSH_HOST_KEY_ENV: host_key,
             contract.AUTHORIZED_KEYS_ENV: requested.get(contract.AUTHORIZED_KEYS_ENV, ""),
         }
+        frozen.pop(contract.SANDBOX_COMMAND_ENV, None)  # only the request's command sets it
+        if command:
+            frozen[contract.SANDBOX_COMMAND_ENV] = encode_command(command)
+        return frozen
 
     def _require(self, sandbox_id: str) -> SandboxRecord:
         record = self.store.get_sandbox(sandbox_id)

@@ -108,6 +108,9 @@ SSH_HOST_KEY_ENV: Final = "OPENSHELL_SSH_HOST_KEY"
 #: ``authorized_keys`` lines for the sandbox's SSH server; the host puts its user's key here in
 #: the create request's environment.
 AUTHORIZED_KEYS_ENV: Final = "OPENSHELL_SSH_AUTHORIZED_KEYS"
+#: The sandbox's own command (the create request's ``spec.command``) as a JSON list of strings:
+#: the supervisor runs it in :data:`WORKSPACE_DIR` at every start of the sandbox's container.
+SANDBOX_COMMAND_ENV: Final = "OPENSHELL_SANDBOX_COMMAND"
 
 # -- the sandbox's files ------------------------------------------------------------------------
 
