@@ -29,9 +29,11 @@ from openshell_core.grpc_api import (
     selected_workspace,
 )
 from openshell_core.server.model import Phase, SandboxRecord
-from openshell_core.server.sandbox_link import exec_in_sandbox
+from openshell_core.server.sandbox_link import Dial, exec_in_sandbox
+from openshell_core.server.sandbox_tokens import SandboxToken, TokenRefused
 from openshell_core.server.sandboxes import SandboxService
 from openshell_core.server.store import StoreConflict
+from openshell_core.server.supervisor_hub import SupervisorHub
 
 log = logging.getLogger("openshell.server.api")
 
@@ -190,6 +192,7 @@ class GatewayServicer(Servicer):
             workdir=request.workdir or None,
             stdin=bytes(request.stdin) if request.stdin else None,
             token=str(uuid.uuid4()),
+            dial=self._dial(record.id),
         )
         exit_code: int | None = None
         try:
@@ -242,6 +245,79 @@ class GatewayServicer(Servicer):
             pb.DELETION_OUTCOME_ALREADY_ABSENT if before.revoked else pb.DELETION_OUTCOME_COMPLETED
         )
         return pb.RevokeSshSessionResponse(outcome=outcome)
+
+    # -- the supervisor side (``supervisor`` transport; sandbox tokens, never user credentials) --
+
+    async def ConnectSupervisor(
+        self,
+        request_iterator: AsyncIterator[pb.SupervisorMessage],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.GatewayMessage]:
+        hub = await self._hub(context)
+        async for message in hub.connect(request_iterator, context):
+            yield message
+
+    async def RelayStream(
+        self,
+        request_iterator: AsyncIterator[pb.RelayFrame],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.RelayFrame]:
+        hub = await self._hub(context)
+        async for frame in hub.relay(request_iterator, context):
+            yield frame
+
+    async def IssueSandboxToken(
+        self, request: pb.IssueSandboxTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.IssueSandboxTokenResponse:
+        token = await self._renew(context, "IssueSandboxToken")
+        response = pb.IssueSandboxTokenResponse(token=token.token)
+        if token.expires_at:
+            response.expiration_time.CopyFrom(_timestamp(token.expires_at))
+        return response
+
+    async def RefreshSandboxToken(
+        self, request: pb.RefreshSandboxTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RefreshSandboxTokenResponse:
+        token = await self._renew(context, "RefreshSandboxToken")
+        response = pb.RefreshSandboxTokenResponse(token=token.token, sandbox_token=token.token)
+        if token.expires_at:
+            response.expiration_time.CopyFrom(_timestamp(token.expires_at))
+            response.sandbox_expiration_time.CopyFrom(_timestamp(token.expires_at))
+        return response
+
+    async def _hub(self, context: grpc.aio.ServicerContext[Any, Any]) -> SupervisorHub:
+        hub = self._service.hub
+        if hub is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this gateway speaks the {self._service.transport} transport: it dials its "
+                "supervisors",
+            )
+            raise AssertionError("unreachable")  # abort raises
+        return hub
+
+    async def _renew(self, context: grpc.aio.ServicerContext[Any, Any], call: str) -> SandboxToken:
+        """A new token for the caller's sandbox, in exchange for its current, valid one."""
+        hub = await self._hub(context)
+        try:
+            current = hub.authenticate(context)
+        except TokenRefused as refused:
+            log.warning("%s from %s refused: %s", call, context.peer(), refused.message)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refused.message)
+            raise AssertionError("unreachable") from None
+        if self._service.get(current.sandbox_id) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "sandbox not found")
+        return hub.signer.issue(current.sandbox_id)
+
+    def _dial(self, sandbox_id: str) -> Dial | None:
+        if self._service.hub is None:
+            return None  # the TCP connection to the endpoint (nssh1)
+        service = self._service
+
+        async def dial() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await service.open_link(sandbox_id)
+
+        return dial
 
     def _ready(self, workspace: str, name: str) -> SandboxRecord:
         record = self._service.find(workspace, name)

@@ -32,6 +32,8 @@ ENGINE_SOCKET_MOUNT: Final = "/run/openshell-engine"
 #: Under :data:`STATE_DIR`: the store, the handshake secret and the PKI.
 STORE_FILE: Final = "openshell.db"
 HANDSHAKE_SECRET_FILE: Final = "secrets/ssh-handshake"
+#: The key that signs sandbox tokens (``supervisor`` transport): made once, like the secret.
+SANDBOX_TOKEN_KEY_FILE: Final = "secrets/sandbox-token-key"
 PKI_DIR: Final = "pki"
 CA_CERT_FILE: Final = "ca.crt"
 CA_KEY_FILE: Final = "ca.key"
@@ -61,7 +63,11 @@ def pki_file(name: str) -> str:
 
 
 #: The state a gateway must keep across every disruption, relative to :data:`STATE_DIR`.
-GATEWAY_SECRET_STATE: Final = (HANDSHAKE_SECRET_FILE, *(pki_file(n) for n in PKI_FILES.values()))
+GATEWAY_SECRET_STATE: Final = (
+    HANDSHAKE_SECRET_FILE,
+    SANDBOX_TOKEN_KEY_FILE,
+    *(pki_file(n) for n in PKI_FILES.values()),
+)
 
 # -- the gateway's environment (host -> gateway) ------------------------------------------------
 
@@ -84,6 +90,17 @@ DEFAULT_COMPUTE_DRIVER: Final = "docker"
 DOCKER_HOST_ENV: Final = "DOCKER_HOST"
 #: Development overrides of :data:`STATE_DIR` and :data:`RUN_DIR` (running the server outside
 #: its image).
+#: How the gateway reaches its sandboxes' supervisors: one of :data:`TRANSPORTS`, asked for at
+#: the first deploy and kept on the volume (in :data:`VOLUME_RECORD_FILE`).
+TRANSPORT_ENV: Final = "OPENSHELL_TRANSPORT"
+#: The gateway dials each supervisor and signs an NSSH1 preface (the seeds' transport).
+TRANSPORT_NSSH1: Final = "nssh1"
+#: Each supervisor dials out to the gateway (ConnectSupervisor, RelayStream; upstream's today).
+TRANSPORT_SUPERVISOR: Final = "supervisor"
+TRANSPORTS: Final = (TRANSPORT_NSSH1, TRANSPORT_SUPERVISOR)
+DEFAULT_TRANSPORT: Final = TRANSPORT_NSSH1
+#: Seconds a sandbox token lives (0: no expiry, the local default).
+SANDBOX_TOKEN_TTL_ENV: Final = "OPENSHELL_SANDBOX_TOKEN_TTL_SECS"
 STATE_DIR_ENV: Final = "OPENSHELL_STATE_DIR"
 RUN_DIR_ENV: Final = "OPENSHELL_RUN_DIR"
 
@@ -98,6 +115,17 @@ SSH_HOST_KEY_ENV: Final = "OPENSHELL_SSH_HOST_KEY"
 #: ``authorized_keys`` lines for the sandbox's SSH server; the host puts its user's key here in
 #: the create request's environment.
 AUTHORIZED_KEYS_ENV: Final = "OPENSHELL_SSH_AUTHORIZED_KEYS"
+
+#: ``supervisor`` transport: the sandbox's token (gateway-signed, bound to its id), where the
+#: supervisor dials (``host:port``), and the PEM material of its mutual TLS.
+SANDBOX_TOKEN_ENV: Final = "OPENSHELL_SANDBOX_TOKEN"
+GATEWAY_ENDPOINT_ENV: Final = "OPENSHELL_GATEWAY_ENDPOINT"
+SUPERVISOR_CA_ENV: Final = "OPENSHELL_SUPERVISOR_TLS_CA"
+SUPERVISOR_CERT_ENV: Final = "OPENSHELL_SUPERVISOR_TLS_CERT"
+SUPERVISOR_KEY_ENV: Final = "OPENSHELL_SUPERVISOR_TLS_KEY"
+#: Under the sandbox's own filesystem (kept across container restarts, outside the workspace):
+#: the supervisor's latest renewed token.
+SANDBOX_TOKEN_CACHE: Final = "/var/lib/openshell-supervisor/token"
 
 # -- the sandbox's files ------------------------------------------------------------------------
 
@@ -143,10 +171,16 @@ DEFAULT_SANDBOX_IMAGE: Final = "openshell-sandbox:v1"
 # -- secrets ------------------------------------------------------------------------------------
 
 #: Environment variables whose values are secrets: never logged, reported or handed on.
-SECRET_ENV_NAMES: Final = (HANDSHAKE_SECRET_ENV, SSH_HOST_KEY_ENV)
+SECRET_ENV_NAMES: Final = (
+    HANDSHAKE_SECRET_ENV,
+    SSH_HOST_KEY_ENV,
+    SANDBOX_TOKEN_ENV,
+    SUPERVISOR_KEY_ENV,
+)
 #: Files (relative to :data:`STATE_DIR`) whose contents are secrets.
 SECRET_FILE_NAMES: Final = (
     HANDSHAKE_SECRET_FILE,
+    SANDBOX_TOKEN_KEY_FILE,
     pki_file(CA_KEY_FILE),
     pki_file(SERVER_KEY_FILE),
     pki_file(CLIENT_KEY_FILE),
