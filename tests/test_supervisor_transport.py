@@ -307,3 +307,64 @@ def test_a_stopped_gateway_started_without_the_flag_keeps_its_transport(gateway)
     with gateway.client() as after:
         after.wait_ready("returning", timeout=120)
         assert after.exec("returning", ["true"]).exit_code == 0
+
+
+# -- tokens that expire -------------------------------------------------------------------------
+
+TOKEN_TTL = 6.0
+
+
+@pytest.fixture(scope="module")
+def short_lived(
+    engine: Engine, images: ImageSet, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayUnderTest]:
+    """A supervisor gateway whose sandbox tokens live :data:`TOKEN_TTL` seconds."""
+    with lab_run(engine) as run_id:
+        lab = GatewayUnderTest(
+            engine,
+            f"ttl{run_id[:8]}",
+            run_id,
+            tmp_path_factory.mktemp("ttl-config"),
+            transport=contract.TRANSPORT_SUPERVISOR,
+            sandbox_token_ttl=TOKEN_TTL,
+        )
+        lab.deploy()
+        yield lab
+
+
+def test_a_supervisor_renews_its_token_before_it_expires_and_keeps_its_session(short_lived):
+    with short_lived.client() as client:
+        sandbox_id = _ready(client, "renewing")
+        created = _sandbox_env(short_lived, sandbox_id)[contract.SANDBOX_TOKEN_ENV]
+        session = wait_for(lambda: _session_record(short_lived, sandbox_id), what="a session")
+
+        def kept_token() -> str:
+            return (
+                client.exec("renewing", ["cat", contract.SANDBOX_TOKEN_CACHE])
+                .stdout.decode()
+                .strip()
+            )
+
+        first = wait_for(kept_token, timeout=30, what="a renewed token")
+        # A second renewal comes after the first token's life: the created one has expired.
+        wait_for(lambda: kept_token() not in ("", first), timeout=30, what="a second renewal")
+        assert created not in (first, "")
+        assert client.exec("renewing", ["true"]).exit_code == 0
+    assert _session_record(short_lived, sandbox_id) == session  # never had to reconnect
+    mtls = short_lived.gateway_dir / "mtls"
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(mtls / "ca.crt").read_bytes(),
+        private_key=(mtls / "tls.key").read_bytes(),
+        certificate_chain=(mtls / "tls.crt").read_bytes(),
+    )
+    with (
+        grpc.secure_channel(f"127.0.0.1:{short_lived.port}", credentials) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        stub(channel).RefreshSandboxToken(
+            pb.RefreshSandboxTokenRequest(),
+            metadata=(("authorization", bearer(created)),),
+            timeout=20,
+        )
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.details() == "sandbox token expired"
