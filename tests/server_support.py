@@ -91,6 +91,7 @@ class GatewayUnderTest:
     #: ``--transport`` of every deploy (None: the recorded one, else the default)
     transport: str | None = None
     sandbox_token_ttl: float | None = None
+    ssh_session_ttl: float | None = None
 
     @property
     def container(self) -> str:
@@ -114,6 +115,7 @@ class GatewayUnderTest:
             health_timeout=60,
             transport=self.transport,
             sandbox_token_ttl=self.sandbox_token_ttl,
+            ssh_session_ttl=self.ssh_session_ttl,
         )
         with config_home(self.config_home):
             outcome = deploy(self.engine, options)

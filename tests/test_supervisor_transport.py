@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,6 +258,92 @@ def test_a_sandbox_token_is_renewed_for_its_own_sandbox_only(gateway, client, ra
     assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
+# -- ForwardTcp: the client's way in ------------------------------------------------------------
+
+
+def _init(name: str, token: str, *, tcp: tuple[str, int] | None = None) -> pb.TcpForwardFrame:
+    init = pb.TcpForwardInit(sandbox=name, workspace=WORKSPACE, authorization_token=token)
+    if tcp is None:
+        init.ssh.SetInParent()
+    else:
+        init.tcp.host, init.tcp.port = tcp
+    return pb.TcpForwardFrame(init=init)
+
+
+def _forward_refusal(raw: Any, frame: pb.TcpForwardFrame) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as refused:
+        for _ in raw.ForwardTcp(iter([frame]), timeout=20):
+            pass
+    return refused.value.code(), refused.value.details()
+
+
+def test_forward_tcp_carries_bytes_to_the_sandboxs_ssh_server(gateway, client, raw):
+    _ready(client, "forwarded")
+    token = client.create_ssh_session("forwarded").token
+    done = threading.Event()
+
+    def frames() -> Iterator[pb.TcpForwardFrame]:
+        yield _init("forwarded", token)
+        # an SSH client speaks first (its banner chooses the supervisor's SSH mode)
+        yield pb.TcpForwardFrame(data=b"SSH-2.0-conformance\r\n")
+        done.wait(60)  # the client's half stays open until the banner came
+
+    received = b""
+    call = raw.ForwardTcp(frames(), timeout=60)
+    try:
+        for frame in call:
+            received += frame.data
+            if b"\n" in received:
+                break
+    finally:
+        done.set()
+        call.cancel()
+    assert received.startswith(b"SSH-2.0-OpenSSH")
+
+
+def test_forward_tcp_without_a_token_is_refused(gateway, client, raw):
+    _ready(client, "tokenless")
+    assert _forward_refusal(raw, _init("tokenless", "")) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "no authorization token",
+    )
+
+
+def test_forward_tcp_with_another_sandboxs_token_is_refused(gateway, client, raw):
+    _ready(client, "mine")
+    _ready(client, "theirs")
+    token = client.create_ssh_session("theirs").token
+    assert _forward_refusal(raw, _init("mine", token)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "session token is for another sandbox",
+    )
+
+
+def test_forward_tcp_with_a_revoked_token_is_refused_and_the_token_is_not_logged(
+    gateway, client, raw
+):
+    _ready(client, "revoked")
+    token = client.create_ssh_session("revoked").token
+    client.revoke_ssh_session(token)
+    assert _forward_refusal(raw, _init("revoked", token)) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "session token revoked or expired",
+    )
+    logs = "\n".join(gateway.logs(tail=200))
+    assert "ForwardTcp to sandbox 'revoked' from" in logs
+    assert token not in logs
+
+
+def test_forward_tcp_to_a_tcp_target_off_the_loopback_is_refused(gateway, client, raw):
+    _ready(client, "loopback-only")
+    token = client.create_ssh_session("loopback-only").token
+    for host in ("10.0.0.1", "openshell-cluster-x", "0.0.0.0"):
+        assert _forward_refusal(raw, _init("loopback-only", token, tcp=(host, 22))) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "target.tcp must be a loopback address and port in the sandbox",
+        )
+
+
 # -- what survives ------------------------------------------------------------------------------
 
 
@@ -327,6 +415,7 @@ def short_lived(
             tmp_path_factory.mktemp("ttl-config"),
             transport=contract.TRANSPORT_SUPERVISOR,
             sandbox_token_ttl=TOKEN_TTL,
+            ssh_session_ttl=TOKEN_TTL,
         )
         lab.deploy()
         yield lab
@@ -368,3 +457,22 @@ def test_a_supervisor_renews_its_token_before_it_expires_and_keeps_its_session(s
         )
     assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert refused.value.details() == "sandbox token expired"
+
+
+def test_forward_tcp_with_an_expired_session_token_is_refused(short_lived):
+    with short_lived.client() as client:
+        _ready(client, "expiring")
+        session = client.create_ssh_session("expiring")
+        assert session.expires_at > 0
+        mtls = short_lived.gateway_dir / "mtls"
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=(mtls / "ca.crt").read_bytes(),
+            private_key=(mtls / "tls.key").read_bytes(),
+            certificate_chain=(mtls / "tls.crt").read_bytes(),
+        )
+        with grpc.secure_channel(f"127.0.0.1:{short_lived.port}", credentials) as channel:
+            wait_for(lambda: time.time() > session.expires_at + 0.5, what="the token's expiry")
+            assert _forward_refusal(stub(channel), _init("expiring", session.token)) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "session token revoked or expired",
+            )

@@ -139,6 +139,8 @@ class DeployOptions:
     transport: str | None = None
     #: seconds a sandbox token lives (``supervisor`` transport); None: the gateway's default, 0
     sandbox_token_ttl: float | None = None
+    #: seconds an SSH session token lives; None: the gateway's default (a day)
+    ssh_session_ttl: float | None = None
     #: where host-side files live (``XDG_CONFIG_HOME``); None means this process's environment.
     #: Test runs pass their own, so they never touch the user's ``~/.config/openshell``.
     config_env: Mapping[str, str] | None = None
@@ -429,6 +431,7 @@ def _bring_up(
             faults=options.faults,
             transport=plan.transport,
             sandbox_token_ttl=options.sandbox_token_ttl,
+            ssh_session_ttl=options.ssh_session_ttl,
         )
         container_id, _ = ensure_container(engine, spec)
     log.info("Starting gateway")

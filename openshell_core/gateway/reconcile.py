@@ -78,6 +78,7 @@ def gateway_container_spec(
     faults: frozenset[Fault] = frozenset(),
     transport: str = contract.DEFAULT_TRANSPORT,
     sandbox_token_ttl: float | None = None,
+    ssh_session_ttl: float | None = None,
 ) -> ContainerSpec:
     """The container of gateway ``name`` as ``docs/internals.md`` specifies it.
 
@@ -98,6 +99,8 @@ def gateway_container_spec(
     }
     if sandbox_token_ttl is not None:
         environment[contract.SANDBOX_TOKEN_TTL_ENV] = f"{sandbox_token_ttl:g}"
+    if ssh_session_ttl is not None:
+        environment[contract.SSH_SESSION_TTL_ENV] = f"{ssh_session_ttl:g}"
     if pin_identity:
         environment[contract.NODE_NAME_ENV] = node
     sans = extra_sans(engine.host, gateway_host)

@@ -9,17 +9,19 @@ become gRPC status codes in one place, :func:`_status_of`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from openshell_core.errors import NotFoundError, OpenShellError, StateError, UsageError
 from openshell_core.grpc_api import (
+    DEFAULT_WORKSPACE,
     HINT_METADATA,
     HOST_PUBLIC_KEY_ANNOTATION,
     Servicer,
@@ -33,11 +35,19 @@ from openshell_core.server.sandbox_link import Dial, exec_in_sandbox
 from openshell_core.server.sandbox_tokens import SandboxToken, TokenRefused
 from openshell_core.server.sandboxes import SandboxService
 from openshell_core.server.store import StoreConflict
-from openshell_core.server.supervisor_hub import SupervisorHub
+from openshell_core.server.supervisor_hub import SupervisorHub, is_loopback
+from openshell_core.server.tunnel import TunnelLimiter, TunnelRefused
+from openshell_core.wire import contract
+from openshell_core.wire.nssh1 import HandshakeError, client_handshake
 
 log = logging.getLogger("openshell.server.api")
 
 _Response = TypeVar("_Response")
+#: Seconds a ForwardTcp client has to send its init frame (and the sandbox to pass the preface).
+FORWARD_INIT_TIMEOUT: Final = 10.0
+FORWARD_CHUNK: Final = 64 * 1024
+#: ForwardTcp streams share the CONNECT tunnels' bounds (per session token, per sandbox).
+FORWARD_LIMITER: Final = TunnelLimiter()
 _Method = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[_Response]]
 
 
@@ -246,6 +256,118 @@ class GatewayServicer(Servicer):
         )
         return pb.RevokeSshSessionResponse(outcome=outcome)
 
+    async def ForwardTcp(
+        self,
+        request_iterator: AsyncIterator[pb.TcpForwardFrame],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.TcpForwardFrame]:
+        """A byte stream to a sandbox: its SSH server, or (``supervisor`` transport) a loopback
+        port in it. The first frame is ``init`` with the token of ``CreateSshSession``."""
+        frames = aiter(request_iterator)
+        try:
+            first = await asyncio.wait_for(anext(frames), FORWARD_INIT_TIMEOUT)
+        except (TimeoutError, StopAsyncIteration):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no TcpForwardInit in time")
+        if not first.HasField("init"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be init")
+        init = first.init
+        refusal = self._forward_refusal(init)
+        if refusal is not None:
+            code, why = refusal
+            # logged with its reason; the token never is
+            log.warning(
+                "ForwardTcp to sandbox %r from %s refused: %s", init.sandbox, context.peer(), why
+            )
+            await context.abort(code, why)
+        record = self._service.find(init.workspace or DEFAULT_WORKSPACE, init.sandbox)
+        token = init.authorization_token
+        try:
+            with FORWARD_LIMITER.hold(token, record.id):
+                reader, writer = await self._forward_link(record.id, init, context)
+                log.info("ForwardTcp to sandbox %s open", record.id)
+                inbound = asyncio.create_task(_forward_frames_to(frames, writer))
+                try:
+                    while data := await reader.read(FORWARD_CHUNK):
+                        yield pb.TcpForwardFrame(data=data)
+                finally:
+                    inbound.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await inbound
+                    writer.close()
+                log.info("ForwardTcp to sandbox %s closed", record.id)
+        except TunnelRefused as refused:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused.reason)
+
+    def _forward_refusal(self, init: pb.TcpForwardInit) -> tuple[grpc.StatusCode, str] | None:
+        """Why a forward may not open (its status and words), or None."""
+        session = self._service.store.get_session(init.authorization_token)
+        if session is None or not session.usable():
+            if not init.authorization_token:
+                why = "no authorization token"
+            elif session is None:
+                why = "unknown session token"
+            else:
+                why = "session token revoked or expired"
+            return grpc.StatusCode.UNAUTHENTICATED, why
+        try:
+            record = self._service.find(init.workspace or DEFAULT_WORKSPACE, init.sandbox)
+        except NotFoundError:
+            return grpc.StatusCode.NOT_FOUND, f"sandbox {init.sandbox!r} not found"
+        if session.sandbox_id != record.id:
+            return grpc.StatusCode.PERMISSION_DENIED, "session token is for another sandbox"
+        if record.phase is not Phase.READY:
+            return (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"sandbox is not ready ({record.phase.value})",
+            )
+        return self._target_refusal(init)
+
+    def _target_refusal(self, init: pb.TcpForwardInit) -> tuple[grpc.StatusCode, str] | None:
+        if init.HasField("tcp"):
+            if self._service.hub is None:
+                return (
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"tcp targets need the {self._supervisor_word} transport",
+                )
+            if not is_loopback(init.tcp.host) or not 0 < init.tcp.port < 65536:
+                return (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "target.tcp must be a loopback address and port in the sandbox",
+                )
+        elif not init.HasField("ssh"):
+            return grpc.StatusCode.INVALID_ARGUMENT, "init names no target (ssh or tcp)"
+        return None
+
+    @property
+    def _supervisor_word(self) -> str:
+        return contract.TRANSPORT_SUPERVISOR
+
+    async def _forward_link(
+        self, sandbox_id: str, init: pb.TcpForwardInit, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The stream to the target: a relay to a loopback port, or to the supervisor's SSH side
+        after the gateway's NSSH1 preface (bound to the session token, as a CONNECT tunnel)."""
+        try:
+            if init.HasField("tcp"):
+                assert self._service.hub is not None
+                target = pb.RelayOpen(tcp=init.tcp)
+                return await self._service.hub.open_relay(sandbox_id, target=target)
+            reader, writer = await self._service.open_link(sandbox_id)
+        except (OSError, TimeoutError, OpenShellError) as exc:
+            why = exc.message if isinstance(exc, OpenShellError) else (str(exc) or "timed out")
+            log.warning("ForwardTcp to sandbox %s: unreachable (%s)", sandbox_id, why)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "sandbox unreachable")
+        try:
+            await asyncio.wait_for(
+                client_handshake(reader, writer, self._service.secret, init.authorization_token),
+                FORWARD_INIT_TIMEOUT,
+            )
+        except (HandshakeError, OSError, TimeoutError, ValueError) as exc:
+            writer.close()
+            log.warning("ForwardTcp to sandbox %s: handshake rejected (%s)", sandbox_id, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "sandbox handshake rejected")
+        return reader, writer
+
     # -- the supervisor side (``supervisor`` transport; sandbox tokens, never user credentials) --
 
     async def ConnectSupervisor(
@@ -324,6 +446,21 @@ class GatewayServicer(Servicer):
         if record.phase is not Phase.READY:
             raise StateError(f"sandbox {name!r} is not ready ({record.phase.value})")
         return record
+
+
+async def _forward_frames_to(
+    frames: AsyncIterator[pb.TcpForwardFrame], writer: asyncio.StreamWriter
+) -> None:
+    """The client's data frames into ``writer``; half-closed when they end."""
+    try:
+        async for frame in frames:
+            if frame.HasField("data") and frame.data:
+                writer.write(frame.data)
+                await writer.drain()
+    finally:
+        with contextlib.suppress(OSError, RuntimeError):
+            if writer.can_write_eof():
+                writer.write_eof()
 
 
 def _one_workspace(selector: dm.WorkspaceSelector) -> str:

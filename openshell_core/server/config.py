@@ -98,6 +98,13 @@ class ServerConfig:
                 f"{contract.SANDBOX_TOKEN_TTL_ENV}={ttl_text!r} is not a number of seconds",
                 hint="0 means tokens never expire",
             )
+        session_text = env.get(contract.SSH_SESSION_TTL_ENV, "").strip()
+        try:
+            session_ttl = float(session_text) if session_text else 86400.0
+        except ValueError:
+            raise UsageError(
+                f"{contract.SSH_SESSION_TTL_ENV}={session_text!r} is not a number of seconds"
+            ) from None
         return cls(
             gateway_name=name,
             node_name=node_name,
@@ -112,6 +119,7 @@ class ServerConfig:
             faults=faults,
             transport=transport,
             sandbox_token_ttl=token_ttl,
+            session_ttl=max(0.0, session_ttl),
             state_dir=Path(env.get(contract.STATE_DIR_ENV, contract.STATE_DIR)),
             run_dir=Path(env.get(contract.RUN_DIR_ENV, contract.RUN_DIR)),
         )

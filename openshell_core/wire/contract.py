@@ -101,6 +101,8 @@ TRANSPORTS: Final = (TRANSPORT_NSSH1, TRANSPORT_SUPERVISOR)
 DEFAULT_TRANSPORT: Final = TRANSPORT_NSSH1
 #: Seconds a sandbox token lives (0: no expiry, the local default).
 SANDBOX_TOKEN_TTL_ENV: Final = "OPENSHELL_SANDBOX_TOKEN_TTL_SECS"
+#: Seconds an SSH session token (``CreateSshSession``) lives (0: forever; default a day).
+SSH_SESSION_TTL_ENV: Final = "OPENSHELL_SSH_SESSION_TTL_SECS"
 STATE_DIR_ENV: Final = "OPENSHELL_STATE_DIR"
 RUN_DIR_ENV: Final = "OPENSHELL_RUN_DIR"
 
