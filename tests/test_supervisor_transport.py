@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ from openshell_core.errors import StateError
 from openshell_core.gateway import detect_state
 from openshell_core.grpc_api import pb, stub
 from openshell_core.host.api_client import GatewayClient
+from openshell_core.host.sshproxy.ssh_command import proxy_argv
 from openshell_core.images import ImageSet
 from openshell_core.server.compute_docker import container_name
 from openshell_core.server.sandbox_tokens import TokenSigner, bearer
@@ -159,11 +162,35 @@ def test_the_supervisor_dials_out_and_listens_on_no_port(gateway, client):
     ]
 
 
-def test_sandbox_connect_reaches_sshd_through_a_relay(gateway, sdk_env, capfd):
+def test_sandbox_connect_reaches_sshd_through_forward_tcp_and_a_relay(gateway, sdk_env, capfd):
     assert main(["-q", "sandbox", "create", "ssh-relayed"]) == 0
     capfd.readouterr()
     assert main(["-q", "sandbox", "connect", "ssh-relayed", "--", "cat", "README.md"]) == 0
     assert capfd.readouterr().out == "Welcome to an OpenShell sandbox.\n"
+    logs = "\n".join(gateway.logs(tail=300))
+    # ssh-proxy learnt from the gateway that it speaks supervisor: ForwardTcp, never CONNECT
+    assert "ForwardTcp to sandbox" in logs
+    assert "SSH tunnel to sandbox" not in logs
+
+
+def test_ssh_proxy_through_forward_tcp_fails_at_once_on_a_refused_token(gateway, client):
+    sandbox_id = _ready(client, "refusing")
+    token = client.create_ssh_session("refusing").token
+    client.revoke_ssh_session(token)
+    result = subprocess.run(
+        proxy_argv(gateway.name, sandbox_id, token),
+        input=b"",
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "XDG_CONFIG_HOME": str(gateway.config_home)},
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert (
+        b"gateway CONNECT failed with status 401 (session token revoked or expired)"
+        in result.stderr
+    )
 
 
 def test_ready_follows_the_supervisor_session_and_a_returning_supervisor_replaces_it(

@@ -101,6 +101,12 @@ class GatewayServicer(Servicer):
             status=pb.SERVICE_STATUS_HEALTHY,
             gateway_version=self._version,
             compute_drivers=[pb.ComputeDriverInfo(name=self._service.driver.name)],
+            extensions=[
+                pb.NegotiatedExtensionInfo(
+                    configured_name=contract.TRANSPORT_INFO_NAME,
+                    implementation_name=self._service.transport,
+                )
+            ],
         )
 
     # -- sandboxes --
@@ -279,11 +285,13 @@ class GatewayServicer(Servicer):
                 "ForwardTcp to sandbox %r from %s refused: %s", init.sandbox, context.peer(), why
             )
             await context.abort(code, why)
-        record = self._service.find(init.workspace or DEFAULT_WORKSPACE, init.sandbox)
+        record = self._forward_sandbox(init)
+        assert record is not None  # (checked above)
         token = init.authorization_token
         try:
             with FORWARD_LIMITER.hold(token, record.id):
                 reader, writer = await self._forward_link(record.id, init, context)
+                await context.send_initial_metadata(((contract.FORWARD_OPEN_METADATA, "1"),))
                 log.info("ForwardTcp to sandbox %s open", record.id)
                 inbound = asyncio.create_task(_forward_frames_to(frames, writer))
                 try:
@@ -309,9 +317,8 @@ class GatewayServicer(Servicer):
             else:
                 why = "session token revoked or expired"
             return grpc.StatusCode.UNAUTHENTICATED, why
-        try:
-            record = self._service.find(init.workspace or DEFAULT_WORKSPACE, init.sandbox)
-        except NotFoundError:
+        record = self._forward_sandbox(init)
+        if record is None:
             return grpc.StatusCode.NOT_FOUND, f"sandbox {init.sandbox!r} not found"
         if session.sandbox_id != record.id:
             return grpc.StatusCode.PERMISSION_DENIED, "session token is for another sandbox"
@@ -321,6 +328,15 @@ class GatewayServicer(Servicer):
                 f"sandbox is not ready ({record.phase.value})",
             )
         return self._target_refusal(init)
+
+    def _forward_sandbox(self, init: pb.TcpForwardInit) -> SandboxRecord | None:
+        """The sandbox ``init`` names: by name in its workspace, or by id (ssh-proxy knows only
+        the id)."""
+        try:
+            return self._service.find(init.workspace or DEFAULT_WORKSPACE, init.sandbox)
+        except NotFoundError:
+            record = self._service.get(init.sandbox)
+            return record if record is not None and record.phase is not Phase.DELETING else None
 
     def _target_refusal(self, init: pb.TcpForwardInit) -> tuple[grpc.StatusCode, str] | None:
         if init.HasField("tcp"):

@@ -139,6 +139,11 @@ WORKSPACE_SENTINEL: Final = ".workspace-initialized"
 # -- the SSH tunnel (host -> gateway) -----------------------------------------------------------
 
 CONNECT_PATH: Final = "/connect/ssh"
+#: ``GetGatewayInfo`` names the gateway's transport in an extension entry of this name (its
+#: ``implementation_name``); ssh-proxy uses ForwardTcp when it says ``supervisor``.
+TRANSPORT_INFO_NAME: Final = "openshell.ai/transport"
+#: Initial metadata of a ForwardTcp the gateway opened (sent once the sandbox's end is there).
+FORWARD_OPEN_METADATA: Final = "openshell-forward-open"
 SANDBOX_ID_HEADER: Final = "X-Sandbox-Id"
 TOKEN_HEADER: Final = "X-Sandbox-Token"
 
