@@ -19,6 +19,12 @@ from openshell_core.engine import EngineMode
 from openshell_core.errors import UsageError
 from openshell_core.faults import Fault, parse_faults
 from openshell_core.images import ImageSet
+from openshell_core.wire.contract import (
+    DEFAULT_TRANSPORT,
+    TRANSPORT_NSSH1,
+    TRANSPORT_SUPERVISOR,
+    TRANSPORTS,
+)
 
 GROUP = "openshell"
 REFERENCE_TARGET = "reference"
@@ -83,6 +89,15 @@ OPTIONS: tuple[_Option, ...] = (
     ),
     _Option(
         "build", "build missing images before the run (off: a missing image fails)", "yes", "yes|no"
+    ),
+    _Option(
+        "transport",
+        f"how the reference gateway reaches its sandboxes: {TRANSPORT_NSSH1} (it dials each "
+        f"supervisor, the seeds' transport) or {TRANSPORT_SUPERVISOR} (each supervisor dials "
+        "out, upstream's today); one per pytest run (ci/conformance.sh runs the suite once per "
+        "transport)",
+        DEFAULT_TRANSPORT,
+        "NAMES",
     ),
     _Option("health-timeout", "seconds to wait for a gateway's Docker health", "180", "SECONDS"),
     _Option("api-timeout", "seconds to wait for a gateway's API", "90", "SECONDS"),
@@ -154,6 +169,8 @@ class GatewayOptions:
     faults: frozenset[Fault] = frozenset()
     health_timeout: float = 180.0
     api_timeout: float = 90.0
+    #: the reference gateway's transport (``nssh1`` or ``supervisor``), chosen at its first deploy
+    transport: str = DEFAULT_TRANSPORT
 
 
 @dataclass(frozen=True)
@@ -172,6 +189,8 @@ class Settings:
     api_timeout: float
     recovery_timeout: float
     settle: float
+    #: the transports asked for; a run deploys its gateways with the one (see :func:`_transports`)
+    transports: tuple[str, ...] = (DEFAULT_TRANSPORT,)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -181,7 +200,9 @@ class Settings:
     @property
     def gateway_options(self) -> GatewayOptions:
         """What the run's gateways are deployed with."""
-        return GatewayOptions(self.images, self.faults, self.health_timeout, self.api_timeout)
+        return GatewayOptions(
+            self.images, self.faults, self.health_timeout, self.api_timeout, self.transports[0]
+        )
 
 
 def _number(name: str, value: object) -> float:
@@ -204,6 +225,26 @@ def _keep(value: object) -> str:
     if text not in KEEP_CHOICES:
         raise UsageError(f"--openshell-keep takes never, failed or always, not {value!r}")
     return text
+
+
+def _transports(value: object) -> tuple[str, ...]:
+    """``nssh1``, ``supervisor`` or a comma list of them (each once)."""
+    names = tuple(dict.fromkeys(n.strip() for n in str(value or "").split(",") if n.strip()))
+    unknown = [name for name in names if name not in TRANSPORTS]
+    if unknown or not names:
+        raise UsageError(
+            f"--openshell-transport takes {' or '.join(TRANSPORTS)}, not {str(value)!r}"
+        )
+    if len(names) > 1:
+        # Gateways are deployed from one record per run; a run per transport keeps each run's
+        # summary table and artefacts about one transport.
+        raise UsageError(
+            f"--openshell-transport={','.join(names)}: one transport per pytest run",
+            hint="run the suite once per transport: "
+            + "; ".join(f"pytest --openshell-transport={name} ..." for name in names)
+            + " (ci/conformance.sh does)",
+        )
+    return names
 
 
 def _truthy(value: object) -> bool:
@@ -236,6 +277,7 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
             api_timeout=_number("api-timeout", values["api-timeout"]),
             recovery_timeout=_number("recovery-timeout", values["recovery-timeout"]),
             settle=_number("settle", values["settle"]) if str(values["settle"]) != "0" else 0.0,
+            transports=_transports(values["transport"]),
         )
     except UsageError as exc:
         raise pytest.UsageError(f"openshell: {exc}") from exc
