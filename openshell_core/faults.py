@@ -45,6 +45,9 @@ class Fault(enum.Enum):
     RELABEL_ON_UPGRADE = "relabel-on-upgrade"
     #: server: a sandbox whose container stopped out of band is marked Error for good.
     ERROR_IS_TERMINAL = "error-is-terminal"
+    #: server: a new sandbox-token signing key on every gateway start (upstream's JWT key
+    #: rotation): every supervisor's token stops verifying, and its sandboxes never come back.
+    REGENERATE_TOKEN_KEY = "regenerate-token-key"
 
 
 def parse_faults(text: str | Iterable[str]) -> frozenset[Fault]:

@@ -20,6 +20,7 @@ CONFORMANCE_TABLE = {
     "forget-sandboxes-on-start",
     "relabel-on-upgrade",
     "error-is-terminal",
+    "regenerate-token-key",
 }
 
 

@@ -29,7 +29,7 @@ from openshell_core.cli import main
 from openshell_core.engine import Engine
 from openshell_core.errors import StateError
 from openshell_core.gateway import detect_state
-from openshell_core.grpc_api import pb, stub
+from openshell_core.grpc_api import pb, stub, workspace_selector
 from openshell_core.host.api_client import GatewayClient
 from openshell_core.host.sshproxy.ssh_command import proxy_argv
 from openshell_core.images import ImageSet
@@ -371,10 +371,30 @@ def test_forward_tcp_to_a_tcp_target_off_the_loopback_is_refused(gateway, client
         )
 
 
+def _api_session(raw: Any, name: str) -> tuple[str, str]:
+    """The SupervisorSession condition of a sandbox through the API: (status, message)."""
+    request = pb.GetSandboxRequest(name=name, workspace_scope=workspace_selector(WORKSPACE))
+    sandbox = raw.GetSandbox(request, timeout=20).sandbox
+    found = [c for c in sandbox.status.conditions if c.type == "SupervisorSession"]
+    assert len(found) == 1, sandbox.status.conditions
+    return found[0].status, found[0].message
+
+
+def test_the_api_says_which_supervisor_session_a_sandbox_is_on(gateway, client, raw):
+    sandbox_id = _ready(client, "observed")
+    record = wait_for(lambda: _session_record(gateway, sandbox_id), what="a session record")
+    assert _api_session(raw, "observed") == (
+        "True",
+        f"session {record['session_id']} instance {record['instance_id']} epoch {record['epoch']}",
+    )
+
+
 # -- what survives ------------------------------------------------------------------------------
 
 
-def test_a_killed_gateway_keeps_its_key_and_supervisors_come_back_with_a_new_epoch(gateway, client):
+def test_a_killed_gateway_keeps_its_key_and_supervisors_come_back_with_a_new_epoch(
+    gateway, client, raw
+):
     sandbox_id = _ready(client, "returning")
     digest = _digest(gateway)
     before = wait_for(lambda: _session_record(gateway, sandbox_id), what="a session record")
@@ -389,6 +409,8 @@ def test_a_killed_gateway_keeps_its_key_and_supervisors_come_back_with_a_new_epo
     assert record is not None
     assert record["instance_id"] == before["instance_id"]  # the same supervisor process ...
     assert record["epoch"] > before["epoch"]  # ... on a new connection
+    status, message = _api_session(raw, "returning")  # observable through the API
+    assert (status, message.split()[-1]) == ("True", str(record["epoch"]))
     assert _digest(gateway) == digest
     assert json.loads(gateway.read(contract.VOLUME_RECORD_FILE))["transport"] == "supervisor"
 

@@ -35,4 +35,6 @@ live in the server, each re-creating one upstream failure:
 ``error-is-terminal``
     a sandbox whose runtime stopped behind the gateway's back is marked ERROR for good instead
     of being started again.
+``regenerate-token-key``
+    a new sandbox-token signing key at every start: every supervisor's token stops verifying.
 """

@@ -87,7 +87,9 @@ class Gateway:
         secret, _ = reconcile_handshake_secret(
             config.secret_path, regenerate=config.has(Fault.REGENERATE_HANDSHAKE_SECRET)
         )
-        token_key, _ = reconcile_token_key(config.token_key_path)
+        token_key, _ = reconcile_token_key(
+            config.token_key_path, regenerate=config.has(Fault.REGENERATE_TOKEN_KEY)
+        )
         signer = TokenSigner(token_key, ttl=config.sandbox_token_ttl)
         reconcile_gateway_pki(
             config.pki_dir, config.server_sans, rotate=config.has(Fault.ROTATE_PKI_ON_RESUME)

@@ -46,6 +46,8 @@ _Response = TypeVar("_Response")
 #: Seconds a ForwardTcp client has to send its init frame (and the sandbox to pass the preface).
 FORWARD_INIT_TIMEOUT: Final = 10.0
 FORWARD_CHUNK: Final = 64 * 1024
+#: The ``supervisor`` transport's condition on every sandbox: its supervisor session.
+SESSION_CONDITION: Final = "SupervisorSession"
 #: ForwardTcp streams share the CONNECT tunnels' bounds (per session token, per sandbox).
 FORWARD_LIMITER: Final = TunnelLimiter()
 _Method = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[_Response]]
@@ -127,14 +129,14 @@ class GatewayServicer(Servicer):
             environment=environment,
             labels=dict(request.labels),
         )
-        return pb.SandboxResponse(sandbox=_sandbox(record))
+        return pb.SandboxResponse(sandbox=self._message(record))
 
     @_translated
     async def GetSandbox(
         self, request: pb.GetSandboxRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SandboxResponse:
         record = self._service.find(_one_workspace(request.workspace_scope), request.name)
-        return pb.SandboxResponse(sandbox=_sandbox(record))
+        return pb.SandboxResponse(sandbox=self._message(record))
 
     @_translated
     async def ListSandboxes(
@@ -154,7 +156,7 @@ class GatewayServicer(Servicer):
         page = records[start : start + size]
         following = str(start + size) if start + size < len(records) else ""
         return pb.ListSandboxesResponse(
-            sandboxes=[_sandbox(record) for record in page], next_page_token=following
+            sandboxes=[self._message(record) for record in page], next_page_token=following
         )
 
     @_translated
@@ -175,14 +177,14 @@ class GatewayServicer(Servicer):
         self, request: pb.StopSandboxRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SandboxResponse:
         record = self._service.find(_one_workspace(request.workspace_scope), request.name)
-        return pb.SandboxResponse(sandbox=_sandbox(await self._service.stop(record)))
+        return pb.SandboxResponse(sandbox=self._message(await self._service.stop(record)))
 
     @_translated
     async def StartSandbox(
         self, request: pb.StartSandboxRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SandboxResponse:
         record = self._service.find(_one_workspace(request.workspace_scope), request.name)
-        return pb.SandboxResponse(sandbox=_sandbox(await self._service.start(record)))
+        return pb.SandboxResponse(sandbox=self._message(await self._service.start(record)))
 
     # -- commands and sessions --
 
@@ -456,6 +458,30 @@ class GatewayServicer(Servicer):
             return await service.open_link(sandbox_id)
 
         return dial
+
+    def _message(self, record: SandboxRecord) -> pb.Sandbox:
+        """The API's ``Sandbox``; in the ``supervisor`` transport with a condition saying which
+        supervisor session it is on (observable through the API: a returning supervisor shows
+        as a new session, epoch or instance)."""
+        sandbox = _sandbox(record)
+        hub = self._service.hub
+        if hub is None:
+            return sandbox
+        session = hub.record(record.id)
+        live = hub.live(record.id)
+        condition = sandbox.status.conditions.add(
+            type=SESSION_CONDITION,
+            status="True" if live else "False",
+            reason="Connected" if live else "Disconnected",
+            message=(
+                f"session {session.session_id} instance {session.instance_id} epoch {session.epoch}"
+                if session is not None
+                else "no supervisor session yet"
+            ),
+        )
+        if session is not None:
+            condition.transition_time.CopyFrom(_timestamp(session.connected_at))
+        return sandbox
 
     def _ready(self, workspace: str, name: str) -> SandboxRecord:
         record = self._service.find(workspace, name)
