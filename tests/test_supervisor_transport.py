@@ -33,6 +33,7 @@ from openshell_core.grpc_api import pb, stub, workspace_selector
 from openshell_core.host.api_client import GatewayClient
 from openshell_core.host.sshproxy.ssh_command import proxy_argv
 from openshell_core.images import ImageSet
+from openshell_core.sandbox.dialout import token_expiry
 from openshell_core.server.compute_docker import container_name
 from openshell_core.server.sandbox_tokens import TokenSigner, bearer
 from openshell_core.wire import contract
@@ -525,3 +526,30 @@ def test_forward_tcp_with_an_expired_session_token_is_refused(short_lived):
                 grpc.StatusCode.UNAUTHENTICATED,
                 "session token revoked or expired",
             )
+
+
+def _latest_token_expiry(gateway: GatewayUnderTest, sandbox_id: str) -> float:
+    """The expiry of the token the supervisor holds now (its kept one, else the created one)."""
+    code, output = gateway.engine.exec_run(
+        container_name(sandbox_id), ["cat", contract.SANDBOX_TOKEN_CACHE]
+    )
+    token = output.decode().strip() if code == 0 else ""
+    token = token or _sandbox_env(gateway, sandbox_id)[contract.SANDBOX_TOKEN_ENV]
+    expiry = token_expiry(token)
+    assert expiry, token[:12]
+    return expiry
+
+
+def test_a_gateway_down_longer_than_a_tokens_life_strands_no_supervisor(short_lived):
+    with short_lived.client() as client:
+        sandbox_id = _ready(client, "outlasted")
+    short_lived.engine.stop_container(short_lived.container, timeout=10)
+    expiry = _latest_token_expiry(short_lived, sandbox_id)
+    wait_for(lambda: time.time() > expiry + 1, timeout=TOKEN_TTL * 3, what="the token's expiry")
+
+    short_lived.deploy()
+
+    with short_lived.client() as client:
+        client.wait_ready("outlasted", timeout=120)
+        assert client.exec("outlasted", ["true"]).exit_code == 0
+    assert _latest_token_expiry(short_lived, sandbox_id) > expiry  # a new token was issued

@@ -156,6 +156,9 @@ class DialOut:
                 why = "the gateway ended the session"
             except grpc.aio.AioRpcError as exc:
                 why = f"{exc.code().name}: {exc.details()}"
+                if exc.code() is grpc.StatusCode.UNAUTHENTICATED and self._token_expired():
+                    # The gateway was away longer than the token lives: the bootstrap path.
+                    await self._reissue(credentials)
             except (OSError, TimeoutError) as exc:
                 why = str(exc) or type(exc).__name__
             if time.monotonic() - started > STEADY:
@@ -209,6 +212,25 @@ class DialOut:
             beating.cancel()
             renewing.cancel()
             call.cancel()
+
+    def _token_expired(self) -> bool:
+        expiry = token_expiry(self.token) or 0.0
+        return bool(expiry) and expiry <= time.time()
+
+    async def _reissue(self, credentials: grpc.ChannelCredentials) -> None:
+        """Exchange the expired token for a new one (``IssueSandboxToken``)."""
+        try:
+            async with grpc.aio.secure_channel(self.config.endpoint, credentials) as channel:
+                api: Any = stub(channel)  # type: ignore[arg-type]
+                response = await api.IssueSandboxToken(
+                    pb.IssueSandboxTokenRequest(), metadata=self._metadata(), timeout=10
+                )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("the expired sandbox token was not exchanged: %s", exc.code().name)
+            return
+        self.token = response.token
+        self._keep_token()
+        log.info("sandbox token expired while the gateway was away; a new one was issued")
 
     async def _beat(self, call: Any, interval: float, heard: list[float]) -> None:
         while True:

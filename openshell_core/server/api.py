@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
@@ -409,7 +410,11 @@ class GatewayServicer(Servicer):
     async def IssueSandboxToken(
         self, request: pb.IssueSandboxTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.IssueSandboxTokenResponse:
-        token = await self._renew(context, "IssueSandboxToken")
+        # The bootstrap path of a supervisor whose token expired while it could not renew it
+        # (the gateway was down longer than the token's life): a token this gateway signed, for
+        # a sandbox that still exists, over the gateway's mutual TLS, is exchanged even when
+        # expired. RefreshSandboxToken keeps to unexpired tokens.
+        token = await self._renew(context, "IssueSandboxToken", allow_expired=True)
         response = pb.IssueSandboxTokenResponse(token=token.token)
         if token.expires_at:
             response.expiration_time.CopyFrom(_timestamp(token.expires_at))
@@ -436,17 +441,25 @@ class GatewayServicer(Servicer):
             raise AssertionError("unreachable")  # abort raises
         return hub
 
-    async def _renew(self, context: grpc.aio.ServicerContext[Any, Any], call: str) -> SandboxToken:
-        """A new token for the caller's sandbox, in exchange for its current, valid one."""
+    async def _renew(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call: str,
+        *,
+        allow_expired: bool = False,
+    ) -> SandboxToken:
+        """A new token for the caller's sandbox, in exchange for its current one."""
         hub = await self._hub(context)
         try:
-            current = hub.authenticate(context)
+            current = hub.authenticate(context, allow_expired=allow_expired)
         except TokenRefused as refused:
             log.warning("%s from %s refused: %s", call, context.peer(), refused.message)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, refused.message)
             raise AssertionError("unreachable") from None
-        if self._service.get(current.sandbox_id) is None:
+        if not self._service.exists(current.sandbox_id):
             await context.abort(grpc.StatusCode.NOT_FOUND, "sandbox not found")
+        if allow_expired and current.expires_at and current.expires_at <= time.time():
+            log.info("sandbox %s: an expired token exchanged for a new one", current.sandbox_id)
         return hub.signer.issue(current.sandbox_id)
 
     def _dial(self, sandbox_id: str) -> Dial | None:

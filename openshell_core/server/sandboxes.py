@@ -207,6 +207,10 @@ class SandboxService:
         """``supervisor`` transport: whether the sandbox's supervisor holds a session now."""
         return self.hub is not None and self.hub.live(sandbox_id)
 
+    def exists(self, sandbox_id: str) -> bool:
+        """The sandbox has a record and its user has not deleted it."""
+        return self._runs(sandbox_id)
+
     def _runs(self, sandbox_id: str) -> bool:
         record = self.store.get_sandbox(sandbox_id)
         return record is not None and record.desired is not Desired.DELETED
