@@ -251,8 +251,14 @@ def test_a_token_not_signed_by_the_gateway_is_refused_and_not_logged(gateway, cl
         _hello(sandbox_id), metadata=(("authorization", bearer(forged)),), timeout=20
     )
     assert _refusal(call) is grpc.StatusCode.UNAUTHENTICATED
-    logs = "\n".join(gateway.logs(tail=200))
-    assert "sandbox token not signed by this gateway" in logs
+    logs = wait_for(
+        lambda: (
+            "\n".join(lines := gateway.logs(tail=1000))
+            * any("sandbox token not signed by this gateway" in line for line in lines)
+        ),
+        timeout=10,
+        what="the refusal in the gateway's log",
+    )
     assert forged not in logs
 
 
@@ -360,6 +366,27 @@ def test_forward_tcp_with_a_revoked_token_is_refused_and_the_token_is_not_logged
     logs = "\n".join(gateway.logs(tail=200))
     assert "ForwardTcp to sandbox 'revoked' from" in logs
     assert token not in logs
+
+
+def test_forward_tcp_reaches_a_loopback_port_in_the_sandbox(gateway, client, raw):
+    _ready(client, "serving")
+    serve = "setsid -f python3 -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1"
+    assert client.exec("serving", ["sh", "-c", serve]).exit_code == 0
+    probe = "import socket; socket.create_connection(('127.0.0.1', 8765), 1).close()"
+    wait_for(
+        lambda: client.exec("serving", ["python3", "-c", probe]).exit_code == 0,
+        timeout=30,
+        what="the server in the sandbox",
+    )
+    token = client.create_ssh_session("serving").token
+    frames = iter(
+        [
+            _init("serving", token, tcp=("127.0.0.1", 8765)),
+            pb.TcpForwardFrame(data=b"GET / HTTP/1.0\r\n\r\n"),
+        ]
+    )
+    received = b"".join(frame.data for frame in raw.ForwardTcp(frames, timeout=60))
+    assert received.startswith(b"HTTP/1.0 200")
 
 
 def test_forward_tcp_to_a_tcp_target_off_the_loopback_is_refused(gateway, client, raw):

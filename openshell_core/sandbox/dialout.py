@@ -306,9 +306,9 @@ class DialOut:
                 if frame.HasField("data") and frame.data:
                     mine.write(frame.data)
                     await mine.drain()
-            with contextlib.suppress(OSError, RuntimeError):
-                if mine.can_write_eof():
-                    mine.write_eof()
+                elif frame.HasField("data"):  # the gateway's side is done sending
+                    _half_close(mine)
+            _half_close(mine)
             if served is not None:
                 await served
         except (grpc.aio.AioRpcError, OSError) as exc:
@@ -327,3 +327,9 @@ async def _frames(channel: str, reader: asyncio.StreamReader) -> AsyncIterator[p
         if not data:
             return
         yield pb.RelayFrame(data=data)
+
+
+def _half_close(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, RuntimeError):
+        if writer.can_write_eof():
+            writer.write_eof()

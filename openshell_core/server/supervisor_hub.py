@@ -316,6 +316,10 @@ class SupervisorHub:
                 if not data:
                     break
                 yield pb.RelayFrame(data=data)
+            # The gateway's side is done sending: an empty data frame says so (ending the call
+            # would cut off what the supervisor still sends), then the supervisor's side ends.
+            yield pb.RelayFrame(data=b"")
+            await inbound
         finally:
             inbound.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -418,7 +422,8 @@ class SupervisorHub:
 
 
 async def _frames_to(frames: AsyncIterator[pb.RelayFrame], writer: asyncio.StreamWriter) -> None:
-    """Write the data of ``frames`` to ``writer``; half-close it when they end."""
+    """Write the data of ``frames`` to ``writer``; half-close it when they end (a relay's
+    end of data, both ways: the stream ends, or an empty data frame)."""
     try:
         async for frame in frames:
             if frame.HasField("data") and frame.data:
