@@ -54,6 +54,9 @@ class Fault(enum.Enum):
     #: server: the sandbox's own command is run once after creation, not by the sandbox's
     #: container, so a restarted container runs only its supervisor.
     NO_COMMAND_REPLAY = "no-command-replay"
+    #: server: a new sandbox-token signing key on every gateway start (upstream's JWT key
+    #: rotation): every supervisor's token stops verifying, and its sandboxes never come back.
+    REGENERATE_TOKEN_KEY = "regenerate-token-key"
 
 
 def parse_faults(text: str | Iterable[str]) -> frozenset[Fault]:

@@ -1,5 +1,5 @@
-"""What a gateway remembers on its own volume: the image that last ran on it and the schema
-version its store is at (``/var/lib/openshell/gateway.json``).
+"""What a gateway remembers on its own volume: the image that last ran on it, the schema
+version its store is at and the transport it speaks (``/var/lib/openshell/gateway.json``).
 
 The reference gateway writes the record each time it has opened its store (so an image that
 refuses the store never overwrites it); the host reads it before it makes a new container on the
@@ -41,9 +41,15 @@ class StateRecord:
 
     image: str
     store_schema: int
+    #: the transport the gateway was first deployed with (``""``: a volume from before gateways
+    #: recorded one, which spoke :data:`~openshell_core.wire.contract.DEFAULT_TRANSPORT`)
+    transport: str = ""
 
     def to_json(self) -> str:
-        return json.dumps({"image": self.image, "store_schema": self.store_schema}) + "\n"
+        fields: dict[str, Any] = {"image": self.image, "store_schema": self.store_schema}
+        if self.transport:
+            fields["transport"] = self.transport
+        return json.dumps(fields) + "\n"
 
     @classmethod
     def parse(cls, data: bytes) -> StateRecord | None:
@@ -58,7 +64,10 @@ class StateRecord:
         image, schema = found.get("image"), found.get("store_schema")
         if not isinstance(image, str) or not isinstance(schema, int) or isinstance(schema, bool):
             return None
-        return cls(image=image, store_schema=schema)
+        transport = found.get("transport", "")
+        if not isinstance(transport, str):
+            return None
+        return cls(image=image, store_schema=schema, transport=transport)
 
 
 def store_schema_of(data: bytes) -> int | None:
@@ -68,6 +77,14 @@ def store_schema_of(data: bytes) -> int | None:
         return None
     version = int.from_bytes(data[_USER_VERSION], "big")
     return version or None
+
+
+def read_record(state_dir: Path) -> StateRecord | None:
+    """The record in ``state_dir`` (None: none, or not one)."""
+    try:
+        return StateRecord.parse((state_dir / RECORD_FILE).read_bytes())
+    except OSError:
+        return None
 
 
 def write_record(state_dir: Path, record: StateRecord) -> Path:

@@ -306,6 +306,7 @@ class ReferenceDriver(
             health_timeout=spec.health_timeout,
             api_timeout=spec.api_timeout,
             config_env=self.env,
+            transport=spec.options.transport,
         )
 
     def deploy(self, spec: GatewaySpec) -> GatewayHandle:

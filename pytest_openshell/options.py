@@ -19,6 +19,12 @@ from openshell_core.engine import EngineMode
 from openshell_core.errors import UsageError
 from openshell_core.faults import Fault, parse_faults
 from openshell_core.images import ImageSet
+from openshell_core.wire.contract import (
+    DEFAULT_TRANSPORT,
+    TRANSPORT_NSSH1,
+    TRANSPORT_SUPERVISOR,
+    TRANSPORTS,
+)
 from pytest_openshell.strike import Moment, parse_moment
 
 GROUP = "openshell"
@@ -86,6 +92,15 @@ OPTIONS: tuple[_Option, ...] = (
     ),
     _Option(
         "build", "build missing images before the run (off: a missing image fails)", "yes", "yes|no"
+    ),
+    _Option(
+        "transport",
+        f"how the reference gateway reaches its sandboxes: {TRANSPORT_NSSH1} (it dials each "
+        f"supervisor, the seeds' transport) or {TRANSPORT_SUPERVISOR} (each supervisor dials "
+        "out, upstream's today); one per pytest run (ci/conformance.sh runs the suite once per "
+        "transport)",
+        DEFAULT_TRANSPORT,
+        "NAMES",
     ),
     _Option("health-timeout", "seconds to wait for a gateway's Docker health", "180", "SECONDS"),
     _Option("api-timeout", "seconds to wait for a gateway's API", "90", "SECONDS"),
@@ -199,6 +214,8 @@ class GatewayOptions:
     faults: frozenset[Fault] = frozenset()
     health_timeout: float = 180.0
     api_timeout: float = 90.0
+    #: the reference gateway's transport (``nssh1`` or ``supervisor``), chosen at its first deploy
+    transport: str = DEFAULT_TRANSPORT
 
 
 @dataclass(frozen=True)
@@ -217,6 +234,8 @@ class Settings:
     api_timeout: float
     recovery_timeout: float
     settle: float
+    #: the transports asked for; a run deploys its gateways with the one (see :func:`_transports`)
+    transports: tuple[str, ...] = (DEFAULT_TRANSPORT,)
     extra: dict[str, str] = field(default_factory=dict)
     #: --openshell-workload: client threads during each scenario (property 18)
     workload: bool = False
@@ -235,7 +254,9 @@ class Settings:
     @property
     def gateway_options(self) -> GatewayOptions:
         """What the run's gateways are deployed with."""
-        return GatewayOptions(self.images, self.faults, self.health_timeout, self.api_timeout)
+        return GatewayOptions(
+            self.images, self.faults, self.health_timeout, self.api_timeout, self.transports[0]
+        )
 
 
 def _number(name: str, value: object) -> float:
@@ -267,6 +288,26 @@ def _endpoint(value: object) -> str | None:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"--openshell-kube-endpoint takes HOST:PORT, not {value!r}")
     return str(value)
+
+
+def _transports(value: object) -> tuple[str, ...]:
+    """``nssh1``, ``supervisor`` or a comma list of them (each once)."""
+    names = tuple(dict.fromkeys(n.strip() for n in str(value or "").split(",") if n.strip()))
+    unknown = [name for name in names if name not in TRANSPORTS]
+    if unknown or not names:
+        raise UsageError(
+            f"--openshell-transport takes {' or '.join(TRANSPORTS)}, not {str(value)!r}"
+        )
+    if len(names) > 1:
+        # Gateways are deployed from one record per run; a run per transport keeps each run's
+        # summary table and artefacts about one transport.
+        raise UsageError(
+            f"--openshell-transport={','.join(names)}: one transport per pytest run",
+            hint="run the suite once per transport: "
+            + "; ".join(f"pytest --openshell-transport={name} ..." for name in names)
+            + " (ci/conformance.sh does)",
+        )
+    return names
 
 
 def _truthy(value: object) -> bool:
@@ -315,6 +356,7 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
             kube_context=str(values["kube-context"]) if values["kube-context"] else None,
             kube_namespace=str(values["kube-namespace"]) if values["kube-namespace"] else None,
             kube_endpoint=_endpoint(values["kube-endpoint"]),
+            transports=_transports(values["transport"]),
         )
     except UsageError as exc:
         raise pytest.UsageError(f"openshell: {exc}") from exc

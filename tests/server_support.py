@@ -88,6 +88,10 @@ class GatewayUnderTest:
     port: int = field(default_factory=free_port)
     image: str = GATEWAY_IMAGE
     faults: str = ""
+    #: ``--transport`` of every deploy (None: the recorded one, else the default)
+    transport: str | None = None
+    sandbox_token_ttl: float | None = None
+    ssh_session_ttl: float | None = None
 
     @property
     def container(self) -> str:
@@ -109,6 +113,9 @@ class GatewayUnderTest:
             run_id=self.run_id,
             faults=parse_faults(self.faults),
             health_timeout=60,
+            transport=self.transport,
+            sandbox_token_ttl=self.sandbox_token_ttl,
+            ssh_session_ttl=self.ssh_session_ttl,
         )
         with config_home(self.config_home):
             outcome = deploy(self.engine, options)

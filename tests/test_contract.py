@@ -31,6 +31,7 @@ NOT_SEARCHED = {
     contract.SANDBOX_ROLE: "an ordinary word",
     contract.DEFAULT_COMPUTE_DRIVER: "an ordinary word",
     contract.KUBERNETES_COMPUTE_DRIVER: "an ordinary word (and a package's name)",
+    contract.TRANSPORT_SUPERVISOR: "an ordinary word (the in-sandbox supervisor)",
     contract.MANAGER: "the package's own name",
     # The host's mTLS directory uses upstream's file names, one of which is also ca.crt: the same
     # word for another file. The gateway's PKI files are searched for as pki/<name>.
@@ -176,6 +177,10 @@ def test_the_secret_names_are_the_contracts_secrets() -> None:
     assert set(contract.SECRET_ENV_NAMES) == {
         contract.HANDSHAKE_SECRET_ENV,
         contract.SSH_HOST_KEY_ENV,
+        contract.SANDBOX_TOKEN_ENV,
+        contract.SUPERVISOR_KEY_ENV,
     }
     assert set(contract.SECRET_FILE_NAMES) <= set(contract.GATEWAY_SECRET_STATE)
-    assert all(name.endswith(".key") or "secret" in name for name in contract.SECRET_FILE_NAMES)
+    assert all(
+        name.endswith((".key", "-key")) or "secret" in name for name in contract.SECRET_FILE_NAMES
+    )

@@ -5,7 +5,8 @@ ProxyCommand is the resumable ``ssh-proxy``, through the gateway's TLS port and 
 sandbox's supervisor and ``sshd -i``. The remote command prints ``tick N`` every 0.1 s and echoes
 every stdin line as ``echo LINE`` until it reads ``quit``; the tests read its output line by line.
 
-One gateway and one sandbox are shared by the tests of this module, in file order.
+One gateway and one sandbox are shared by the tests of this module, in file order, once per
+transport.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from openshell_core.host.api_client import GatewayClient
 from openshell_core.host.sshproxy.ssh_command import ssh_command
 from openshell_core.images import ImageSet
 from openshell_core.server.compute_docker import container_name
+from openshell_core.wire.contract import TRANSPORTS
 from openshell_core.wire.osrs1.lines import RESUME_TIMEOUT
 from pytest_openshell.pipes import PipeReader
 
@@ -66,15 +68,22 @@ class Lab:
         return self.gateway.client()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=TRANSPORTS)
 def lab(
-    engine: Engine, images: ImageSet, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    engine: Engine,
+    images: ImageSet,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Lab]:
+    """One gateway per transport: ``nssh1`` (CONNECT tunnels) and ``supervisor`` (ForwardTcp
+    and relays); the sessions are the same OSRS1 streams in both."""
     workdir = tmp_path_factory.mktemp("live-ssh")
     key = workdir / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     with lab_run(engine) as run_id:
-        gateway = GatewayUnderTest(engine, f"live{run_id[:8]}", run_id, workdir / "config")
+        gateway = GatewayUnderTest(
+            engine, f"live{run_id[:8]}", run_id, workdir / "config", transport=request.param
+        )
         gateway.deploy()
         made = Lab(gateway, key, workdir)
         with made.client() as client:

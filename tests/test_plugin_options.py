@@ -98,3 +98,42 @@ def test_a_path_taken_for_the_gateway_target_is_a_usage_error_saying_so(
     result = pytester.runpytest("--openshell-gateway", "suite")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*took 'suite', a path, for its target*"])
+
+
+SHOW_TRANSPORT = """
+    from pytest_openshell.plugin import SESSION_KEY
+
+    def test_show(request):
+        settings = request.config.stash[SESSION_KEY].settings
+        print("TRANSPORT", settings.gateway_options.transport)
+"""
+
+
+@pytest.mark.parametrize(
+    ("given", "carried"), [(None, "nssh1"), ("supervisor", "supervisor"), ("nssh1", "nssh1")]
+)
+def test_the_transport_option_is_carried_to_every_gateways_deploy_options(
+    pytester: pytest.Pytester, given: str | None, carried: str
+) -> None:
+    pytester.makepyfile(SHOW_TRANSPORT)
+    flags = [f"--openshell-transport={given}"] if given else []
+    result = pytester.runpytest("-s", *flags)
+    result.stdout.fnmatch_lines([f"*TRANSPORT {carried}"])
+
+
+def test_an_unknown_transport_is_a_usage_error_naming_the_known_ones(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--openshell-transport=carrier-pigeon")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--openshell-transport takes nssh1 or supervisor*"])
+
+
+def test_two_transports_in_one_run_are_refused_with_the_runs_to_make(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--openshell-transport=nssh1,supervisor")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*one transport per pytest run*"])

@@ -42,6 +42,7 @@ from openshell_core.host.metadata import (
     set_active_gateway,
 )
 from openshell_core.images import ImageSet
+from openshell_core.wire.contract import TRANSPORT_NSSH1, TRANSPORT_SUPERVISOR, TRANSPORTS
 
 log = logging.getLogger("openshell.gateway")
 
@@ -92,6 +93,20 @@ def register(commands: Any) -> None:
         "--gateway-host",
         default=None,
         help="the host users reach the gateway by (certificate name and endpoint host)",
+    )
+    start.add_argument(
+        "--transport",
+        default=None,
+        choices=list(TRANSPORTS),
+        help="how the gateway reaches its sandboxes, chosen at its first deploy and kept on its "
+        f"volume: {TRANSPORT_NSSH1} (it dials each supervisor; the default) or "
+        f"{TRANSPORT_SUPERVISOR} (each supervisor dials out to it, as upstream's today)",
+    )
+    start.add_argument(
+        "--sandbox-token-ttl",
+        type=float,
+        default=None,
+        help="seconds a sandbox token lives in the supervisor transport (default 0: no expiry)",
     )
     start.add_argument(
         "--recreate",
@@ -169,6 +184,8 @@ def _start(args: argparse.Namespace) -> int:
         sandbox_image=args.sandbox_image or defaults.sandbox,
         health_timeout=args.health_timeout,
         api_timeout=args.api_timeout,
+        transport=args.transport,
+        sandbox_token_ttl=args.sandbox_token_ttl,
     )
     with _engine(args) as engine:
         outcome = deploy(engine, options)
@@ -296,6 +313,7 @@ def _describe(record: dict[str, Any]) -> str:
             f"{record['container_status']}, {health}, {record['restart_count']} restarts)"
         )
         lines.append(f"  image: {record['image']}")
+        lines.append(f"  transport: {record['transport']}")
         if record["host_port"]:
             lines.append(f"  port: 127.0.0.1:{record['host_port']}")
     lines.append(f"  volume: {'present' if record['volume_exists'] else 'absent'}")

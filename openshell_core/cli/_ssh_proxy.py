@@ -8,9 +8,10 @@ import asyncio
 import signal
 from typing import Any
 
+from openshell_core.errors import OpenShellError
 from openshell_core.host.sshproxy import run_proxy
 from openshell_core.host.sshproxy.resumable_relay import PlainRelay, ResumableRelay, TunnelRelay
-from openshell_core.host.sshproxy.tunnel import GatewayTunnel
+from openshell_core.host.sshproxy.tunnel import GatewayTunnel, Tunnel
 from openshell_core.wire import contract
 from openshell_core.wire.osrs1.lines import MAX_RESUME_TIMEOUT, RESUME_TIMEOUT
 
@@ -32,6 +33,21 @@ def register(commands: Any) -> None:
     proxy.add_argument("--token", required=True, help="an SSH session token for the sandbox")
     resume_options(proxy)
     proxy.set_defaults(run=_ssh_proxy)
+
+
+def _gateway_transport(gateway: str) -> str:
+    """What the gateway says its transport is (``GetGatewayInfo``); no flag of the user's.
+
+    Asked in a child thread's own gRPC client, which is loaded only here.
+    """
+    from openshell_core.host.api_client import GatewayClient  # noqa: PLC0415 (gRPC: lazily)
+
+    try:
+        with GatewayClient.for_gateway(gateway, timeout=10) as client:
+            return client.transport()
+    except OpenShellError:
+        # A gateway that answers no API here (CONNECT only): the seeds' transport.
+        return contract.DEFAULT_TRANSPORT
 
 
 def resume_options(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +77,13 @@ def _seconds(text: str) -> float:
 
 
 def _ssh_proxy(args: argparse.Namespace) -> int:
-    tunnel = GatewayTunnel.for_gateway(args.gateway, args.sandbox_id, args.token)
+    connect = GatewayTunnel.for_gateway(args.gateway, args.sandbox_id, args.token)
+    tunnel: Tunnel = connect
+    if _gateway_transport(args.gateway) == contract.TRANSPORT_SUPERVISOR:
+        # ForwardTcp (loads gRPC, as only this transport needs)
+        from openshell_core.host.sshproxy.forward import ForwardTunnel  # noqa: PLC0415
+
+        tunnel = ForwardTunnel(connect)
     relay: TunnelRelay = PlainRelay()
     if not args.no_resume:
         relay = ResumableRelay.for_tunnel(tunnel, resume_timeout=args.resume_timeout)

@@ -90,7 +90,7 @@ from openshell_core.host.metadata import (
 )
 from openshell_core.images import ImageSet
 from openshell_core.state_record import StateRecord, image_store_schema
-from openshell_core.wire.contract import RUN_ID_ENV
+from openshell_core.wire.contract import DEFAULT_TRANSPORT, RUN_ID_ENV, TRANSPORTS
 
 log = logging.getLogger("openshell.gateway")
 
@@ -134,6 +134,13 @@ class DeployOptions:
     faults: frozenset[Fault] = field(default_factory=active_faults)
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     api_timeout: float = DEFAULT_API_TIMEOUT
+    #: how the gateway reaches its sandboxes (``nssh1`` or ``supervisor``): chosen at the first
+    #: deploy and kept on the volume; None keeps the recorded one (the default on a new gateway)
+    transport: str | None = None
+    #: seconds a sandbox token lives (``supervisor`` transport); None: the gateway's default, 0
+    sandbox_token_ttl: float | None = None
+    #: seconds an SSH session token lives; None: the gateway's default (a day)
+    ssh_session_ttl: float | None = None
     #: where host-side files live (``XDG_CONFIG_HOME``); None means this process's environment.
     #: Test runs pass their own, so they never touch the user's ``~/.config/openshell``.
     config_env: Mapping[str, str] | None = None
@@ -183,6 +190,11 @@ def deploy(
     name = validate_name(options.name)
     if options.port is not None and not 1 <= options.port <= 65535:
         raise UsageError(f"port {options.port} is not a TCP port (1-65535)")
+    if options.transport is not None and options.transport not in TRANSPORTS:
+        raise UsageError(
+            f"unknown transport {options.transport!r}",
+            hint=f"use one of {', '.join(TRANSPORTS)}",
+        )
     started = time.monotonic()
     env = options.config_env
     with gateway_lock(name, env):
@@ -190,6 +202,7 @@ def deploy(
         facts = detect_state(engine, name)
         facts.refuse_foreign("start")
         if not options.recreate and facts.state is GatewayState.RUNNING:
+            _refuse_transport_change(name, facts.transport, options.transport)
             _refuse_port_change(facts, options.port)
             return _already_running(engine, facts, options, started)
         metadata = None if options.recreate else read_metadata(name, env)
@@ -237,6 +250,7 @@ class _Plan:
     gateway_host: str | None
     #: what the volume recorded about the image that last ran on it (None: not read, or none)
     record: StateRecord | None = None
+    transport: str = DEFAULT_TRANSPORT
 
 
 def _plan(
@@ -266,12 +280,20 @@ def _plan(
     )
     reuse = mode is DeployMode.RESUME and facts.state is GatewayState.STOPPED and not moved
     record: StateRecord | None = None
+    transport = options.transport or DEFAULT_TRANSPORT
+    if mode is DeployMode.RESUME and facts.container_exists:
+        # the container was made with the volume's transport
+        transport = _refuse_transport_change(name, facts.transport, options.transport)
     if reuse:
         image = facts.image or options.image or ImageSet().gateway  # the container's own
         port = facts.host_port or _wanted_port(options, metadata)
     elif mode is DeployMode.RESUME:
         readers = [options.image, facts.image, ImageSet().gateway]
         record = read_volume_record(engine, name, readers, options.run_id)
+        if record is not None:
+            transport = _refuse_transport_change(
+                name, record.transport or DEFAULT_TRANSPORT, options.transport
+            )
         image = _resume_image(options, facts, record)
         engine.require_image(image)
         _check_store_schema(engine, name, image, record)
@@ -291,7 +313,25 @@ def _plan(
     check_port_free(engine, port, own_container=container_name(name))
     if not (facts.host_port == port and facts.container_status in _HOLDING):
         check_port_bindable(engine, name, port)  # (our own container holds it: --recreate)
-    return _Plan(mode, reuse, image, port, gateway_host, record)
+    return _Plan(mode, reuse, image, port, gateway_host, record, transport)
+
+
+def _refuse_transport_change(name: str, kept: str | None, asked: str | None) -> str:
+    """The gateway's transport, which a later deploy cannot change.
+
+    :raises StateError: ``asked`` is another transport than the gateway's (nothing is changed).
+    """
+    kept = kept or DEFAULT_TRANSPORT
+    if asked is None or asked == kept:
+        return kept
+    raise StateError(
+        f"gateway {name!r} speaks transport {kept!r}, chosen when it was first deployed and "
+        f"kept on its volume; --transport {asked} was not applied and nothing was changed",
+        hint=f"start it without --transport (or with --transport {kept}); a {asked} gateway "
+        f"needs another name (`pytest-openshell gateway start --name NAME --transport {asked}`) "
+        f"or `pytest-openshell gateway start --name {name} --recreate --transport {asked}`, "
+        "which loses every sandbox of this one",
+    )
 
 
 def _resume_image(options: DeployOptions, facts: GatewayFacts, record: StateRecord | None) -> str:
@@ -389,6 +429,9 @@ def _bring_up(
             gateway_host=plan.gateway_host,
             run_id=options.run_id,
             faults=options.faults,
+            transport=plan.transport,
+            sandbox_token_ttl=options.sandbox_token_ttl,
+            ssh_session_ttl=options.ssh_session_ttl,
         )
         container_id, _ = ensure_container(engine, spec)
     log.info("Starting gateway")

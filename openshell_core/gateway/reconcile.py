@@ -76,6 +76,9 @@ def gateway_container_spec(
     gateway_host: str | None = None,
     run_id: str | None = None,
     faults: frozenset[Fault] = frozenset(),
+    transport: str = contract.DEFAULT_TRANSPORT,
+    sandbox_token_ttl: float | None = None,
+    ssh_session_ttl: float | None = None,
 ) -> ContainerSpec:
     """The container of gateway ``name`` as ``docs/internals.md`` specifies it.
 
@@ -91,7 +94,13 @@ def gateway_container_spec(
         contract.GATEWAY_PORT_ENV: str(port),
         # recorded on the volume by the gateway, for a resume after this container is gone
         contract.GATEWAY_IMAGE_ENV: image,
+        # the volume's transport (asked for at the first deploy; the gateway refuses another)
+        contract.TRANSPORT_ENV: transport,
     }
+    if sandbox_token_ttl is not None:
+        environment[contract.SANDBOX_TOKEN_TTL_ENV] = f"{sandbox_token_ttl:g}"
+    if ssh_session_ttl is not None:
+        environment[contract.SSH_SESSION_TTL_ENV] = f"{ssh_session_ttl:g}"
     if pin_identity:
         environment[contract.NODE_NAME_ENV] = node
     sans = extra_sans(engine.host, gateway_host)

@@ -54,6 +54,9 @@ class GatewayFacts:
     exit_code: int | None = None
     host_port: int | None = None
     networks: dict[str, str] = field(default_factory=dict)
+    #: the transport the container was made with (None: no container; a container made before
+    #: transports existed speaks the default)
+    transport: str | None = None
     volume_exists: bool = False
     network_id: str | None = None
     foreign: tuple[str, ...] = ()
@@ -147,6 +150,7 @@ def detect_state(engine: Engine, name: str) -> GatewayFacts:
         health=str(health) if health else None,
         exit_code=None if running else status.get("ExitCode"),
         host_port=published_port(container),
+        transport=_env(config, contract.TRANSPORT_ENV) or contract.DEFAULT_TRANSPORT,
         networks={
             key: str((value or {}).get("NetworkID") or "")
             for key, value in (
@@ -164,6 +168,14 @@ def published_port(container: dict[str, Any]) -> int | None:
         port = str((binding or {}).get("HostPort") or "")
         if port.isdigit():
             return int(port)
+    return None
+
+
+def _env(config: dict[str, Any], key: str) -> str | None:
+    for item in config.get("Env") or []:
+        name, sep, value = str(item).partition("=")
+        if sep and name == key:
+            return value
     return None
 
 

@@ -35,6 +35,7 @@ from openshell_core.grpc_api import (
     workspace_selector,
 )
 from openshell_core.host.metadata import MtlsFiles, read_active_gateway, read_metadata
+from openshell_core.wire import contract
 
 DEFAULT_TIMEOUT: Final = 30.0
 
@@ -354,6 +355,16 @@ class GatewayClient:
         return ExecResult(exit_code, b"".join(stdout), b"".join(stderr))
 
     # -- SSH sessions --
+
+    def transport(self) -> str:
+        """How the gateway reaches its sandboxes, as its ``GetGatewayInfo`` says (a gateway that
+        does not say speaks the seeds' ``nssh1``)."""
+        with self._calling("get gateway info"):
+            info = self._stub.GetGatewayInfo(pb.GetGatewayInfoRequest(), timeout=self._timeout)
+        for extension in info.extensions:
+            if extension.configured_name == contract.TRANSPORT_INFO_NAME:
+                return str(extension.implementation_name)
+        return contract.DEFAULT_TRANSPORT
 
     def create_ssh_session(self, name: str) -> SshSession:
         request = pb.CreateSshSessionRequest(workspace_scope=self._scope(), sandbox=name)

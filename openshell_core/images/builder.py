@@ -38,6 +38,13 @@ GATEWAY_REQUIREMENTS: tuple[str, ...] = (
     "kubernetes>=31",
 )
 
+#: What the supervisor's dial-out imports (the supervisor transport): the SDK's messages and gRPC.
+SANDBOX_REQUIREMENTS: tuple[str, ...] = (
+    "grpcio>=1.78",
+    "protobuf>=6.31.1",
+    "openshell>=0.1.5,<0.2",
+)
+
 
 @dataclass(frozen=True)
 class ImageSet:
@@ -65,7 +72,7 @@ def _recipes(images: ImageSet) -> list[_ImageRecipe]:
         _ImageRecipe(
             images.gateway_upgrade, "gateway.Dockerfile", GATEWAY_REQUIREMENTS, _gateway_args("v2")
         ),
-        _ImageRecipe(images.sandbox, "sandbox.Dockerfile", ()),
+        _ImageRecipe(images.sandbox, "sandbox.Dockerfile", SANDBOX_REQUIREMENTS),
     ]
 
 

@@ -1,4 +1,5 @@
-# The sandbox runtime: OpenSSH plus our supervisor. /sandbox holds the files every new workspace
+# The sandbox runtime: OpenSSH plus our supervisor (and gRPC, for the supervisor transport's
+# dial-out; the nssh1 supervisor needs only the standard library). /sandbox holds the files every new workspace
 # is seeded with (once) from this image. It is also root's home, so that sshd starts every SSH
 # session (shell, command, SFTP) in the workspace, as upstream's sandbox user starts in /sandbox.
 ARG BASE_IMAGE
@@ -6,8 +7,9 @@ FROM ${BASE_IMAGE}
 COPY wheels/ /opt/openshell/wheels/
 RUN set -e; \
     pip="$(ls /opt/openshell/wheels/pip-*.whl)/pip"; \
-    python3 "$pip" install --no-index --no-cache-dir --disable-pip-version-check \
-        --break-system-packages --no-deps /opt/openshell/wheels/pytest_openshell-*.whl; \
+    flags="--no-index --no-cache-dir --disable-pip-version-check --break-system-packages --no-warn-script-location"; \
+    python3 "$pip" install $flags --find-links /opt/openshell/wheels -r /opt/openshell/wheels/requirements.txt; \
+    python3 "$pip" install $flags --no-deps /opt/openshell/wheels/pytest_openshell-*.whl; \
     rm -rf /opt/openshell/wheels; \
     mkdir -p /run/sshd /sandbox/.config; \
     printf 'Welcome to an OpenShell sandbox.\n' > /sandbox/README.md; \

@@ -11,7 +11,8 @@ import logging
 import os
 import sys
 
-from openshell_core.sandbox.supervisor import ConfigError, SupervisorConfig, serve
+from openshell_core.sandbox.supervisor import ConfigError, Supervisor, SupervisorConfig, serve
+from openshell_core.wire import contract
 
 EXIT_CONFIG = 2
 
@@ -27,7 +28,26 @@ def main() -> int:
     except ConfigError as exc:
         logging.getLogger("openshell.sandbox").error("%s", exc)
         return EXIT_CONFIG
-    asyncio.run(serve(config))
+    if os.environ.get(contract.TRANSPORT_ENV, "") != contract.TRANSPORT_SUPERVISOR:
+        asyncio.run(serve(config))
+        return 0
+    # The supervisor transport: dial out (the only part of the supervisor that needs gRPC).
+    from openshell_core.sandbox.dialout import (  # noqa: PLC0415 (gRPC for this transport only)
+        DialOut,
+        DialOutConfig,
+        DialOutError,
+    )
+
+    try:
+        dial_config = DialOutConfig.from_env(os.environ)
+    except DialOutError as exc:
+        logging.getLogger("openshell.sandbox").error("%s", exc)
+        return EXIT_CONFIG
+
+    async def hold(supervisor: Supervisor) -> None:
+        await DialOut(dial_config, supervisor).run()
+
+    asyncio.run(serve(config, dial_out=hold))
     return 0
 
 

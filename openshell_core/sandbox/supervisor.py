@@ -14,12 +14,13 @@ Standard library only (the sandbox image has no third-party packages).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from openshell_core.sandbox import sshd
 from openshell_core.sandbox.exec_mode import ExecMode
@@ -218,11 +219,18 @@ class Supervisor:
         await self.resumable.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+        await self.serve_connection(reader, writer, where)
+
+    async def serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+    ) -> None:
+        """Serve one connection to the port-2222 protocol (preface, then a mode), wherever it
+        came from: the listening port, or a relay the supervisor opened to the gateway."""
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
-        peer = writer.get_extra_info("peername")
-        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
         try:
             token = await self._handshake(reader, writer, where)
             if token is not None:
@@ -276,8 +284,17 @@ class Supervisor:
         await mode(probe, reader, writer, caller)
 
 
-async def serve(config: SupervisorConfig, files: sshd.SshdFiles | None = None) -> None:
-    """Prepare sshd, serve until SIGTERM or SIGINT, then stop everything."""
+async def serve(
+    config: SupervisorConfig,
+    files: sshd.SshdFiles | None = None,
+    *,
+    dial_out: Callable[[Supervisor], Coroutine[Any, Any, None]] | None = None,
+) -> None:
+    """Prepare sshd, serve until SIGTERM or SIGINT, then stop everything.
+
+    :param dial_out: the ``supervisor`` transport: instead of listening, run this (it holds the
+        session to the gateway and hands each relay to :meth:`Supervisor.serve_connection`).
+    """
     files = files or sshd.SshdFiles()
     sshd.prepare(
         files,
@@ -293,8 +310,18 @@ async def serve(config: SupervisorConfig, files: sshd.SshdFiles | None = None) -
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    await supervisor.start()
-    supervisor.run_command()
-    await stopping.wait()
+    if dial_out is None:
+        await supervisor.start()
+        supervisor.run_command()
+        await stopping.wait()
+    else:
+        holding = asyncio.create_task(dial_out(supervisor))
+        supervisor.run_command()
+        await asyncio.wait(
+            [holding, asyncio.create_task(stopping.wait())], return_when="FIRST_COMPLETED"
+        )
+        holding.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await holding
     log.info("stopping")
     await supervisor.stop()

@@ -41,4 +41,6 @@ live in the server, each re-creating one upstream failure:
 ``no-command-replay``
     the sandbox's own command is left out of its runtime's environment and run once, detached,
     after the sandbox is first Ready; a runtime that starts again runs its supervisor alone.
+``regenerate-token-key``
+    a new sandbox-token signing key at every start: every supervisor's token stops verifying.
 """

@@ -27,15 +27,20 @@ from openshell_core.grpc_api import add_servicer_to_server
 from openshell_core.server import tunnel
 from openshell_core.server.api import GatewayServicer
 from openshell_core.server.compute import Ownership
-from openshell_core.server.config import ServerConfig
+from openshell_core.server.config import ServerConfig, choose_transport
 from openshell_core.server.durability_faults import UncommittedStore
 from openshell_core.server.listener import GatewayListener, server_tls_context
 from openshell_core.server.reconciler import Reconciler, gateway_label
+from openshell_core.server.sandbox_tokens import TokenSigner
 from openshell_core.server.sandboxes import SandboxService
-from openshell_core.server.secrets import reconcile_gateway_pki, reconcile_handshake_secret
+from openshell_core.server.secrets import (
+    reconcile_gateway_pki,
+    reconcile_handshake_secret,
+    reconcile_token_key,
+)
 from openshell_core.server.sessions import SessionResolver
 from openshell_core.server.store import open_store
-from openshell_core.state_record import StateRecord, write_record
+from openshell_core.state_record import StateRecord, read_record, write_record
 from openshell_core.wire import contract
 
 log = logging.getLogger("openshell.server")
@@ -68,6 +73,7 @@ class Gateway:
             log.warning("fault forget-sandboxes-on-start: the store is not kept across starts")
             config.store_path.unlink(missing_ok=True)
         # The store first: a store this gateway must not use stops it before anything changes.
+        fresh = not config.store_path.exists()
         store = open_store(config.store_path, schema=config.schema)
         if config.has(Fault.ACK_BEFORE_COMMIT):
             log.warning("fault ack-before-commit: store writes are committed at a clean stop only")
@@ -76,17 +82,29 @@ class Gateway:
         log.info("store %s open at schema version %d", config.store_path, store.version)
         # Only an image that opened the store is recorded: the host resumes on it when this
         # gateway's runtime is gone, and refuses an image too old for the store (state_record).
-        write_record(config.state_dir, StateRecord(config.image, store.version))
+        # The transport is the recorded one: a deploy asking for another one is refused.
+        before = read_record(config.state_dir)
+        transport = choose_transport(
+            config.transport, before.transport if before else None, fresh=fresh
+        )
+        write_record(config.state_dir, StateRecord(config.image, store.version, transport))
         secret, _ = reconcile_handshake_secret(
             config.secret_path, regenerate=config.has(Fault.REGENERATE_HANDSHAKE_SECRET)
         )
+        token_key, _ = reconcile_token_key(
+            config.token_key_path, regenerate=config.has(Fault.REGENERATE_TOKEN_KEY)
+        )
+        signer = TokenSigner(token_key, ttl=config.sandbox_token_ttl)
         reconcile_gateway_pki(
             config.pki_dir, config.server_sans, rotate=config.has(Fault.ROTATE_PKI_ON_RESUME)
         )
         driver = await asyncio.to_thread(config.compute.open, self._ownership())
         self._closers.append(_async(driver.close))
         log.info("compute driver %s", driver.name)
-        service = SandboxService(store, driver, config, secret=secret)
+        service = SandboxService(
+            store, driver, config, secret=secret, transport=transport, signer=signer
+        )
+        log.info("transport %s", transport)
         self._closers.append(service.close)
         await self._serve_api(service)
         self._start_reconciling(service)

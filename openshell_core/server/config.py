@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from openshell_core.errors import UsageError
+from openshell_core.errors import StateError, UsageError
 from openshell_core.faults import Fault, parse_faults
 from openshell_core.server.compute import ComputeSettings, settings_from_env
 from openshell_core.server.store import schema_for_variant
@@ -54,6 +54,11 @@ class ServerConfig:
     reconcile_interval: float = 2.0
     #: SSH session tokens live this long (seconds); 0 means forever.
     session_ttl: float = 86400.0
+    #: the transport the deploy asked for (None: whatever the state records, else the default);
+    #: the one the gateway speaks is decided at start (:func:`choose_transport`)
+    transport: str | None = None
+    #: sandbox tokens live this long (seconds); 0 means forever (the local default)
+    sandbox_token_ttl: float = 0.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerConfig:
@@ -77,6 +82,29 @@ class ServerConfig:
         sans_text = env.get(contract.EXTRA_SANS_ENV, "")
         sans = tuple(s.strip() for s in sans_text.split(",") if s.strip())
         image = env.get(contract.SANDBOX_IMAGE_ENV, "").strip()
+        transport = env.get(contract.TRANSPORT_ENV, "").strip() or None
+        if transport is not None and transport not in contract.TRANSPORTS:
+            raise UsageError(
+                f"{contract.TRANSPORT_ENV}={transport!r} is not a transport",
+                hint=f"use one of {', '.join(contract.TRANSPORTS)}",
+            )
+        ttl_text = env.get(contract.SANDBOX_TOKEN_TTL_ENV, "").strip()
+        try:
+            token_ttl = float(ttl_text) if ttl_text else 0.0
+        except ValueError:
+            token_ttl = -1.0
+        if token_ttl < 0:
+            raise UsageError(
+                f"{contract.SANDBOX_TOKEN_TTL_ENV}={ttl_text!r} is not a number of seconds",
+                hint="0 means tokens never expire",
+            )
+        session_text = env.get(contract.SSH_SESSION_TTL_ENV, "").strip()
+        try:
+            session_ttl = float(session_text) if session_text else 86400.0
+        except ValueError:
+            raise UsageError(
+                f"{contract.SSH_SESSION_TTL_ENV}={session_text!r} is not a number of seconds"
+            ) from None
         return cls(
             gateway_name=name,
             node_name=node_name,
@@ -89,6 +117,9 @@ class ServerConfig:
             run_id=env.get(contract.RUN_ID_ENV, "").strip() or None,
             image=env.get(contract.GATEWAY_IMAGE_ENV, "").strip(),
             faults=faults,
+            transport=transport,
+            sandbox_token_ttl=token_ttl,
+            session_ttl=max(0.0, session_ttl),
             state_dir=Path(env.get(contract.STATE_DIR_ENV, contract.STATE_DIR)),
             run_dir=Path(env.get(contract.RUN_DIR_ENV, contract.RUN_DIR)),
         )
@@ -118,6 +149,10 @@ class ServerConfig:
         return self.state_dir / contract.HANDSHAKE_SECRET_FILE
 
     @property
+    def token_key_path(self) -> Path:
+        return self.state_dir / contract.SANDBOX_TOKEN_KEY_FILE
+
+    @property
     def pki_dir(self) -> Path:
         return self.state_dir / contract.PKI_DIR
 
@@ -139,6 +174,28 @@ class ServerConfig:
         sandboxes' way and whatever the deploy asked for."""
         names = [self.service_name, self.node_name, *self.extra_sans]
         return tuple(dict.fromkeys(names))
+
+
+def choose_transport(requested: str | None, recorded: str | None, *, fresh: bool) -> str:
+    """The transport a gateway speaks: the one its state records, which a deploy cannot change.
+
+    :param recorded: what the state's record says (``""``: a record from before transports
+        were recorded, i.e. the default; None: no record at all).
+    :param fresh: the store was made by this start (nothing recorded yet, whatever is there).
+    :raises StateError: the deploy asked for another transport than the recorded one.
+    """
+    if fresh or recorded is None:
+        return requested or contract.DEFAULT_TRANSPORT
+    kept = recorded or contract.DEFAULT_TRANSPORT
+    if requested and requested != kept:
+        raise StateError(
+            f"this gateway was first deployed with transport {kept!r} and keeps it; "
+            f"{requested!r} was asked for; nothing was changed",
+            hint=f"start it without --transport (or with --transport {kept}); a gateway with "
+            f"transport {requested} needs a new one (`gateway start --recreate --transport "
+            f"{requested}` loses every sandbox)",
+        )
+    return kept
 
 
 def _node_identity(env: Mapping[str, str], faults: frozenset[Fault]) -> tuple[str, str]:

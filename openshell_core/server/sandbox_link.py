@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
 from openshell_core.errors import OpenShellError
@@ -22,6 +22,8 @@ from openshell_core.wire.exec1 import (
 )
 from openshell_core.wire.nssh1 import HandshakeError, HandshakeRejected, client_handshake
 
+#: Opens the byte stream to a supervisor another way than TCP (a relay).
+Dial = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 #: Seconds to wait for the TCP connection to a sandbox.
 CONNECT_TIMEOUT: Final = 10.0
 
@@ -48,6 +50,7 @@ async def open_ssh_stream(
     token: str,
     *,
     connect_timeout: float = CONNECT_TIMEOUT,
+    dial: Dial | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to a supervisor and pass the handshake; the stream is then the caller's.
 
@@ -56,7 +59,14 @@ async def open_ssh_stream(
     :raises SandboxUnreachable: the TCP connection failed.
     :raises HandshakeRejected: the supervisor answered ``ERR`` (or closed).
     """
-    reader, writer = await _connect(host, port, connect_timeout)
+    if dial is None:
+        reader, writer = await _connect(host, port, connect_timeout)
+    else:
+        try:
+            reader, writer = await asyncio.wait_for(dial(), connect_timeout * 2)
+        except (OSError, TimeoutError, OpenShellError) as exc:
+            why = exc.message if isinstance(exc, OpenShellError) else (str(exc) or "timed out")
+            raise SandboxUnreachable(f"cannot reach the sandbox's supervisor: {why}") from exc
     try:
         await client_handshake(reader, writer, secret, token)
     except (HandshakeError, OSError) as exc:
@@ -80,6 +90,7 @@ async def exec_in_sandbox(
     stdin: bytes | None = None,
     token: str | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
+    dial: Dial | None = None,
 ) -> AsyncIterator[ExecEvent]:
     """Run ``argv`` in a sandbox; yield its output chunks as they come, then its exit code.
 
@@ -92,7 +103,12 @@ async def exec_in_sandbox(
     request = ExecRequest(argv=list(argv), env=dict(env or {}), workdir=workdir, stdin=stdin)
     line = request.encode()
     reader, writer = await open_ssh_stream(
-        host, port, secret, token or str(uuid.uuid4()), connect_timeout=connect_timeout
+        host,
+        port,
+        secret,
+        token or str(uuid.uuid4()),
+        connect_timeout=connect_timeout,
+        dial=dial,
     )
     try:
         writer.write(line)

@@ -46,7 +46,9 @@ from openshell_core.server.model import (
     encode_command,
 )
 from openshell_core.server.sandbox_link import exec_in_sandbox
+from openshell_core.server.sandbox_tokens import TokenSigner
 from openshell_core.server.store import Store
+from openshell_core.server.supervisor_hub import SupervisorHub
 from openshell_core.wire import contract
 
 log = logging.getLogger("openshell.server.sandboxes")
@@ -63,12 +65,28 @@ class SandboxService:
     """The gateway's sandboxes: store records plus what the compute driver runs for them."""
 
     def __init__(
-        self, store: Store, driver: ComputeDriver, config: ServerConfig, *, secret: str
+        self,
+        store: Store,
+        driver: ComputeDriver,
+        config: ServerConfig,
+        *,
+        secret: str,
+        transport: str = contract.DEFAULT_TRANSPORT,
+        signer: TokenSigner | None = None,
     ) -> None:
         self.store = store
         self.driver = driver
         self.config = config
         self.secret = secret
+        self.transport = transport
+        #: ``supervisor`` transport only: the supervisors' sessions and relays.
+        self.hub: SupervisorHub | None = None
+        if transport == contract.TRANSPORT_SUPERVISOR:
+            if signer is None:
+                raise ValueError("the supervisor transport needs a token signer")
+            self.hub = SupervisorHub(signer, store, known=self._runs)
+            self.hub.listen(self._session_changed)
+            self._await_supervisors()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -124,9 +142,12 @@ class SandboxService:
             image=image or self.config.sandbox_image,
             environment=dict(environment),
             labels=dict(labels),
-            sandbox_env=self._sandbox_env(
-                sandbox_id, name, private_key, environment, self.secret, command=command
-            ),
+            sandbox_env={
+                **self._sandbox_env(
+                    sandbox_id, name, private_key, environment, self.secret, command=command
+                ),
+                **self._transport_env(sandbox_id),
+            },
             host_key_public=public_key,
             host_key_fingerprint=pki.ssh_fingerprint(public_key),
         )
@@ -207,6 +228,70 @@ class SandboxService:
         )
         self.store.insert_session(session)
         return session
+
+    # -- the way to a sandbox's supervisor --
+
+    async def open_link(
+        self, sandbox_id: str, *, timeout: float = SUPERVISOR_WAIT
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A byte stream to the sandbox's supervisor, before its NSSH1 preface: a relay through
+        its session (``supervisor``) or a connection to its endpoint (``nssh1``).
+
+        :raises OSError, TimeoutError: (``nssh1``) no connection.
+        :raises RelayUnavailable: (``supervisor``) no live session, or no relay in time.
+        """
+        if self.hub is not None:
+            return await self.hub.open_relay(sandbox_id)
+        host, port = self.driver.endpoint(sandbox_id)
+        return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+
+    def supervisor_live(self, sandbox_id: str) -> bool:
+        """``supervisor`` transport: whether the sandbox's supervisor holds a session now."""
+        return self.hub is not None and self.hub.live(sandbox_id)
+
+    def exists(self, sandbox_id: str) -> bool:
+        """The sandbox has a record and its user has not deleted it."""
+        return self._runs(sandbox_id)
+
+    def _runs(self, sandbox_id: str) -> bool:
+        record = self.store.get_sandbox(sandbox_id)
+        return record is not None and record.desired is not Desired.DELETED
+
+    def _session_changed(self, sandbox_id: str, live: bool) -> None:
+        """Ready follows the supervisor's session: the live session is what makes it usable."""
+        record = self.store.get_sandbox(sandbox_id)
+        if record is None or record.desired is not Desired.RUNNING:
+            return
+        if live and record.phase is Phase.PROVISIONING:
+            log.info("sandbox %s is ready (its supervisor connected)", sandbox_id)
+            self._update(sandbox_id, phase=Phase.READY, reason="")
+        elif not live and record.phase is Phase.READY:
+            log.info("sandbox %s: its supervisor session ended; waiting for it", sandbox_id)
+            self._update(sandbox_id, phase=Phase.PROVISIONING, reason="waiting for the supervisor")
+
+    def _await_supervisors(self) -> None:
+        """A new gateway process holds no session yet: no sandbox is READY until its supervisor
+        is back (Ready means usable, from the first answer of the API on)."""
+        for record in self.store.list_sandboxes():
+            if record.phase is Phase.READY:
+                self._update(
+                    record.id, phase=Phase.PROVISIONING, reason="waiting for the supervisor"
+                )
+
+    def _transport_env(self, sandbox_id: str) -> dict[str, str]:
+        """What the supervisor needs to dial out (``supervisor`` transport): its token, where the
+        gateway is, and its mutual TLS material."""
+        if self.hub is None:
+            return {}
+        pki_dir = self.config.pki_dir
+        return {
+            contract.TRANSPORT_ENV: self.transport,
+            contract.SANDBOX_TOKEN_ENV: self.hub.signer.issue(sandbox_id).token,
+            contract.GATEWAY_ENDPOINT_ENV: f"{self.config.service_name}:{contract.GATEWAY_PORT}",
+            contract.SUPERVISOR_CA_ENV: (pki_dir / contract.CA_CERT_FILE).read_text(),
+            contract.SUPERVISOR_CERT_ENV: (pki_dir / contract.CLIENT_CERT_FILE).read_text(),
+            contract.SUPERVISOR_KEY_ENV: (pki_dir / contract.CLIENT_KEY_FILE).read_text(),
+        }
 
     # -- reconciliation --
 
@@ -299,7 +384,12 @@ class SandboxService:
         detached = ["sh", "-c", 'setsid "$@" </dev/null >/dev/null 2>&1 &', "sh", *record.command]
         try:
             async for _event in exec_in_sandbox(
-                host, port, self.secret, detached, token=str(uuid.uuid4())
+                host,
+                port,
+                self.secret,
+                detached,
+                token=str(uuid.uuid4()),
+                dial=(lambda: self.open_link(record.id)) if self.hub is not None else None,
             ):
                 pass
         except OpenShellError as exc:
@@ -335,13 +425,14 @@ class SandboxService:
                 log.warning("sandbox %s: workspace check failed: %s", record.id, exc.message)
 
     async def _settle(self, sandbox_id: str) -> bool:
-        """READY once the supervisor accepts connections (True); otherwise PROVISIONING, or
-        ERROR as soon as the platform says the runtime keeps failing."""
+        """READY once the supervisor accepts connections (``nssh1``) or holds its session
+        (``supervisor``) (True); otherwise PROVISIONING, or ERROR as soon as the platform says the
+        runtime keeps failing."""
         host, port = self.driver.endpoint(sandbox_id)
         deadline = time.monotonic() + SUPERVISOR_WAIT
         looked = time.monotonic()
         while True:
-            if await _accepts(host, port):
+            if self.supervisor_live(sandbox_id) if self.hub else await _accepts(host, port):
                 current = self._require(sandbox_id)
                 if current.phase is not Phase.READY:
                     log.info("sandbox %s is ready", sandbox_id)
@@ -436,6 +527,8 @@ class SandboxService:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
+        if self.hub is not None:
+            await self.hub.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

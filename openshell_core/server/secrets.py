@@ -1,11 +1,12 @@
-"""Start-time reconciliation of the gateway's secrets: the SSH handshake secret and the PKI.
+"""Start-time reconciliation of the gateway's secrets: the SSH handshake secret, the key that
+signs sandbox tokens, and the PKI.
 
-Both live in the gateway's state directory and are reconciled only after the store opened (a gateway
-that cannot read its store changes nothing). The handshake secret is reused when present and
-generated only when absent; it is never logged. The PKI is reused when present and valid, and
-regenerated only when absent or invalid. Two fault switches break these rules on purpose:
-``regenerate-handshake-secret`` (a new secret at every start) and ``rotate-pki-on-resume`` (new
-certificates at every start)."""
+All live in the gateway's state directory and are reconciled only after the store opened (a
+gateway that cannot read its store changes nothing). The handshake secret and the token key are
+reused when present and generated only when absent; they are never logged. The PKI is reused
+when present and valid, and regenerated only when absent or invalid. Two fault switches break
+these rules on purpose: ``regenerate-handshake-secret`` (a new secret at every start) and
+``rotate-pki-on-resume`` (new certificates at every start)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,31 @@ def reconcile_handshake_secret(path: Path, *, regenerate: bool = False) -> tuple
     _write_private(path, secret + "\n")
     log.info("generated SSH handshake secret")
     return secret, True
+
+
+def reconcile_token_key(path: Path, *, regenerate: bool = False) -> tuple[bytes, bool]:
+    """The key that signs sandbox tokens: the one in ``path`` when present, else a new one.
+
+    Like the handshake secret it is made once and kept: a new key makes every supervisor's token
+    worthless (``regenerate`` is the fault switch that does exactly that).
+
+    :returns: ``(key, generated)``.
+    :raises StateError: when the file holds something that is not a key (left as it is).
+    """
+    if path.exists() and not regenerate:
+        text = path.read_text().strip()
+        if not handshake.is_valid_secret(text):
+            raise StateError(
+                f"the sandbox-token key in {path} is malformed (expected 64 lowercase hex "
+                "characters); refusing to start, nothing was changed",
+                hint="restore the file; a new key would make every sandbox's token worthless",
+            )
+        log.info("reusing existing sandbox-token signing key")
+        return bytes.fromhex(text), False
+    text = handshake.generate_secret()
+    _write_private(path, text + "\n")
+    log.info("generated sandbox-token signing key")
+    return bytes.fromhex(text), True
 
 
 def reconcile_gateway_pki(

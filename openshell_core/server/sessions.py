@@ -8,6 +8,8 @@ another secret (the ``regenerate-handshake-secret`` fault) rejects it, as upstre
 
 from __future__ import annotations
 
+import asyncio
+
 from openshell_core.server.model import Phase
 from openshell_core.server.sandboxes import SandboxService
 from openshell_core.server.tunnel import TunnelRefused, TunnelTarget
@@ -33,6 +35,16 @@ class SessionResolver:
         if record.phase is not Phase.READY:
             raise TunnelRefused(412, f"sandbox is not ready ({record.phase.value})")
         host, port = self._service.driver.endpoint(sandbox_id)
+        service = self._service
+
+        async def dial() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await service.open_link(sandbox_id)
+
         return TunnelTarget(
-            sandbox_id=sandbox_id, host=host, port=port, secret=self._service.secret, token=token
+            sandbox_id=sandbox_id,
+            host=host,
+            port=port,
+            secret=self._service.secret,
+            token=token,
+            dial=dial,
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -49,6 +49,11 @@ class TunnelTarget:
     port: int
     secret: str = field(repr=False)
     token: str = field(repr=False)
+    #: opens the byte stream to the supervisor (a relay, in the ``supervisor`` transport);
+    #: None: a TCP connection to ``host:port``
+    dial: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
 
 class TunnelRefused(OpenShellError):
@@ -178,11 +183,14 @@ async def connect_sandbox(
     for delay in delays:
         await asyncio.sleep(delay)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(target.host, target.port), connect_timeout
-            )
+            if target.dial is not None:
+                reader, writer = await asyncio.wait_for(target.dial(), connect_timeout * 2)
+            else:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(target.host, target.port), connect_timeout
+                )
             break
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, OpenShellError) as exc:
             last = exc
     else:
         log.warning(

@@ -32,6 +32,8 @@ ENGINE_SOCKET_MOUNT: Final = "/run/openshell-engine"
 #: Under :data:`STATE_DIR`: the store, the handshake secret and the PKI.
 STORE_FILE: Final = "openshell.db"
 HANDSHAKE_SECRET_FILE: Final = "secrets/ssh-handshake"
+#: The key that signs sandbox tokens (``supervisor`` transport): made once, like the secret.
+SANDBOX_TOKEN_KEY_FILE: Final = "secrets/sandbox-token-key"
 PKI_DIR: Final = "pki"
 CA_CERT_FILE: Final = "ca.crt"
 CA_KEY_FILE: Final = "ca.key"
@@ -61,7 +63,11 @@ def pki_file(name: str) -> str:
 
 
 #: The state a gateway must keep across every disruption, relative to :data:`STATE_DIR`.
-GATEWAY_SECRET_STATE: Final = (HANDSHAKE_SECRET_FILE, *(pki_file(n) for n in PKI_FILES.values()))
+GATEWAY_SECRET_STATE: Final = (
+    HANDSHAKE_SECRET_FILE,
+    SANDBOX_TOKEN_KEY_FILE,
+    *(pki_file(n) for n in PKI_FILES.values()),
+)
 
 # -- the gateway's environment (host -> gateway) ------------------------------------------------
 
@@ -94,6 +100,19 @@ KUBE_CONTEXT_ENV: Final = "OPENSHELL_KUBE_CONTEXT"
 DOCKER_HOST_ENV: Final = "DOCKER_HOST"
 #: Development overrides of :data:`STATE_DIR` and :data:`RUN_DIR` (running the server outside
 #: its image).
+#: How the gateway reaches its sandboxes' supervisors: one of :data:`TRANSPORTS`, asked for at
+#: the first deploy and kept on the volume (in :data:`VOLUME_RECORD_FILE`).
+TRANSPORT_ENV: Final = "OPENSHELL_TRANSPORT"
+#: The gateway dials each supervisor and signs an NSSH1 preface (the seeds' transport).
+TRANSPORT_NSSH1: Final = "nssh1"
+#: Each supervisor dials out to the gateway (ConnectSupervisor, RelayStream; upstream's today).
+TRANSPORT_SUPERVISOR: Final = "supervisor"
+TRANSPORTS: Final = (TRANSPORT_NSSH1, TRANSPORT_SUPERVISOR)
+DEFAULT_TRANSPORT: Final = TRANSPORT_NSSH1
+#: Seconds a sandbox token lives (0: no expiry, the local default).
+SANDBOX_TOKEN_TTL_ENV: Final = "OPENSHELL_SANDBOX_TOKEN_TTL_SECS"
+#: Seconds an SSH session token (``CreateSshSession``) lives (0: forever; default a day).
+SSH_SESSION_TTL_ENV: Final = "OPENSHELL_SSH_SESSION_TTL_SECS"
 STATE_DIR_ENV: Final = "OPENSHELL_STATE_DIR"
 RUN_DIR_ENV: Final = "OPENSHELL_RUN_DIR"
 
@@ -112,6 +131,17 @@ AUTHORIZED_KEYS_ENV: Final = "OPENSHELL_SSH_AUTHORIZED_KEYS"
 #: the supervisor runs it in :data:`WORKSPACE_DIR` at every start of the sandbox's container.
 SANDBOX_COMMAND_ENV: Final = "OPENSHELL_SANDBOX_COMMAND"
 
+#: ``supervisor`` transport: the sandbox's token (gateway-signed, bound to its id), where the
+#: supervisor dials (``host:port``), and the PEM material of its mutual TLS.
+SANDBOX_TOKEN_ENV: Final = "OPENSHELL_SANDBOX_TOKEN"
+GATEWAY_ENDPOINT_ENV: Final = "OPENSHELL_GATEWAY_ENDPOINT"
+SUPERVISOR_CA_ENV: Final = "OPENSHELL_SUPERVISOR_TLS_CA"
+SUPERVISOR_CERT_ENV: Final = "OPENSHELL_SUPERVISOR_TLS_CERT"
+SUPERVISOR_KEY_ENV: Final = "OPENSHELL_SUPERVISOR_TLS_KEY"
+#: Under the sandbox's own filesystem (kept across container restarts, outside the workspace):
+#: the supervisor's latest renewed token.
+SANDBOX_TOKEN_CACHE: Final = "/var/lib/openshell-supervisor/token"
+
 # -- the sandbox's files ------------------------------------------------------------------------
 
 #: The sandbox's workspace: seeded once from the image's own copy, then the user's.
@@ -122,6 +152,11 @@ WORKSPACE_SENTINEL: Final = ".workspace-initialized"
 # -- the SSH tunnel (host -> gateway) -----------------------------------------------------------
 
 CONNECT_PATH: Final = "/connect/ssh"
+#: ``GetGatewayInfo`` names the gateway's transport in an extension entry of this name (its
+#: ``implementation_name``); ssh-proxy uses ForwardTcp when it says ``supervisor``.
+TRANSPORT_INFO_NAME: Final = "openshell.ai/transport"
+#: Initial metadata of a ForwardTcp the gateway opened (sent once the sandbox's end is there).
+FORWARD_OPEN_METADATA: Final = "openshell-forward-open"
 SANDBOX_ID_HEADER: Final = "X-Sandbox-Id"
 TOKEN_HEADER: Final = "X-Sandbox-Token"
 
@@ -161,10 +196,16 @@ DEFAULT_SANDBOX_IMAGE: Final = "openshell-sandbox:v1"
 # -- secrets ------------------------------------------------------------------------------------
 
 #: Environment variables whose values are secrets: never logged, reported or handed on.
-SECRET_ENV_NAMES: Final = (HANDSHAKE_SECRET_ENV, SSH_HOST_KEY_ENV)
+SECRET_ENV_NAMES: Final = (
+    HANDSHAKE_SECRET_ENV,
+    SSH_HOST_KEY_ENV,
+    SANDBOX_TOKEN_ENV,
+    SUPERVISOR_KEY_ENV,
+)
 #: Files (relative to :data:`STATE_DIR`) whose contents are secrets.
 SECRET_FILE_NAMES: Final = (
     HANDSHAKE_SECRET_FILE,
+    SANDBOX_TOKEN_KEY_FILE,
     pki_file(CA_KEY_FILE),
     pki_file(SERVER_KEY_FILE),
     pki_file(CLIENT_KEY_FILE),

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from openshell_core.errors import OpenShellError
 from openshell_core.host.sshproxy.resumable_relay import PlainRelay, TunnelRelay
-from openshell_core.host.sshproxy.tunnel import GatewayTunnel, Streams
+from openshell_core.host.sshproxy.tunnel import Streams, Tunnel
 from openshell_core.wire.relay import close_writer, stdio_streams
 
 
 async def run_proxy(
-    tunnel: GatewayTunnel,
+    tunnel: Tunnel,
     *,
     relay_with: TunnelRelay | None = None,
     local: Streams | None = None,

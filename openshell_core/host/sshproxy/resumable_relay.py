@@ -15,8 +15,8 @@ from openshell_core.host.sshproxy.tunnel import (
     REPLY_TIMEOUT,
     ConnectFailed,
     Dialer,
-    GatewayTunnel,
     Streams,
+    Tunnel,
 )
 from openshell_core.retry import backoff
 from openshell_core.wire.osrs1.buffer import BUFFER_LIMIT
@@ -107,7 +107,7 @@ class ResumableRelay:
 
     @classmethod
     def for_tunnel(
-        cls, tunnel: GatewayTunnel, *, resume_timeout: float = RESUME_TIMEOUT
+        cls, tunnel: Tunnel, *, resume_timeout: float = RESUME_TIMEOUT
     ) -> ResumableRelay:
         return cls(tunnel.sandbox_id, tunnel.token, resume_timeout=resume_timeout)
 

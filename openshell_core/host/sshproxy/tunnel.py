@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import urlparse
 
 from openshell_core.errors import NotFoundError, OpenShellError
@@ -146,6 +146,21 @@ async def connect_with_retry(
             await sleep(delay)
             continue
         raise ConnectFailed(result.status, result.reason)
+
+
+class Tunnel(Protocol):
+    """A way to open byte streams to one sandbox's SSH side: CONNECT (:class:`GatewayTunnel`)
+    or ForwardTcp (:class:`~.forward.ForwardTunnel`)."""
+
+    @property
+    def sandbox_id(self) -> str: ...
+
+    @property
+    def token(self) -> str: ...
+
+    async def open(self) -> Streams:
+        """:raises ConnectFailed: the gateway refused."""
+        ...
 
 
 @dataclass(frozen=True)
