@@ -91,8 +91,8 @@ def main() -> int:
     print("| kill scenario, deploy to destroy | seconds |\n|---|---|")
     print(f"| plain script (the same engine calls) | {summarise(plain)} |")
     print(f"| through the plugin (`pytest --openshell-gateway`) | {summarise(plugin)} |")
-    verdict = "met" if ratio < 1.2 else "missed"
-    print(f"| overhead (median ratio; target < 1.2x) | {ratio:.2f}x, {verdict} |")
+    verdict = "met" if ratio <= 1.1 else "missed"
+    print(f"| overhead (median ratio; target <= 1.1x) | {ratio:.2f}x, {verdict} |")
     return 0
 
 

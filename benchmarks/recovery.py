@@ -1,6 +1,6 @@
 """Recovery latency per scenario, beside the floor, in one run on one machine.
 
-For each core scenario (and docker-crash), over ``--repeat`` runs:
+For each core scenario (and docker-crash, docker-daemon-kill), over ``--repeat`` runs:
 
 - **reference**: a reference gateway with two sandboxes is disrupted with the scenario's own steps
   (``pytest_openshell.scenarios``) and recovered as a user would; the figure is the time from the
@@ -52,10 +52,16 @@ SCENARIOS = (
     "image-upgrade",
     "docker-restart",
     "docker-crash",
+    "docker-daemon-kill",
 )
 COUNTER = 'i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.1; done'
 RESUMED = re.compile(r"resumed after ([0-9.]+) s")
 HTTP_PROBE = b"GET / HTTP/1.0\r\n\r\n"
+#: Issue 13's targets, as multiples of the floor: 2x where only the gateway's container is
+#: touched, 3x where the daemon itself goes (every container restarts or is adopted).
+GATEWAY_ONLY_TARGET = 2.0
+DAEMON_TARGET = 3.0
+GATEWAY_ONLY = ("stop-start", "kill", "remove-keep-volume", "image-upgrade")
 
 
 @dataclass
@@ -296,6 +302,11 @@ class FloorBox:
 
             return step
 
+        def kill_daemon() -> None:
+            # dockerd and containerd die, the container goes on; `engine start` adopts it.
+            engine.kill_daemon()
+            engine.start_daemon()
+
         return {
             "stop-start": stop_start,
             "kill": kill,
@@ -303,6 +314,7 @@ class FloorBox:
             "image-upgrade": recreate(self.other),
             "docker-restart": engine.restart_daemon,
             "docker-crash": engine.crash_daemon,
+            "docker-daemon-kill": kill_daemon,
         }
 
     def measure(self, key: str) -> float:
@@ -373,7 +385,7 @@ def main() -> int:
     print(f"repeats: {args.repeat} (min / median / max seconds)\n")
     print(
         "| scenario | floor: bare container | reference: API answers | reference: every sandbox "
-        "Ready + SSH | ratio (median) | target 3x | held SSH session |"
+        "Ready + SSH | ratio (median) | target | held SSH session |"
     )
     print("|---|---|---|---|---|---|---|")
     for row in rows:
@@ -403,12 +415,13 @@ def table_row(row: Row) -> str:
     api = figures([s.api for s in row.reference])
     ready = figures([s.ready for s in row.reference])
     ratio = row.ratio
-    verdict = "n/a" if ratio is None else "met" if ratio <= 3 else "missed"
+    target = GATEWAY_ONLY_TARGET if row.scenario in GATEWAY_ONLY else DAEMON_TARGET
+    verdict = "n/a" if ratio is None else "met" if ratio <= target else "missed"
     shown = "n/a" if ratio is None else f"{ratio:.1f}x"
     note = f" ({len(row.failures)} failed)" if row.failures else ""
     return (
         f"| {row.scenario}{note} | {figures(row.floor)} | {api} | {ready} | {shown} | "
-        f"{verdict} | {session} |"
+        f"{target:g}x {verdict} | {session} |"
     )
 
 

@@ -11,6 +11,7 @@ optional facts a driver offers (its abilities: ``state-digests``, ``sandbox-cont
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -75,6 +76,9 @@ SETTLED = 5.0
 #: Seconds a Ready sandbox may be refused its tunnel (502) before that counts as final: long
 #: enough for a re-created network to be joined again, short enough for a fault run to end soon.
 REFUSED_FOR_GOOD = 20.0
+#: Seconds between two rounds of SSH probes: each probe is a whole SSH session (itself a few
+#: tenths of a second), so a short pause is enough not to busy-loop.
+REPROBE = 0.2
 
 #: The remote command of the session held open across a scenario: a counter the remote side
 #: prints (a line each 0.2 s), and every line the test writes, echoed back.
@@ -84,6 +88,8 @@ HELD_COMMAND = (
 )
 #: Image-provided workspace files the workload changes and deletes (the sandbox image's own).
 IMAGE_FILE_CHANGED = "/sandbox/README.md"
+#: Prints when the sandbox's PID 1 started (clock ticks since boot): changes with a restart.
+PID1_START = "cut -d' ' -f22 /proc/1/stat"
 IMAGE_FILE_DELETED = "/sandbox/.config/seed"
 SENTINEL = "/sandbox/.workspace-initialized"
 OUTSIDE_FILE = "/var/tmp/openshell-conformance-outside"
@@ -246,20 +252,28 @@ class Workload:
         # Provisioned while the others are made; broken early, so that the gateway notices
         # while the markers are written.
         self.sandboxes.create(self.gateway, errored, wait=False)
+        # All three are asked for first and then awaited: their containers start together.
         for name in [*running, stopped]:
             command = STARTS_COMMAND if name in running else ()
-            info = self.sandboxes.create(self.gateway, name, command=command)
+            info = self.sandboxes.create(self.gateway, name, command=command, wait=False)
             self.states[name] = SandboxState(
-                name=name, id=info.id, running=True, host_public_key=info.host_public_key
+                name=name, id=info.id, running=True, host_public_key=""
             )
+        with self.client() as client:
+            for state in self.states.values():
+                ready = client.wait_ready(state.name, timeout=self.session.settings.api_timeout)
+                state.host_public_key = ready.host_public_key
         containers = self._sandbox_containers()
         for state in self.states.values():
             state.container = containers.get(state.id)
             if state.container:
                 state.container_id = self.container_id(state.container)
         self.errored = self.break_sandbox(errored)
+        # The two sandboxes are written to at once (each over its own SSH session).
+        with concurrent.futures.ThreadPoolExecutor(len(running)) as pool:
+            for done in [pool.submit(self._write_markers, self.states[n]) for n in running]:
+                done.result()
         for name in running:
-            self._write_markers(self.states[name])
             self.states[name].starts = eventually(
                 functools.partial(self.command_starts, name, at_least=1),
                 timeout=60,
@@ -330,29 +344,28 @@ class Workload:
         return {name.removeprefix("openshell-sandbox-"): name for name in containers}
 
     def _write_markers(self, state: SandboxState) -> None:
+        """One SSH session writes the markers, changes the image's files, and reports what the
+        checks compare with later: the changed file's digest, PID 1's start, a process's id."""
         payload = secrets.token_bytes(4096)
         deep = "/sandbox/deep/er/marker.txt"
-        self.shell(
+        out = self.shell(
             state.name,
             f"set -e; cat > /sandbox/marker.bin; chmod 640 /sandbox/marker.bin; "
             f"mkdir -p /sandbox/deep/er; printf '%s' {state.id} > {deep}; chmod 600 {deep}; "
             f"printf 'changed by the user\\n' >> {IMAGE_FILE_CHANGED}; rm -f {IMAGE_FILE_DELETED}; "
-            f"echo outside > {OUTSIDE_FILE}",
+            f"echo outside > {OUTSIDE_FILE}; "
+            f"sha256sum {IMAGE_FILE_CHANGED}; {PID1_START}; "
+            "setsid nohup sleep 86400 >/dev/null 2>&1 < /dev/null & echo $!",
             stdin=payload,
         )
+        digest_line, pid1_start, process = out.decode().splitlines()
         state.markers = [
             Marker("/sandbox/marker.bin", "640", sha256(payload)),
             Marker(deep, "600", sha256(state.id.encode())),
         ]
-        state.image_file_digest = (
-            self.shell(state.name, f"sha256sum {IMAGE_FILE_CHANGED}").split()[0].decode()
-        )
-        state.pid1_start = self.pid1_start(state.name)
-        state.process = int(
-            self.shell(
-                state.name, "setsid nohup sleep 86400 >/dev/null 2>&1 < /dev/null & echo $!"
-            ).strip()
-        )
+        state.image_file_digest = digest_line.split()[0]
+        state.pid1_start = pid1_start.strip()
+        state.process = int(process.strip())
 
     def container_id(self, container: str) -> str | None:
         found = self.session.engine.inspect_container(container)
@@ -409,16 +422,16 @@ class Workload:
 
     def pid1_start(self, name: str) -> str:
         """When the sandbox's PID 1 started (clock ticks since boot): changes with a restart."""
-        return self.shell(name, "cut -d' ' -f22 /proc/1/stat").decode().strip()
+        return self.shell(name, PID1_START).decode().strip()
 
     def marker_facts(self, state: SandboxState) -> list[tuple[str, str]]:
-        """(mode, digest) of each marker, read now over SSH."""
-        found = []
-        for marker in state.markers:
-            out = self.shell(state.name, f"stat -c %a {marker.path}; sha256sum {marker.path}")
-            mode, digest = out.decode().split()[:2]
-            found.append((mode, digest))
-        return found
+        """(mode, digest) of each marker, read now in one SSH session."""
+        command = "; ".join(
+            f"stat -c %a {marker.path}; sha256sum {marker.path}" for marker in state.markers
+        )
+        words = self.shell(state.name, command).decode().split()
+        # Each marker prints its mode, then its digest and path.
+        return [(words[3 * i], words[3 * i + 1]) for i in range(len(state.markers))]
 
     def _record(self) -> None:
         record = self.record
@@ -495,6 +508,8 @@ class Outcome:
     #: what the client threads of --openshell-workload recorded and the checker found (P18)
     history: HistoryOutcome | None = None
     _reachable: bool = False
+    #: the settle check of the running sandboxes' phases, begun as soon as the gateway answered
+    _settling: concurrent.futures.Future[float] | None = None
 
     @property
     def session(self) -> OpenShellSession:
@@ -529,12 +544,35 @@ class Outcome:
         if self._reachable:
             return
         self.require_recovered()
-        record = SurvivalRecord(poll=1.0)
+        record = SurvivalRecord(poll=REPROBE)
         for state in self.workload.running_states():
             probe = functools.partial(self.workload.shell, state.name, "echo reached")
             record.expect(f"a new SSH session into {state.name}", probe, b"reached\n")
         record.verify(within=self.within if within is None else within, settle=0)
         self._reachable = True
+
+    def running_phase_facts(self) -> list[str]:
+        return [f"phase {state.name}" for state in self.workload.running_states()]
+
+    def begin_settling(self, pool: concurrent.futures.Executor) -> None:
+        """Start the check that every running sandbox is Ready again and stays so for
+        ``--openshell-settle`` seconds, in ``pool``, right after the recovery: its window then
+        runs while the scenario's other checks do (and starts as early as it can), instead of
+        after them. :meth:`settled` waits for its verdict."""
+        survives = self.traits.state is StateOutcome.SURVIVES  # else no sandbox is expected
+        if survives and self.run.recovered and self._settling is None:
+            names, settle = self.running_phase_facts(), self.session.settings.settle
+            self._settling = pool.submit(self.verify, *names, settle=settle)
+
+    def settled(self) -> float:
+        """Seconds until every running sandbox was Ready, which then stayed Ready for the settle
+        window (the check :meth:`begin_settling` started, or the same check made now).
+
+        :raises SurvivalViolation: as :meth:`verify`.
+        """
+        if self._settling is None:
+            return self.verify(*self.running_phase_facts(), settle=self.session.settings.settle)
+        return self._settling.result()
 
     def verify(self, *names: str, settle: float = 0.0, within: float | None = None) -> float:
         """Check recorded facts once the gateway is back; ``within`` defaults to the recovery
@@ -555,7 +593,7 @@ def eventually(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
             timeout=timeout,
             what=what,
             retry_on=(OSError, OpenShellError, AssertionError),
-            schedule=(0.5, 1.0, 0.5),
+            schedule=(0.05, 1.5, 0.5),
         )
     except ReadinessTimeout as exc:
         pytest.fail(str(exc), pytrace=False)
@@ -586,7 +624,7 @@ def check_markers(outcome: Outcome, *, within: float) -> None:
     """Property 3: marker files written under /sandbox have the same bytes and mode."""
     outcome.reachable(within=within)
     workload = outcome.workload
-    record = SurvivalRecord(poll=1.0)
+    record = SurvivalRecord(poll=REPROBE)
     for state in workload.running_states():
         record.expect(
             f"markers of {state.name}",

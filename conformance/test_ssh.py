@@ -9,7 +9,7 @@ import pytest
 
 from pytest_openshell import SandboxFate
 
-from ._support import SESSION_CONTINUES, SESSION_ENDS, SETTLED, SURVIVING, Outcome
+from ._support import PID1_START, SESSION_CONTINUES, SESSION_ENDS, SETTLED, SURVIVING, Outcome
 
 pytestmark = pytest.mark.openshell_property(number=4)
 
@@ -53,16 +53,21 @@ def test_a_process_started_before_lives_exactly_as_long_as_its_container(
     workload = lifecycle.workload
     for state in workload.running_states():
         expected = lifecycle.run.sandbox_fate(state.container)
-        pid1 = workload.pid1_start(state.name)
+        # One session reads both: when PID 1 started, and whether the process is still there.
+        pid1, alive = (
+            workload.shell(
+                state.name,
+                f"{PID1_START}; kill -0 {state.process} 2>/dev/null && echo alive || echo gone",
+            )
+            .decode()
+            .split()
+        )
         if expected is SandboxFate.KEPT:
-            alive = workload.shell(
-                state.name, f"kill -0 {state.process} 2>/dev/null && echo alive || echo gone"
-            ).strip()
             assert pid1 == state.pid1_start, (
                 f"the container of {state.name} restarted, though {lifecycle.key} should not "
                 "touch sandboxes"
             )
-            assert alive == b"alive", f"process {state.process} in {state.name} is gone"
+            assert alive == "alive", f"process {state.process} in {state.name} is gone"
         else:
             # A new PID 1 means a new process tree: nothing started before can be in it.
             assert pid1 != state.pid1_start, (

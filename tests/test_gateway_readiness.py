@@ -9,12 +9,16 @@ import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from gateway_stub import make_pki
 
+from openshell_core.engine import Engine
 from openshell_core.errors import ReadinessTimeout
+from openshell_core.gateway.deployment import _answers
 from openshell_core.gateway.readiness import ApiTarget, tls_probe, wait_healthy
+from openshell_core.host.metadata import write_mtls
 from openshell_core.retry import backoff
 
 
@@ -141,3 +145,45 @@ def test_an_unhealthy_verdict_is_not_overruled_by_the_service_answering() -> Non
     engine = _Inspected("unhealthy")
     with pytest.raises(ReadinessTimeout, match="health status: unhealthy"):
         wait_healthy(engine, "gw", timeout=0.5, answers=lambda: True)  # type: ignore[arg-type]
+
+
+class _NoCopyEngine:
+    """Stands in for the engine where the test expects no call: copying a file out fails."""
+
+    def __init__(self) -> None:
+        self.copied: list[str] = []
+
+    def read_container_file(self, container: str, path: str) -> bytes:
+        self.copied.append(path)
+        raise AssertionError(f"copied {path} out of {container}")
+
+
+def test_a_handshake_the_port_proxy_drops_counts_as_not_listening_yet(
+    pki_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """While a container starts, Docker's port proxy accepts and drops each connection (an EOF
+    in the handshake): the host's client files are not to blame, so none is copied again."""
+    one, _ = pki_dirs
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    pki = {name: (one / name).read_bytes() for name in ("ca.crt", "client.crt", "client.key")}
+    write_mtls("gw", ca_cert=pki["ca.crt"], cert=pki["client.crt"], key=pki["client.key"], env=env)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def drop_one() -> None:
+        # As the proxy does: it takes the client's hello, finds no backend, and closes (an EOF
+        # to the client, not a reset).
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+
+    dropping = threading.Thread(target=drop_one, daemon=True)
+    dropping.start()
+    engine = _NoCopyEngine()
+    try:
+        port = listener.getsockname()[1]
+        answered = _answers(cast(Engine, engine), "gw", port, tls_probe, env)
+    finally:
+        dropping.join(5)
+        listener.close()
+    assert answered is None
+    assert engine.copied == []

@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -483,8 +484,11 @@ def _answers(
     if mtls.exist():
         try:
             probe(ApiTarget("127.0.0.1", port, mtls.ca_cert, mtls.cert, mtls.key))
-        except (ConnectionError, TimeoutError):
-            return None  # nothing listens yet: the files are not the question
+        except (ConnectionError, TimeoutError, ssl.SSLEOFError):
+            # Nothing listens yet: the files are not the question. Docker's port proxy takes the
+            # connection and drops it while the container starts, which ends the handshake
+            # with an EOF; fetching the files then would cost each probe three engine calls.
+            return None
         except OSError:
             pass
         else:

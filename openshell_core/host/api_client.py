@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -21,7 +20,6 @@ import grpc
 from openshell_core.errors import (
     NotFoundError,
     OpenShellError,
-    ReadinessTimeout,
     StateError,
     UsageError,
 )
@@ -35,6 +33,7 @@ from openshell_core.grpc_api import (
     workspace_selector,
 )
 from openshell_core.host.metadata import MtlsFiles, read_active_gateway, read_metadata
+from openshell_core.retry import GiveUp, poll_until
 from openshell_core.wire import contract
 
 DEFAULT_TIMEOUT: Final = 30.0
@@ -292,27 +291,26 @@ class GatewayClient:
         return _info(reply.sandbox)
 
     def wait_ready(self, name: str, *, timeout: float = 120.0, poll: float = 0.5) -> SandboxInfo:
-        """Wait until the sandbox is READY.
+        """Wait until the sandbox is READY: looks 50 ms apart at first (a sandbox of a warm
+        image is Ready within a second), then every ``poll`` seconds.
 
         :raises ReadinessTimeout: on timeout, or at once when it is ERROR or STOPPED.
         """
-        started = time.monotonic()
-        while True:
+
+        def observe() -> SandboxInfo:
             info = self.get_sandbox(name)
-            if info.phase == "READY":
-                return info
-            elapsed = time.monotonic() - started
             if info.phase in {"ERROR", "STOPPED"}:
-                raise ReadinessTimeout(
-                    f"sandbox {name!r}", f"it is {info.phase}: {info.reason}", elapsed=elapsed
-                )
-            if elapsed > timeout:
-                raise ReadinessTimeout(
-                    f"sandbox {name!r}",
-                    f"still {info.phase} ({info.reason or 'no reason given'})",
-                    elapsed=elapsed,
-                )
-            time.sleep(poll)
+                raise GiveUp(f"it is {info.phase}: {info.reason}")
+            return info
+
+        return poll_until(
+            observe,
+            lambda info: info.phase == "READY",
+            timeout=timeout,
+            what=f"sandbox {name!r}",
+            describe=lambda info: f"still {info.phase} ({info.reason or 'no reason given'})",
+            schedule=(min(0.05, poll), 1.5, poll),
+        )
 
     def exec(
         self,
