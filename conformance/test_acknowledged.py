@@ -15,19 +15,19 @@ pytestmark = [pytest.mark.openshell_property(number=18), pytest.mark.openshell_t
 
 
 @pytest.fixture
-def history(lifecycle: Outcome, record_property: pytest.RecordProperty) -> HistoryOutcome:
+def history(lifecycle: Outcome, request: pytest.FixtureRequest) -> HistoryOutcome:
     """The scenario's history; a client thread that died makes this an error of the harness
     (with its traceback), never a silent gap and never a verdict on the gateway."""
     if lifecycle.history is None:
         pytest.skip("the workload is off; --openshell-workload runs it during the scenario")
-    record_property(SEED, lifecycle.history.seed)
+    request.node.user_properties.append((SEED, lifecycle.history.seed))
     if lifecycle.history.thread_error is not None:
         raise WorkloadError(lifecycle.history.thread_error)
     return lifecycle.history
 
 
 def test_every_acknowledged_operation_of_the_workload_holds_after_recovery(
-    lifecycle: Outcome, history: HistoryOutcome, record_property: pytest.RecordProperty
+    lifecycle: Outcome, history: HistoryOutcome, request: pytest.FixtureRequest
 ) -> None:
     lifecycle.require_recovered()
     where = (
@@ -36,9 +36,9 @@ def test_every_acknowledged_operation_of_the_workload_holds_after_recovery(
     )
     if history.error is not None:
         pytest.fail(f"the workload broke off: {history.error}\n{where}", pytrace=False)
-    record_property(OPERATIONS, history.operations)
+    request.node.user_properties.append((OPERATIONS, history.operations))
     if history.timeline is not None:
-        record_property(TIMELINE, str(history.timeline))
+        request.node.user_properties.append((TIMELINE, str(history.timeline)))
     if history.violations:
         listed = "\n".join(str(v) for v in history.violations)
         pytest.fail(
