@@ -134,6 +134,12 @@ class SuiteRun:
     failed: frozenset[str]
     passed: frozenset[str]
     output: str
+    #: why tests failed before the suite could run at all (the harness, not the fault)
+    unprepared: frozenset[str] = frozenset()
+
+
+#: The plugin's message when a run failed before any scenario (its set-up, not a check).
+UNPREPARED = "the run could not be prepared"
 
 
 def run_suite(work: Path, name: str, *args: str) -> SuiteRun:
@@ -149,16 +155,27 @@ def run_suite(work: Path, name: str, *args: str) -> SuiteRun:
     result = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
     )
-    failed, passed = set(), set()
+    failed, passed, unprepared = set(), set(), set()
     if junit.exists():
         for case in ElementTree.parse(junit).getroot().iter("testcase"):
             module = str(case.get("classname", "")).rsplit(".", 1)[-1]
             test = f"{module}.py::{case.get('name')}"
-            if case.find("failure") is not None or case.find("error") is not None:
+            failure = case.find("failure")
+            if failure is None:
+                failure = case.find("error")
+            if failure is not None:
                 failed.add(test)
+                if UNPREPARED in (failure.get("message") or ""):
+                    unprepared.add((failure.get("message") or "").strip())
             elif case.find("skipped") is None:
                 passed.add(test)
-    return SuiteRun(result.returncode, frozenset(failed), frozenset(passed), result.stdout[-6000:])
+    return SuiteRun(
+        result.returncode,
+        frozenset(failed),
+        frozenset(passed),
+        result.stdout[-6000:],
+        frozenset(unprepared),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +235,8 @@ def test_the_fault_makes_its_named_conformance_tests_fail(
     run = suite_runs[fault].result()
     expected = {f"{test}[{catch.scenario}]" for test in catch.tests}
     assert run.returncode != 0, f"the suite passed with {fault.value} on:\n{run.output}"
+    # A run that never got to its checks proves nothing about the fault.
+    assert not run.unprepared, f"the run with {fault.value} failed to start: {set(run.unprepared)}"
     missed = expected - run.failed
     assert not missed, f"{fault.value} did not make {sorted(missed)} fail:\n{run.output}"
 

@@ -31,6 +31,7 @@ from openshell_core.errors import (
     NoEngineError,
     NotFoundError,
 )
+from openshell_core.retry import poll_until
 from openshell_core.users import owner_of, this_user
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ Json = dict[str, Any]
 
 #: Seconds a single API call may take before we call the engine unresponsive.
 API_TIMEOUT = 120
+#: Seconds to wait for a container removal another client has in progress.
+REMOVAL_WAIT = 60.0
 
 
 @contextlib.contextmanager
@@ -268,10 +271,22 @@ class Engine:
             self.api.kill(name, signal=signal)
 
     def remove_container(self, name: str, *, force: bool = True) -> bool:
-        """Remove a container; False when it did not exist."""
+        """Remove a container; False when it did not exist. When another client is removing it
+        already (a run's teardown racing another run's sweep), wait for that removal instead of
+        failing: either way the container is gone when this returns."""
         try:
             with _translated(f"remove container {name}", kind="container", name=name):
-                self.api.remove_container(name, force=force, v=False)
+                try:
+                    self.api.remove_container(name, force=force, v=False)
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409 or "already in progress" not in _explain(exc):
+                        raise
+                    poll_until(
+                        lambda: self.inspect_container(name),
+                        lambda found: found is None,
+                        timeout=REMOVAL_WAIT,
+                        what=f"container {name} removed by the client already removing it",
+                    )
         except NotFoundError:
             return False
         return True
