@@ -30,6 +30,7 @@ from openshell_core.faults import Fault
 from openshell_core.gateway.reconcile import ensure_container, gateway_container_spec
 from openshell_core.images import ImageSet
 from openshell_core.state_record import RECORD_FILE, STORE_SCHEMA_LABEL
+from openshell_core.wire.contract import DEFAULT_TRANSPORT
 
 
 @pytest.fixture
@@ -55,6 +56,10 @@ def start(gateway: GatewayUnderTest, *extra: str) -> int:
     return main(["-q", "gateway", "start", "--name", gateway.name, "--engine", "host", *extra])
 
 
+#: The record of a gateway the upgrade image ran on (the transport as deployed: the default).
+UPGRADE_RECORD = {"image": UPGRADE_IMAGE, "store_schema": 2, "transport": DEFAULT_TRANSPORT}
+
+
 def record(gateway: GatewayUnderTest) -> dict[str, object]:
     return dict(json.loads(gateway.read_volume(RECORD_FILE)))
 
@@ -69,7 +74,7 @@ def test_the_gateway_records_its_image_and_store_schema_on_its_volume(
     gateway: GatewayUnderTest,
 ) -> None:
     gateway.deploy(image=UPGRADE_IMAGE)
-    assert record(gateway) == {"image": UPGRADE_IMAGE, "store_schema": 2}
+    assert record(gateway) == UPGRADE_RECORD
 
 
 def test_gateway_images_say_which_store_schema_they_open(engine: Engine, images: ImageSet) -> None:
@@ -112,7 +117,7 @@ def test_a_resume_on_an_image_too_old_for_the_store_is_refused_before_a_containe
         f"--name {gateway.name} --image {UPGRADE_IMAGE}`"
     ) in err
     assert gateway.engine.inspect_container(gateway.container) is None
-    assert record(gateway) == {"image": UPGRADE_IMAGE, "store_schema": 2}
+    assert record(gateway) == UPGRADE_RECORD
 
 
 def test_a_volume_without_a_record_is_checked_by_its_stores_own_schema_version(
@@ -160,7 +165,7 @@ def test_a_user_given_image_that_opens_the_store_wins_over_the_recorded_one(
 
     assert start(gateway, "--image", UPGRADE_IMAGE) == 0, capsys.readouterr().err
     assert running_image(gateway) == UPGRADE_IMAGE
-    assert record(gateway) == {"image": UPGRADE_IMAGE, "store_schema": 2}
+    assert record(gateway) == UPGRADE_RECORD
 
 
 def test_an_image_that_refuses_the_store_leaves_the_record_as_it_was(
@@ -182,4 +187,4 @@ def test_an_image_that_refuses_the_store_leaves_the_record_as_it_was(
     gateway.engine.start_container(gateway.container)
     assert gateway.engine.wait_container(gateway.container, timeout=120) != 0
     assert "newer than this gateway supports (1)" in "\n".join(gateway.logs())
-    assert record(gateway) == {"image": UPGRADE_IMAGE, "store_schema": 2}
+    assert record(gateway) == UPGRADE_RECORD
