@@ -179,8 +179,12 @@ def test_the_installed_conformance_suite_runs_every_check_with_a_driver_and_a_sc
     assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, result.stdout.str()
     counts = scenario_lines(result.stdout.str())
     passed = [line for line in result.stdout.lines if "[container-restart] PASSED" in line]
-    # Every check its traits allow, and none skipped: the driver has the abilities they need.
-    assert len(passed) == counts["container-restart"] >= 20, result.stdout.str()
+    skipped = [line for line in result.stdout.lines if "[container-restart] SKIPPED" in line]
+    # Every check its traits allow, and none skipped (the driver has the abilities they need) but
+    # property 18's, which needs the workload (--openshell-workload, off here).
+    assert [line.split("::")[0] for line in skipped] == ["test_acknowledged.py"], skipped
+    assert len(passed) + 1 == counts["container-restart"], result.stdout.str()
+    assert len(passed) >= 20, result.stdout.str()
     # A check that needs an ability the driver lacks is skipped, saying which.
     result.stdout.fnmatch_lines(
         ["SKIPPED*the gateway driver CliDriver lacks the ability 'fail-deploy'*"]
