@@ -227,10 +227,13 @@ def remove_run_objects(
     return SweepReport(tuple(sorted(swept)), **counts)
 
 
-def sweep_dead_runs(engine: Engine, directory: Path, *, current: str | None = None) -> SweepReport:
+def sweep_dead_runs(
+    engine: Engine, directory: Path, *, current: str | None = None, base: Path | None = None
+) -> SweepReport:
     """Remove what runs that are no longer alive left on ``engine`` and on this machine (their
-    run directories)."""
-    directories = sweep_run_dirs(directory, current=current)
+    run directories, under ``base``: default the temporary directory). ``directory`` and
+    ``base`` go together: leases kept elsewhere would make every run directory look dead."""
+    directories = sweep_run_dirs(directory, current=current, base=base)
     if directories:
         log.info("removed the run directories of dead runs %s", ", ".join(directories))
     keep = live_runs(directory)

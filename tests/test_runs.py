@@ -81,7 +81,9 @@ def test_the_sweep_removes_dead_runs_objects_and_spares_live_runs_and_foreign_on
     )
     try:
         with runs.RunLease("liverun0001", tmp_path).held():
-            report = runs.sweep_dead_runs(engine, tmp_path)
+            # Run directories from a temporary directory of its own: the machine's would hold
+            # other live runs' directories, whose leases are not in tmp_path.
+            report = runs.sweep_dead_runs(engine, tmp_path, base=tmp_path)
         assert "deadrun0001" in report.runs
         assert _exists(engine, dead) == (False, False, False)
         assert _exists(engine, live) == (True, True, True)
