@@ -19,9 +19,11 @@ KUBERNETES_DRIVER = SERVER / "compute_kubernetes.py"
 #: Docker's words. "engine" is ours for the Docker daemon; "ContainerSpec" is covered by
 #: "container".
 DOCKER_WORDS = re.compile(r"docker|container|volume|network|engine", re.IGNORECASE)
-#: Kubernetes' words (its "container" and "volume" are Docker's too).
+#: Kubernetes' words (its "container" and "volume" are Docker's too). A token's "claims" are
+#: JWT's word, not a volume claim's: the plural counts only as "volume claims" or "PVCs".
 KUBERNETES_WORDS = re.compile(
-    r"kube|k8s|\bpods?\b|claim|namespace|crd|custom.?resource|agent.?sandbox|statefulset",
+    r"kube|k8s|\bpods?\b|claim(?!s\b)|volume.?claims|\bpvcs?\b|namespace|crd|custom.?resource"
+    r"|agent.?sandbox|statefulset",
     re.IGNORECASE,
 )
 #: What may still carry one of those words, and why.
