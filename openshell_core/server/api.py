@@ -38,7 +38,7 @@ from openshell_core.server.sandbox_link import Dial, exec_in_sandbox
 from openshell_core.server.sandbox_tokens import SandboxToken, TokenRefused
 from openshell_core.server.sandboxes import SandboxService
 from openshell_core.server.store import StoreConflict
-from openshell_core.server.supervisor_hub import SupervisorHub, is_loopback
+from openshell_core.server.supervisor_hub import SupervisorHub, frames_to, is_loopback
 from openshell_core.server.tunnel import TunnelLimiter, TunnelRefused
 from openshell_core.wire import contract
 from openshell_core.wire.exec1 import ExecEvent
@@ -308,7 +308,7 @@ class GatewayServicer(Servicer):
                 reader, writer = await self._forward_link(record.id, init, context)
                 await context.send_initial_metadata(((contract.FORWARD_OPEN_METADATA, "1"),))
                 log.info("ForwardTcp to sandbox %s open", record.id)
-                inbound = asyncio.create_task(_forward_frames_to(frames, writer))
+                inbound = asyncio.create_task(frames_to(frames, writer))
                 try:
                     while data := await reader.read(FORWARD_CHUNK):
                         yield pb.TcpForwardFrame(data=data)
@@ -513,21 +513,6 @@ class GatewayServicer(Servicer):
         if record.phase is not Phase.READY:
             raise StateError(f"sandbox {name!r} is not ready ({record.phase.value})")
         return record
-
-
-async def _forward_frames_to(
-    frames: AsyncIterator[pb.TcpForwardFrame], writer: asyncio.StreamWriter
-) -> None:
-    """The client's data frames into ``writer``; half-closed when they end."""
-    try:
-        async for frame in frames:
-            if frame.HasField("data") and frame.data:
-                writer.write(frame.data)
-                await writer.drain()
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            if writer.can_write_eof():
-                writer.write_eof()
 
 
 def _one_workspace(selector: dm.WorkspaceSelector) -> str:

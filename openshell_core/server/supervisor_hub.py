@@ -309,7 +309,7 @@ class SupervisorHub:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the relay was given up")
         pending.arrived.set_result(None)
         reader, writer = await asyncio.open_connection(sock=pending.ours)
-        inbound = asyncio.create_task(_frames_to(iterator, writer))
+        inbound = asyncio.create_task(frames_to(iterator, writer))
         try:
             while True:
                 data = await reader.read(CHUNK)
@@ -421,9 +421,9 @@ class SupervisorHub:
             session.send(pb.GatewayMessage(heartbeat=pb.GatewayHeartbeat()))
 
 
-async def _frames_to(frames: AsyncIterator[pb.RelayFrame], writer: asyncio.StreamWriter) -> None:
-    """Write the data of ``frames`` to ``writer``; half-close it when they end (a relay's
-    end of data, both ways: the stream ends, or an empty data frame)."""
+async def frames_to(frames: AsyncIterator[Any], writer: asyncio.StreamWriter) -> None:
+    """Write the data of ``frames`` (``RelayFrame`` or ``TcpForwardFrame``: both carry ``data``)
+    to ``writer``; half-close it when they end (the stream ends, or an empty data frame)."""
     try:
         async for frame in frames:
             if frame.HasField("data") and frame.data:
