@@ -21,7 +21,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from openshell_core.cli import _ssh_proxy
 from openshell_core.errors import (
@@ -44,11 +44,28 @@ PROG = "pytest-openshell"
 
 
 class _StatusFormatter(logging.Formatter):
-    """Progress lines the way upstream's CLI prints them: ``[status] ...`` on stderr."""
+    """Progress lines the way upstream's CLI prints them: ``[status] ...`` on stderr.
+
+    ``line_end``: ``"\r\n"`` on a terminal. ``ssh-proxy`` shares its terminal with an ssh session
+    that has put it in raw mode, where a bare newline moves down without returning to column 0.
+    """
+
+    def __init__(self, line_end: str = "\n") -> None:
+        super().__init__()
+        self.line_end = line_end
 
     def format(self, record: logging.LogRecord) -> str:
         tag = "status" if record.levelno <= logging.INFO else record.levelname.lower()
-        return f"[{tag}] {record.getMessage()}"
+        return f"[{tag}] {record.getMessage()}".replace("\n", self.line_end)
+
+
+def _status_handler(stream: TextIO) -> logging.Handler:
+    """Where progress lines go: ``stream``, with line ends its terminal shows right."""
+    handler = logging.StreamHandler(stream)
+    line_end = "\r\n" if stream.isatty() else "\n"
+    handler.terminator = line_end
+    handler.setFormatter(_StatusFormatter(line_end))
+    return handler
 
 
 def build_parser(*, light: bool = False) -> argparse.ArgumentParser:
@@ -125,8 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return
                   "exec and sandbox connect", file=sys.stderr)  # fmt: skip
             return EXIT_USAGE
         args.argv = [*(a for a in args.argv if a != "--"), *command]
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_StatusFormatter())
+    handler = _status_handler(sys.stderr)
     root = logging.getLogger("openshell")
     root.addHandler(handler)
     root.setLevel(logging.WARNING if args.quiet else logging.INFO)
