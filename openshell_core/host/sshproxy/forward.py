@@ -52,7 +52,7 @@ class ForwardTunnel:
 
     tunnel: GatewayTunnel
     _channel: Any = field(default=None, repr=False)
-    _pumps: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    _pumps: set[asyncio.Future[Any]] = field(default_factory=set, repr=False)
 
     @property
     def sandbox_id(self) -> str:
@@ -86,24 +86,35 @@ class ForwardTunnel:
             if not any(key == contract.FORWARD_OPEN_METADATA for key, _ in metadata or ()):
                 code = await call.code()
                 details = await call.details()
-                ours.close()
-                theirs.close()
+                self._abandon(call, theirs, reachable=code is not grpc.StatusCode.UNAVAILABLE)
                 return Attempt(_STATUS.get(code, 0), reason=str(details or code.name))
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
-            call.cancel()
-            ours.close()
-            theirs.close()
+            self._abandon(call, theirs, reachable=False)
             why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else "timed out"
             return Attempt(0, reason=str(why))
         except BaseException:
-            call.cancel()
-            ours.close()
-            theirs.close()
+            self._abandon(call, theirs, reachable=False)
             raise
-        pump = asyncio.create_task(_responses_to(call, ours))
-        self._pumps.add(pump)
-        pump.add_done_callback(self._pumps.discard)
+        self._keep(asyncio.create_task(_responses_to(call, ours)))
         return Attempt(200, await asyncio.open_connection(sock=theirs, limit=65536))
+
+    def _abandon(self, call: Any, theirs: socket.socket, *, reachable: bool) -> None:
+        """End a call that did not open. Closing our side of the socket pair ends its request
+        frames (:func:`_frames` reads end-of-file and closes the rest itself: closing that end
+        under its pending read would leave gRPC's request task pending forever). An unreachable
+        gateway also costs the channel: gRPC would hold a failed channel in reconnect backoff
+        (seconds, growing) and fail the next attempts without dialling, so a gateway that is
+        back would be seen only when the backoff ends; a new channel dials at once."""
+        theirs.close()
+        call.cancel()
+        if not reachable and self._channel is not None:
+            channel, self._channel = self._channel, None
+            self._keep(asyncio.ensure_future(channel.close()))
+
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        """Hold a background task until it is done (the loop keeps only weak references)."""
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
 
     async def open(
         self,
@@ -119,19 +130,25 @@ class ForwardTunnel:
 
 
 async def _frames(tunnel: GatewayTunnel, ours: socket.socket) -> AsyncIterator[pb.TcpForwardFrame]:
-    """The init frame, then what ssh-proxy writes into its end of the socket pair."""
-    init = pb.TcpForwardInit(sandbox=tunnel.sandbox_id, authorization_token=tunnel.token)
-    init.ssh.SetInParent()
-    yield pb.TcpForwardFrame(init=init)
+    """The init frame, then what ssh-proxy writes into its end of the socket pair, until that end
+    is closed. This generator owns ``ours`` and closes it as it ends."""
     loop = asyncio.get_running_loop()
-    while True:
-        try:
-            data = await loop.sock_recv(ours, CHUNK)
-        except OSError:
-            return
-        if not data:
-            return
-        yield pb.TcpForwardFrame(data=data)
+    try:
+        init = pb.TcpForwardInit(sandbox=tunnel.sandbox_id, authorization_token=tunnel.token)
+        init.ssh.SetInParent()
+        yield pb.TcpForwardFrame(init=init)
+        while True:
+            try:
+                data = await loop.sock_recv(ours, CHUNK)
+            except OSError:
+                return
+            if not data:
+                return
+            yield pb.TcpForwardFrame(data=data)
+    finally:
+        # After the loop has dropped its watch of the socket (a cancelled read unregisters in a
+        # callback already queued), not before.
+        loop.call_soon(ours.close)
 
 
 async def _responses_to(call: Any, ours: socket.socket) -> None:
@@ -146,5 +163,5 @@ async def _responses_to(call: Any, ours: socket.socket) -> None:
     finally:
         with contextlib.suppress(OSError):
             ours.shutdown(socket.SHUT_WR)
+        # Ending the call ends its request frames too (:func:`_frames` closes ``ours``).
         call.cancel()
-        ours.close()  # the call is over: what ssh-proxy still writes has nowhere to go
