@@ -443,6 +443,32 @@ def test_a_killed_gateway_keeps_its_key_and_supervisors_come_back_with_a_new_epo
     assert json.loads(gateway.read(contract.VOLUME_RECORD_FILE))["transport"] == "supervisor"
 
 
+def test_the_official_sdk_drives_a_sandbox_it_made_before_docker_kill_and_gateway_start(
+    gateway, sdk_env
+):
+    with SandboxClient.from_active_cluster() as sdk:
+        created = sdk.create(workspace=WORKSPACE, name="sdk-survivor")
+        sdk.wait_ready("sdk-survivor", workspace=WORKSPACE, timeout_seconds=120)
+        sdk.exec("sdk-survivor", ["sh", "-c", "echo kept > note"], workspace=WORKSPACE)
+
+    gateway.kill()
+    gateway.start()
+
+    # A new client, as a user's next command would make: it reads the same host files.
+    with SandboxClient.from_active_cluster() as sdk:
+        again = sdk.wait_ready("sdk-survivor", workspace=WORKSPACE, timeout_seconds=120)
+        assert again.id == created.id
+        result = sdk.exec("sdk-survivor", ["cat", "note"], workspace=WORKSPACE)
+        assert (result.exit_code, result.stdout) == (0, "kept\n")
+        sdk.stop("sdk-survivor", workspace=WORKSPACE)
+        sdk.wait_stopped("sdk-survivor", workspace=WORKSPACE, timeout_seconds=60)
+        sdk.start("sdk-survivor", workspace=WORKSPACE)
+        sdk.wait_ready("sdk-survivor", workspace=WORKSPACE, timeout_seconds=120)
+        assert sdk.exec("sdk-survivor", ["cat", "note"], workspace=WORKSPACE).stdout == "kept\n"
+        sdk.delete("sdk-survivor", workspace=WORKSPACE)
+        sdk.wait_deleted("sdk-survivor", workspace=WORKSPACE, timeout_seconds=60)
+
+
 def test_a_start_asking_for_another_transport_is_refused_and_names_the_fix(gateway):
     gateway.transport = contract.TRANSPORT_NSSH1
     try:
