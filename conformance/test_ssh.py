@@ -25,6 +25,18 @@ def echoes(output: bytes) -> list[str]:
     return [line.decode() for line in re.findall(rb"^echo (.+)$", output, flags=re.MULTILINE)]
 
 
+#: What only an internal error of the host's ssh-proxy prints (Python's and asyncio's reports).
+INTERNAL_ERRORS = re.compile(
+    r"Traceback \(most recent call last\)|Task was destroyed|Task exception was never retrieved"
+    r"|Exception ignored"
+)
+
+
+def internal_errors(stderr: str) -> list[str]:
+    """The lines of a held session's stderr that report an internal error of ssh-proxy."""
+    return [line for line in stderr.splitlines() if INTERNAL_ERRORS.search(line)]
+
+
 def assert_contiguous(numbers: list[int]) -> None:
     """A counter read through the session: every number once, in order, none missing."""
     assert numbers, "the held session printed nothing"
@@ -98,6 +110,8 @@ def test_a_session_held_open_across_the_scenario_carries_on_byte_for_byte(
         "in order"
     )
     assert held.alive
+    # The user watches this stderr: the resume must say what it does, and nothing else.
+    assert not internal_errors(held.errors), held.errors[-2000:]
 
 
 @pytest.mark.openshell_traits(SESSION_ENDS)
