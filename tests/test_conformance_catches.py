@@ -129,7 +129,8 @@ CATCH_TABLE: dict[Fault, Catch] = {
             "test_long_downtime.py::"
             "test_every_running_sandbox_is_ready_and_reachable_after_its_token_expired",
         ),
-        ("--openshell-transport=supervisor",),
+        # Stranded sandboxes never come back: each check waits out its budget, so a short one.
+        ("--openshell-transport=supervisor", "--openshell-recovery-timeout=60"),
     ),
 }
 
