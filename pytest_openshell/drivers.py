@@ -211,14 +211,6 @@ class ListsSandboxContainers(Protocol):
     first: a scenario that disrupts "the first" sandboxes hits those made before it began, not
     those a workload creates while it runs."""
 
-    def token_lifetime(self, options: GatewayOptions) -> float | None:
-        """The ``supervisor`` transport's tokens live ``options.sandbox_token_ttl`` seconds (0 or
-        None: they never expire); in ``nssh1`` the gateway dials its supervisors and signs each
-        connection with the handshake secret, so they hold no token at all."""
-        if options.transport != TRANSPORT_SUPERVISOR:
-            return None
-        return options.sandbox_token_ttl or None
-
     def sandbox_containers(self, gateway: GatewayHandle, *, running: bool = False) -> list[str]: ...
 
 

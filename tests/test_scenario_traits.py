@@ -298,3 +298,15 @@ def test_long_downtime_refuses_a_gateway_whose_tokens_never_expire() -> None:
     with pytest.raises(ScenarioError, match="needs a gateway whose sandbox tokens expire"):
         BY_KEY["long-downtime"].disrupt(outlasting_run(driver))
     assert driver.stopped_at is None  # refused before anything was done
+
+
+def test_the_reference_driver_deploys_with_the_token_lifetime_of_its_options(
+    tmp_path: Path,
+) -> None:
+    driver = ReferenceDriver(cast(Any, None), tmp_path)
+    options = BY_KEY["long-downtime"].deploy_options(SUPERVISOR)
+    deploy = driver._options(GatewaySpec("gw", 1, "run", options), port=1)
+    assert (deploy.transport, deploy.sandbox_token_ttl) == (
+        TRANSPORT_SUPERVISOR,
+        SHORT_TOKEN_LIFETIME,
+    )
