@@ -30,7 +30,13 @@ from openshell_core.errors import NotFoundError, OpenShellError, ReadinessTimeou
 from openshell_core.host.api_client import GatewayClient, SandboxInfo
 from openshell_core.host.metadata import MtlsFiles
 from openshell_core.retry import poll_until
-from pytest_openshell.drivers import GatewayHandle, ListsSandboxContainers, ReportsStateDigests
+from openshell_core.wire.contract import SANDBOX_TOKEN_ENV
+from pytest_openshell.drivers import (
+    TOKEN_KEY_DIGEST,
+    GatewayHandle,
+    ListsSandboxContainers,
+    ReportsStateDigests,
+)
 from pytest_openshell.fixtures import HeldSession, SandboxFactory, ScenarioFixture, SshHelper
 from pytest_openshell.scenarios import (
     Applies,
@@ -44,7 +50,7 @@ from pytest_openshell.scenarios import (
     on_docker,
 )
 from pytest_openshell.session import OpenShellSession
-from pytest_openshell.survival import GiveUp, SurvivalRecord
+from pytest_openshell.survival import GiveUp, SurvivalRecord, SurvivalViolation
 
 from ._history import HistoryOutcome
 
@@ -166,6 +172,10 @@ class Workload:
     foreign: dict[str, str] = field(default_factory=dict)
     #: a sandbox whose container kept failing, in ERROR before the scenario (property 15)
     errored: SandboxState | None = None
+    #: a token the gateway gave a running sandbox's supervisor, read in that sandbox before the
+    #: scenario ("": the gateway gives none, as in the nssh1 transport), and whose it is
+    old_token: str = field(default="", repr=False)
+    old_token_sandbox: SandboxState | None = None
     #: when the gateway began to refuse tunnels to each Ready sandbox (cleared by a success)
     _refused_since: dict[str, float] = field(default_factory=dict)
 
@@ -445,6 +455,11 @@ class Workload:
         driver = self.session.driver
         if isinstance(driver, ReportsStateDigests):
             record.track("state digests", lambda: driver.state_digests(self.gateway))
+            record.track(
+                "token key digest",
+                lambda: driver.state_digests(self.gateway).get(TOKEN_KEY_DIGEST),
+            )
+        self._read_old_token()
         record.track("server certificate", lambda: server_fingerprint(self.gateway))
         mtls = MtlsFiles.of(self.gateway.name, self.gateway.env)
         record.track(
@@ -463,6 +478,20 @@ class Workload:
         record.track("gateway container", lambda: self.inspect_gateway()["Id"])
         record.track("gateway image", lambda: self.inspect_gateway()["Image"])
         self.gateway.extra["container_before"] = doc["Id"]
+
+    def _read_old_token(self) -> None:
+        """The token the first running sandbox was created with, as its supervisor was given it
+        (PID 1's environment, read over SSH as the sandbox's user can); property 17 presents it
+        to the gateway after the scenario."""
+        state = self.running_states()[0]
+        environ = self.shell(state.name, "tr '\\0' '\\n' < /proc/1/environ").decode()
+        prefix = SANDBOX_TOKEN_ENV + "="
+        for line in environ.splitlines():
+            if line.startswith(prefix) and line[len(prefix) :].strip():
+                self.old_token = line[len(prefix) :].strip()
+                self.session.redactor.learn(self.old_token)
+                self.old_token_sandbox = state
+                return
 
     def running_states(self) -> list[SandboxState]:
         return [state for state in self.states.values() if state.running]
@@ -508,6 +537,8 @@ class Outcome:
     #: what the client threads of --openshell-workload recorded and the checker found (P18)
     history: HistoryOutcome | None = None
     _reachable: bool = False
+    #: why :meth:`reachable` failed (its wait took the whole budget: later checks fail at once)
+    _unreachable: str | None = None
     #: the settle check of the running sandboxes' phases, begun as soon as the gateway answered
     _settling: concurrent.futures.Future[float] | None = None
 
@@ -543,12 +574,18 @@ class Outcome:
         """
         if self._reachable:
             return
+        if self._unreachable is not None:
+            pytest.fail(f"(found by an earlier check) {self._unreachable}", pytrace=False)
         self.require_recovered()
         record = SurvivalRecord(poll=REPROBE)
         for state in self.workload.running_states():
             probe = functools.partial(self.workload.shell, state.name, "echo reached")
             record.expect(f"a new SSH session into {state.name}", probe, b"reached\n")
-        record.verify(within=self.within if within is None else within, settle=0)
+        try:
+            record.verify(within=self.within if within is None else within, settle=0)
+        except SurvivalViolation as exc:
+            self._unreachable = str(exc)
+            raise
         self._reachable = True
 
     def running_phase_facts(self) -> list[str]:

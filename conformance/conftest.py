@@ -53,7 +53,8 @@ def lifecycle(
     """A gateway with the conformance workload on it, disrupted and recovered by one scenario."""
     key = request.param
     scenario = openshell.scenarios[key]
-    missing = scenario.missing_capabilities(openshell.engine, openshell.driver)
+    options = scenario.deploy_options(openshell.settings.gateway_options)
+    missing = scenario.missing_capabilities(openshell.engine, openshell.driver, options)
     if missing:
         pytest.skip("; ".join(missing))
     sandboxes = SandboxFactory(openshell)
@@ -65,7 +66,7 @@ def lifecycle(
     # workers' scenarios wait for that part alone (they cannot overlap it: a daemon restart
     # disturbs every gateway on the engine).
     with openshell.access.shared():
-        gateway = openshell_gateway_factory.deploy(label=key.replace("-", "")[:6])
+        gateway = openshell_gateway_factory.deploy(label=key.replace("-", "")[:6], options=options)
         sibling = None
         workload = None
         try:

@@ -42,7 +42,12 @@ from pytest_openshell import (
     StateOutcome,
     Traits,
 )
-from pytest_openshell.drivers import GatewayDriver, ListsSandboxContainers, ReportsStateDigests
+from pytest_openshell.drivers import (
+    TOKEN_KEY_DIGEST,
+    GatewayDriver,
+    ListsSandboxContainers,
+    ReportsStateDigests,
+)
 
 #: The command line that operates the gateway (default: the one installed beside this Python).
 _BESIDE = Path(sys.executable).with_name("pytest-openshell")
@@ -58,6 +63,8 @@ STATE_FILES = (
     "/var/lib/openshell/pki/server.crt",
     "/var/lib/openshell/pki/client.crt",
 )
+#: The key that signs sandbox tokens (property 17 compares its digest, never the key).
+TOKEN_KEY_FILE = "/var/lib/openshell/secrets/sandbox-token-key"
 
 
 class CliDriver(GatewayDriver, ListsSandboxContainers, ReportsStateDigests):
@@ -129,12 +136,16 @@ class CliDriver(GatewayDriver, ListsSandboxContainers, ReportsStateDigests):
         """SHA-256 of each secret-state file, read from the gateway's container (never the
         values themselves)."""
         engine = self.session.engine
-        return {
+        digests = {
             path: hashlib.sha256(
                 engine.read_container_file(gateway.container_name, path)
             ).hexdigest()
             for path in STATE_FILES
         }
+        # The sandbox-token signing key, under the name property 17 reads it by.
+        key = engine.read_container_file(gateway.container_name, TOKEN_KEY_FILE)
+        digests[TOKEN_KEY_DIGEST] = hashlib.sha256(key).hexdigest()
+        return digests
 
 
 @pytest.hookimpl

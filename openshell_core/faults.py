@@ -57,6 +57,9 @@ class Fault(enum.Enum):
     #: server: a new sandbox-token signing key on every gateway start (upstream's JWT key
     #: rotation): every supervisor's token stops verifying, and its sandboxes never come back.
     REGENERATE_TOKEN_KEY = "regenerate-token-key"
+    #: server: an expired sandbox token is not exchanged (``IssueSandboxToken`` keeps to unexpired
+    #: ones), so a supervisor whose token expired while the gateway was down never reconnects.
+    TOKEN_EXPIRY_STRANDS = "token-expiry-strands"
 
 
 def parse_faults(text: str | Iterable[str]) -> frozenset[Fault]:

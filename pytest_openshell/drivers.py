@@ -26,11 +26,20 @@ from openshell_core.faults import Fault, format_faults
 from openshell_core.gateway import DeployOptions, deploy, destroy, names, stop
 from openshell_core.gateway.reconcile import STATE_DIR
 from openshell_core.host.metadata import remove_gateway_files
-from openshell_core.wire.contract import GATEWAY_SECRET_STATE, RUN_ID_ENV, SANDBOX_ROLE
+from openshell_core.wire.contract import (
+    GATEWAY_SECRET_STATE,
+    RUN_ID_ENV,
+    SANDBOX_ROLE,
+    SANDBOX_TOKEN_KEY_FILE,
+    TRANSPORT_SUPERVISOR,
+)
 from pytest_openshell.options import GatewayOptions
 
 #: The gateway's persistent secret state, relative to its state directory on the volume.
 STATE_FILES = GATEWAY_SECRET_STATE
+#: The name :meth:`ReportsStateDigests.state_digests` gives the digest of the key that signs the
+#: sandbox tokens (property 17); a driver whose gateway has such a key reports it under this name.
+TOKEN_KEY_DIGEST = SANDBOX_TOKEN_KEY_FILE
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,15 @@ class ListsSandboxContainers(Protocol):
     def sandbox_containers(self, gateway: GatewayHandle, *, running: bool = False) -> list[str]: ...
 
 
+@runtime_checkable
+class SetsTokenLifetime(Protocol):
+    """Deploys gateways whose sandbox tokens live ``options.sandbox_token_ttl`` seconds, and says
+    how long the tokens of a gateway deployed with ``options`` live: None when its supervisors
+    hold no token that can expire (the ``long-downtime`` scenario outlasts them)."""
+
+    def token_lifetime(self, options: GatewayOptions) -> float | None: ...
+
+
 class Ability(enum.Enum):
     """An optional ability of a gateway driver: what a scenario or a check may need beyond the
     four verbs. The value is the name used in messages and in docs/conformance.md."""
@@ -217,6 +235,7 @@ class Ability(enum.Enum):
     STATE_DIGESTS = "state-digests"
     DOWN_REASON = "down-reason"
     SANDBOX_CONTAINERS = "sandbox-containers"
+    TOKEN_LIFETIME = "token-lifetime"
 
     @property
     def protocol(self) -> type:
@@ -250,6 +269,7 @@ _PROTOCOLS: dict[Ability, type] = {
     Ability.STATE_DIGESTS: ReportsStateDigests,
     Ability.DOWN_REASON: ReportsDownReason,
     Ability.SANDBOX_CONTAINERS: ListsSandboxContainers,
+    Ability.TOKEN_LIFETIME: SetsTokenLifetime,
 }
 _METHODS: dict[Ability, str] = {
     Ability.RECREATE: "recreate",
@@ -260,6 +280,7 @@ _METHODS: dict[Ability, str] = {
     Ability.STATE_DIGESTS: "state_digests",
     Ability.DOWN_REASON: "down_reason",
     Ability.SANDBOX_CONTAINERS: "sandbox_containers",
+    Ability.TOKEN_LIFETIME: "token_lifetime",
 }
 
 
@@ -278,6 +299,7 @@ class ReferenceDriver(
     ReportsStateDigests,
     ReportsDownReason,
     ListsSandboxContainers,
+    SetsTokenLifetime,
 ):
     """Drives the embedded reference gateway in-process, through :mod:`openshell_core.gateway`.
 
@@ -307,6 +329,7 @@ class ReferenceDriver(
             api_timeout=spec.api_timeout,
             config_env=self.env,
             transport=spec.options.transport,
+            sandbox_token_ttl=spec.options.sandbox_token_ttl,
         )
 
     def deploy(self, spec: GatewaySpec) -> GatewayHandle:
@@ -405,6 +428,14 @@ class ReferenceDriver(
             f"(exit code {state.get('ExitCode')}) and its restart policy {policy!r} will not "
             "start it again"
         )
+
+    def token_lifetime(self, options: GatewayOptions) -> float | None:
+        """The ``supervisor`` transport's tokens live ``options.sandbox_token_ttl`` seconds (0 or
+        None: they never expire); in ``nssh1`` the gateway dials its supervisors and signs each
+        connection with the handshake secret, so they hold no token at all."""
+        if options.transport != TRANSPORT_SUPERVISOR:
+            return None
+        return options.sandbox_token_ttl or None
 
     def sandbox_containers(self, gateway: GatewayHandle, *, running: bool = False) -> list[str]:
         """The names of the gateway's sandbox containers (only running ones with ``running``),

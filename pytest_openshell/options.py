@@ -216,6 +216,9 @@ class GatewayOptions:
     api_timeout: float = 90.0
     #: the reference gateway's transport (``nssh1`` or ``supervisor``), chosen at its first deploy
     transport: str = DEFAULT_TRANSPORT
+    #: seconds a sandbox token lives (None: the gateway's default, no expiry); a scenario whose
+    #: traits say it outlives the tokens sets it (:meth:`Scenario.deploy_options`)
+    sandbox_token_ttl: float | None = None
 
 
 @dataclass(frozen=True)

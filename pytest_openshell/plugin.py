@@ -315,7 +315,9 @@ def openshell_scenario(
     and recovers a gateway and times the recovery; ``disrupt(gateway)`` and ``recover()`` do the
     two halves. A scenario the engine or driver cannot perform is skipped with the reason."""
     scenario = openshell.scenarios[request.param]
-    missing = scenario.missing_capabilities(openshell.engine, openshell.driver)
+    missing = scenario.missing_capabilities(
+        openshell.engine, openshell.driver, openshell.settings.gateway_options
+    )
     if missing:
         pytest.skip("; ".join(missing))
     with openshell.engine_use(scenario):

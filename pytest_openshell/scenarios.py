@@ -32,7 +32,9 @@ from pytest_openshell.drivers import (
     CanForgetHostFiles,
     CanRecreate,
     ListsSandboxContainers,
+    SetsTokenLifetime,
 )
+from pytest_openshell.options import GatewayOptions
 
 if TYPE_CHECKING:
     from pytest_openshell.artefacts import Artefacts
@@ -112,6 +114,10 @@ class Traits:
         :attr:`ScenarioRun.sandbox_fates` (needs :attr:`Ability.SANDBOX_CONTAINERS`).
     :param failed_resume: it makes a resume fail before the recovering start, and records what
         that left in :attr:`ScenarioRun.failed_resume` (property 10).
+    :param outlives_tokens: the gateway stays down longer than a sandbox token lives (it is
+        deployed with tokens of :data:`SHORT_TOKEN_LIFETIME` seconds; needs
+        :attr:`Ability.TOKEN_LIFETIME`), so every supervisor's token has expired when it comes
+        back (property 14).
     """
 
     gateway: GatewayFate
@@ -122,6 +128,7 @@ class Traits:
     abilities: frozenset[Ability] = frozenset()
     some_sandboxes: frozenset[SandboxFate] = frozenset()
     failed_resume: bool = False
+    outlives_tokens: bool = False
 
     @property
     def sandbox_fates(self) -> frozenset[SandboxFate]:
@@ -162,6 +169,19 @@ class Traits:
                 f"{', '.join(sorted(f.value for f in self.sandbox_fates))}): a session cannot "
                 "carry on when the sandbox's end of it is gone; declare HeldSessionFate.ENDS"
             )
+        if self.outlives_tokens and Ability.TOKEN_LIFETIME not in self.abilities:
+            found.append(
+                "outlives_tokens=True needs abilities to include Ability.TOKEN_LIFETIME: the "
+                "gateway must be deployed with tokens that expire, and the wait must know when"
+            )
+        if self.outlives_tokens and self.gateway not in (
+            GatewayFate.RESTARTED,
+            GatewayFate.RECREATED,
+        ):
+            found.append(
+                "outlives_tokens=True needs gateway=GatewayFate.RESTARTED or RECREATED: only a "
+                f"gateway that is down can be outlasted (got gateway {self.gateway.value})"
+            )
         if self.failed_resume and self.gateway is not GatewayFate.RECREATED:
             found.append(
                 "failed_resume=True needs gateway=GatewayFate.RECREATED: a failed resume removes "
@@ -187,6 +207,8 @@ class Traits:
             parts.append("needs " + ", ".join(sorted(a.value for a in self.abilities)))
         if self.failed_resume:
             parts.append("a resume fails first")
+        if self.outlives_tokens:
+            parts.append("down past the tokens' life")
         return ", ".join(parts)
 
 
@@ -220,6 +242,7 @@ class Applies:
     held_session: HeldSessionFate | None = None
     engine: EngineScope | None = None
     failed_resume: bool | None = None
+    outlives_tokens: bool | None = None
 
     def matches(self, traits: Traits) -> bool:
         return (
@@ -229,6 +252,7 @@ class Applies:
             and (self.held_session is None or traits.held_session is self.held_session)
             and (self.engine is None or traits.engine is self.engine)
             and (self.failed_resume is None or traits.failed_resume is self.failed_resume)
+            and (self.outlives_tokens is None or traits.outlives_tokens is self.outlives_tokens)
         )
 
     @classmethod
@@ -268,6 +292,10 @@ class Applies:
             parts.append(f"{self.engine.value} level")
         if self.failed_resume is not None:
             parts.append("a resume fails first" if self.failed_resume else "no failed resume")
+        if self.outlives_tokens is not None:
+            parts.append(
+                "down past the tokens' life" if self.outlives_tokens else "tokens not outlived"
+            )
         return ", ".join(parts) or "every scenario"
 
 
@@ -404,8 +432,18 @@ class Scenario:
             ]
         return [f"scenario {self.key!r}: {problem}" for problem in self.traits.problems()]
 
-    def missing_capabilities(self, engine: Engine, driver: object) -> list[str]:
-        """Why this scenario cannot run here (empty when it can)."""
+    def deploy_options(self, options: GatewayOptions) -> GatewayOptions:
+        """What the gateway it disrupts is deployed with: ``options``, with sandbox tokens of
+        :data:`SHORT_TOKEN_LIFETIME` seconds when it outlives them (unless a life is set)."""
+        if self.declared_traits.outlives_tokens and not options.sandbox_token_ttl:
+            return dataclasses.replace(options, sandbox_token_ttl=SHORT_TOKEN_LIFETIME)
+        return options
+
+    def missing_capabilities(
+        self, engine: Engine, driver: object, options: GatewayOptions | None = None
+    ) -> list[str]:
+        """Why this scenario cannot run here (empty when it can), its gateway deployed with
+        :meth:`deploy_options` of ``options`` (None: not asked)."""
         traits = self.declared_traits
         missing = [
             f"scenario {self.key!r} needs {ability.lacking(driver)}"
@@ -416,6 +454,16 @@ class Scenario:
             reason = self.precondition(driver)
             if reason is not None:
                 missing.append(f"scenario {self.key!r}: {reason}")
+        if traits.outlives_tokens and options is not None and isinstance(driver, SetsTokenLifetime):
+            deployed = self.deploy_options(options)
+            if driver.token_lifetime(deployed) is None:
+                missing.append(
+                    f"scenario {self.key!r} keeps the gateway down past the life of its sandbox "
+                    f"tokens, and a gateway of the {deployed.transport} transport gives its "
+                    "supervisors none that expire (it dials each supervisor and signs every "
+                    "connection with its handshake secret); run it with "
+                    "--openshell-transport=supervisor"
+                )
         if traits.engine is EngineScope.DAEMON and not engine.can_restart:
             missing.append(
                 f"scenario {self.key!r} restarts the Docker daemon, and the engine at "
@@ -517,6 +565,44 @@ def _await_sandboxes_back(run: ScenarioRun) -> None:
         what=f"the sandbox containers {sorted(wanted)} running again",
         describe=lambda running: f"not running: {sorted(wanted - running)}",
     )
+
+
+#: Seconds the sandbox tokens live on the gateway of a scenario that outlives them: short, as the
+#: gateway stays down that long (the supervisors renew theirs every two thirds of it meanwhile).
+SHORT_TOKEN_LIFETIME = 15.0
+#: Seconds past the last token's expiry before the gateway is started: a token expires at its
+#: ``exp`` second, read against the wall clock.
+EXPIRY_MARGIN = 1.0
+
+
+def _stop_past_token_lifetime(run: ScenarioRun) -> None:
+    """``gateway stop``, then stay down until every token a supervisor holds has expired: none
+    was issued after the stop, and each lives the gateway's token lifetime."""
+    driver = run.driver
+    if not isinstance(driver, SetsTokenLifetime):
+        raise _needs(run, Ability.TOKEN_LIFETIME)
+    lifetime = driver.token_lifetime(run.gateway.spec.options)
+    if lifetime is None:
+        raise ScenarioError(
+            f"scenario {run.scenario.key!r} needs a gateway whose sandbox tokens expire; "
+            f"{run.gateway.name} was deployed with none (deploy it with "
+            "scenario.deploy_options(options), in the supervisor transport)"
+        )
+    driver.stop(run.gateway)
+    stopped = time.time()
+    expired = stopped + lifetime + EXPIRY_MARGIN
+    run.notes["token_lifetime"] = lifetime
+    run.notes["tokens_expired_at"] = expired
+    log.info(
+        "scenario %s: gateway %s stays down until its tokens expired (%.0f s)",
+        run.scenario.key,
+        run.gateway.name,
+        expired - stopped,
+    )
+    # Waiting out a clock: nothing else is awaited, so nothing can die meanwhile.
+    while (left := expired - time.time()) > 0:
+        time.sleep(min(left, 1.0))
+    run.notes["down_for"] = time.time() - stopped
 
 
 def _forget_host_metadata(run: ScenarioRun) -> None:
@@ -687,6 +773,17 @@ BUILTIN: tuple[Scenario, ...] = (
         _start,
         traits=dataclasses.replace(GATEWAY_ONLY, gateway=GatewayFate.KEPT),
         core=True,
+        precondition=on_docker,
+    ),
+    Scenario(
+        "long-downtime",
+        "gateway stop, down until every sandbox token expired, then gateway start (tokens of "
+        f"{SHORT_TOKEN_LIFETIME:.0f} s)",
+        _stop_past_token_lifetime,
+        _start,
+        traits=dataclasses.replace(
+            GATEWAY_ONLY, outlives_tokens=True, abilities=frozenset({Ability.TOKEN_LIFETIME})
+        ),
         precondition=on_docker,
     ),
     Scenario(

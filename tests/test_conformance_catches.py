@@ -44,7 +44,11 @@ class Catch:
 
 CATCH_TABLE: dict[Fault, Catch] = {
     Fault.REGENERATE_TOKEN_KEY: Catch(
-        "stop-start", ("test_secrets.py::test_the_handshake_secret_and_the_pki_are_unchanged",)
+        "stop-start",
+        (
+            "test_secrets.py::test_the_handshake_secret_and_the_pki_are_unchanged",
+            "test_token_key.py::test_the_token_signing_key_is_unchanged",
+        ),
     ),
     Fault.REGENERATE_HANDSHAKE_SECRET: Catch(
         "stop-start",
@@ -118,6 +122,15 @@ CATCH_TABLE: dict[Fault, Catch] = {
             "test_own_command.py::"
             "test_the_sandboxs_own_command_ran_once_at_every_start_of_its_container",
         ),
+    ),
+    Fault.TOKEN_EXPIRY_STRANDS: Catch(
+        "long-downtime",
+        (
+            "test_long_downtime.py::"
+            "test_every_running_sandbox_is_ready_and_reachable_after_its_token_expired",
+        ),
+        # Stranded sandboxes never come back: each check waits out its budget, so a short one.
+        ("--openshell-transport=supervisor", "--openshell-recovery-timeout=60"),
     ),
 }
 

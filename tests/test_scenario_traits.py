@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import time
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
-from pytest_openshell.drivers import Ability
+from openshell_core.wire.contract import TRANSPORT_NSSH1, TRANSPORT_SUPERVISOR
+from pytest_openshell import scenarios
+from pytest_openshell.drivers import Ability, GatewayHandle, GatewaySpec, ReferenceDriver
+from pytest_openshell.options import GatewayOptions
 from pytest_openshell.scenarios import (
     BUILTIN,
+    SHORT_TOKEN_LIFETIME,
     Applies,
     EngineScope,
     GatewayFate,
@@ -16,6 +23,7 @@ from pytest_openshell.scenarios import (
     SandboxFate,
     Scenario,
     ScenarioError,
+    ScenarioRun,
     StateOutcome,
     Traits,
     applicable,
@@ -83,6 +91,15 @@ def test_using_a_scenario_without_traits_raises_the_same_message() -> None:
             "some_sandboxes needs abilities to include Ability.SANDBOX_CONTAINERS",
         ),
         ({"failed_resume": True}, "failed_resume=True needs gateway=GatewayFate.RECREATED"),
+        ({"outlives_tokens": True}, "outlives_tokens=True needs abilities to include Ability."),
+        (
+            {
+                "outlives_tokens": True,
+                "gateway": GatewayFate.KEPT,
+                "abilities": frozenset({Ability.TOKEN_LIFETIME}),
+            },
+            "outlives_tokens=True needs gateway=GatewayFate.RESTARTED or RECREATED",
+        ),
         (
             {
                 "held_session": HeldSessionFate.ENDS,
@@ -199,4 +216,97 @@ def test_traits_read_as_one_line() -> None:
     assert BY_KEY["sandbox-reschedule"].declared_traits.describe() == (
         "gateway kept, sandboxes kept (some recreated/restarted), state survives, "
         "held session ends, needs sandbox-containers"
+    )
+
+
+# -- a scenario that outlives the sandbox tokens (property 14) ----------------------------------
+
+SUPERVISOR = GatewayOptions(transport=TRANSPORT_SUPERVISOR)
+
+
+class FakeTokenDriver:
+    """A driver whose gateways' tokens live ``lifetime`` seconds; records when it stopped one."""
+
+    def __init__(self, lifetime: float | None) -> None:
+        self.lifetime = lifetime
+        self.stopped_at: float | None = None
+
+    def token_lifetime(self, options: GatewayOptions) -> float | None:
+        return self.lifetime
+
+    def stop(self, gateway: object) -> None:
+        self.stopped_at = time.monotonic()
+
+
+def outlasting_run(driver: FakeTokenDriver) -> ScenarioRun:
+    spec = GatewaySpec("gw", 1, "run", SUPERVISOR)
+    handle = GatewayHandle(spec, Path("/nonexistent"))
+    return ScenarioRun(BY_KEY["long-downtime"], handle, cast(Any, driver), cast(Any, None))
+
+
+def test_only_long_downtime_outlives_the_tokens_and_it_is_not_in_the_default_set() -> None:
+    outlived = applicable(BUILTIN, applies=Applies(outlives_tokens=True))
+    assert keys(outlived) == ["long-downtime"]
+    assert not BY_KEY["long-downtime"].core
+    assert "long-downtime" in keys(select(BY_KEY, "all"))
+
+
+def test_a_scenario_that_outlives_the_tokens_deploys_its_gateway_with_short_lived_ones() -> None:
+    long_downtime = BY_KEY["long-downtime"]
+    assert long_downtime.deploy_options(SUPERVISOR).sandbox_token_ttl == SHORT_TOKEN_LIFETIME
+    set_already = dataclasses.replace(SUPERVISOR, sandbox_token_ttl=4.0)
+    assert long_downtime.deploy_options(set_already) is set_already
+    assert BY_KEY["stop-start"].deploy_options(SUPERVISOR) is SUPERVISOR
+
+
+def test_the_reference_gateway_has_expiring_tokens_in_the_supervisor_transport_only(
+    tmp_path: Path,
+) -> None:
+    driver = ReferenceDriver(cast(Any, None), tmp_path)
+    short = dataclasses.replace(SUPERVISOR, sandbox_token_ttl=15.0)
+    assert driver.token_lifetime(short) == 15.0
+    assert driver.token_lifetime(SUPERVISOR) is None  # tokens that never expire
+    assert driver.token_lifetime(dataclasses.replace(short, transport=TRANSPORT_NSSH1)) is None
+
+
+def test_long_downtime_is_skipped_in_the_nssh1_transport_saying_why(tmp_path: Path) -> None:
+    driver = ReferenceDriver(cast(Any, None), tmp_path)
+    engine = cast(Any, None)
+    long_downtime = BY_KEY["long-downtime"]
+    [why] = long_downtime.missing_capabilities(engine, driver, GatewayOptions())
+    assert why.startswith("scenario 'long-downtime' keeps the gateway down past the life of")
+    assert "nssh1 transport gives its supervisors none that expire" in why
+    assert why.endswith("run it with --openshell-transport=supervisor")
+    assert long_downtime.missing_capabilities(engine, driver, SUPERVISOR) == []
+
+
+def test_long_downtime_stays_down_past_the_token_lifetime_counted_from_the_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scenarios, "EXPIRY_MARGIN", 0.1)
+    driver = FakeTokenDriver(0.5)
+    run = outlasting_run(driver)
+    BY_KEY["long-downtime"].disrupt(run)
+    assert driver.stopped_at is not None
+    assert time.monotonic() - driver.stopped_at >= 0.6
+    assert run.notes["token_lifetime"] == 0.5
+    assert run.notes["down_for"] >= 0.6
+
+
+def test_long_downtime_refuses_a_gateway_whose_tokens_never_expire() -> None:
+    driver = FakeTokenDriver(None)
+    with pytest.raises(ScenarioError, match="needs a gateway whose sandbox tokens expire"):
+        BY_KEY["long-downtime"].disrupt(outlasting_run(driver))
+    assert driver.stopped_at is None  # refused before anything was done
+
+
+def test_the_reference_driver_deploys_with_the_token_lifetime_of_its_options(
+    tmp_path: Path,
+) -> None:
+    driver = ReferenceDriver(cast(Any, None), tmp_path)
+    options = BY_KEY["long-downtime"].deploy_options(SUPERVISOR)
+    deploy = driver._options(GatewaySpec("gw", 1, "run", options), port=1)
+    assert (deploy.transport, deploy.sandbox_token_ttl) == (
+        TRANSPORT_SUPERVISOR,
+        SHORT_TOKEN_LIFETIME,
     )

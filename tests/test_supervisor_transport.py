@@ -606,3 +606,58 @@ def test_a_gateway_down_longer_than_a_tokens_life_strands_no_supervisor(short_li
         client.wait_ready("outlasted", timeout=120)
         assert client.exec("outlasted", ["true"]).exit_code == 0
     assert _latest_token_expiry(short_lived, sandbox_id) > expiry  # a new token was issued
+
+
+def _signed_by(gateway: GatewayUnderTest) -> TokenSigner:
+    """A signer with the gateway's own sandbox-token key, read from its volume (test only)."""
+    text = gateway.engine.read_container_file(
+        gateway.container, f"{contract.STATE_DIR}/{contract.SANDBOX_TOKEN_KEY_FILE}"
+    )
+    return TokenSigner(bytes.fromhex(text.decode().strip()), ttl=TOKEN_TTL)
+
+
+def _exchange(gateway: GatewayUnderTest, token: str) -> tuple[grpc.StatusCode, str]:
+    """``IssueSandboxToken`` with ``token``: the status and details of its answer."""
+    mtls = gateway.gateway_dir / "mtls"
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(mtls / "ca.crt").read_bytes(),
+        private_key=(mtls / "tls.key").read_bytes(),
+        certificate_chain=(mtls / "tls.crt").read_bytes(),
+    )
+    with grpc.secure_channel(f"127.0.0.1:{gateway.port}", credentials) as channel:
+        try:
+            stub(channel).IssueSandboxToken(
+                pb.IssueSandboxTokenRequest(),
+                metadata=(("authorization", bearer(token)),),
+                timeout=20,
+            )
+        except grpc.RpcError as exc:
+            return exc.code(), str(exc.details())
+    return grpc.StatusCode.OK, ""
+
+
+def test_an_expired_token_this_gateway_signed_passes_the_exchange(short_lived):
+    expired = _signed_by(short_lived).issue("no-such-sandbox", now=time.time() - 60).token
+    # Accepted as this gateway's (then refused only because the sandbox does not exist).
+    assert _exchange(short_lived, expired) == (grpc.StatusCode.NOT_FOUND, "sandbox not found")
+
+
+def test_with_token_expiry_strands_an_expired_token_is_not_exchanged(
+    engine: Engine, images: ImageSet, tmp_path: Path
+):
+    with lab_run(engine) as run_id:
+        stranding = GatewayUnderTest(
+            engine,
+            f"strand{run_id[:8]}",
+            run_id,
+            tmp_path,
+            transport=contract.TRANSPORT_SUPERVISOR,
+            sandbox_token_ttl=TOKEN_TTL,
+            faults="token-expiry-strands",
+        )
+        stranding.deploy()
+        expired = _signed_by(stranding).issue("no-such-sandbox", now=time.time() - 60).token
+        assert _exchange(stranding, expired) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "sandbox token expired",
+        )

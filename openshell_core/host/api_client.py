@@ -380,6 +380,22 @@ class GatewayClient:
             expires_at=float(expires),
         )
 
+    # -- the supervisor side (conformance checks present a token a supervisor was given) --
+
+    def exchange_sandbox_token(self, token: str) -> str:
+        """``IssueSandboxToken`` with ``token`` as the bearer credential: a new token for its
+        sandbox, when this gateway signed ``token`` (expired or not) and the sandbox exists.
+
+        :raises GatewayRpcError: ``UNAUTHENTICATED`` when the gateway does not accept ``token``
+            (its words say why: not signed by this gateway, expired, malformed).
+        """
+        metadata = (("authorization", f"Bearer {token}"),)  # the standard bearer header
+        with self._calling("issue sandbox token"):
+            reply = self._stub.IssueSandboxToken(
+                pb.IssueSandboxTokenRequest(), metadata=metadata, timeout=self._timeout
+            )
+        return str(reply.token)
+
     def revoke_ssh_session(self, token: str, *, allow_missing: bool = True) -> bool:
         """Revoke a session token; False when it was unknown or already revoked."""
         request = pb.RevokeSshSessionRequest(token=token, allow_missing=allow_missing)

@@ -156,9 +156,11 @@ class DialOut:
                 why = "the gateway ended the session"
             except grpc.aio.AioRpcError as exc:
                 why = f"{exc.code().name}: {exc.details()}"
-                if exc.code() is grpc.StatusCode.UNAUTHENTICATED and self._token_expired():
-                    # The gateway was away longer than the token lives: the bootstrap path.
-                    await self._reissue(credentials)
+                # The gateway was away longer than the token lives: the bootstrap path. The
+                # gateway is back, so the new token is tried without the grown pause.
+                expired = exc.code() is grpc.StatusCode.UNAUTHENTICATED and self._token_expired()
+                if expired and await self._reissue(credentials):
+                    backoff = FIRST_BACKOFF
             except (OSError, TimeoutError) as exc:
                 why = str(exc) or type(exc).__name__
             if time.monotonic() - started > STEADY:
@@ -217,8 +219,9 @@ class DialOut:
         expiry = token_expiry(self.token) or 0.0
         return bool(expiry) and expiry <= time.time()
 
-    async def _reissue(self, credentials: grpc.ChannelCredentials) -> None:
-        """Exchange the expired token for a new one (``IssueSandboxToken``)."""
+    async def _reissue(self, credentials: grpc.ChannelCredentials) -> bool:
+        """Exchange the expired token for a new one (``IssueSandboxToken``); False when the
+        gateway refused."""
         try:
             async with grpc.aio.secure_channel(self.config.endpoint, credentials) as channel:
                 api: Any = stub(channel)  # type: ignore[arg-type]
@@ -227,10 +230,11 @@ class DialOut:
                 )
         except grpc.aio.AioRpcError as exc:
             log.warning("the expired sandbox token was not exchanged: %s", exc.code().name)
-            return
+            return False
         self.token = response.token
         self._keep_token()
         log.info("sandbox token expired while the gateway was away; a new one was issued")
+        return True
 
     async def _beat(self, call: Any, interval: float, heard: list[float]) -> None:
         while True:

@@ -95,6 +95,8 @@ class Gateway:
             config.token_key_path, regenerate=config.has(Fault.REGENERATE_TOKEN_KEY)
         )
         signer = TokenSigner(token_key, ttl=config.sandbox_token_ttl)
+        if config.has(Fault.TOKEN_EXPIRY_STRANDS):
+            log.warning("fault token-expiry-strands: an expired sandbox token is not exchanged")
         reconcile_gateway_pki(
             config.pki_dir, config.server_sans, rotate=config.has(Fault.ROTATE_PKI_ON_RESUME)
         )

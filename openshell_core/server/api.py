@@ -425,8 +425,10 @@ class GatewayServicer(Servicer):
         # The bootstrap path of a supervisor whose token expired while it could not renew it
         # (the gateway was down longer than the token's life): a token this gateway signed, for
         # a sandbox that still exists, over the gateway's mutual TLS, is exchanged even when
-        # expired. RefreshSandboxToken keeps to unexpired tokens.
-        token = await self._renew(context, "IssueSandboxToken", allow_expired=True)
+        # expired. RefreshSandboxToken keeps to unexpired tokens (and so does this one under the
+        # fault token-expiry-strands: the supervisor then never reconnects).
+        exchange = not self._service.config.has(Fault.TOKEN_EXPIRY_STRANDS)
+        token = await self._renew(context, "IssueSandboxToken", allow_expired=exchange)
         response = pb.IssueSandboxTokenResponse(token=token.token)
         if token.expires_at:
             response.expiration_time.CopyFrom(_timestamp(token.expires_at))
