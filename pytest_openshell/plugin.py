@@ -304,12 +304,18 @@ def openshell_gateway(
     openshell: OpenShellSession,
     openshell_gateway_factory: GatewayFactory,
     openshell_transport: str,
+    request: pytest.FixtureRequest,
 ) -> Iterator[GatewayHandle]:
     """A deployed gateway shared by the tests of this worker that do not disrupt it, one per
     transport (``openshell_fresh_gateway`` gives a test one of its own). The engine is held
     shared while the test runs, so another worker's daemon restart waits for it, and the test
     starts only once the gateway answers (after such a restart, say)."""
-    openshell_shared_gateway = openshell_gateway_factory.shared(openshell_transport)
+    openshell_shared_gateway: GatewayHandle = (
+        # the fixture (which a conftest may override) for the run's first transport
+        request.getfixturevalue("openshell_shared_gateway")
+        if openshell_transport == openshell.transports[0]
+        else openshell_gateway_factory.shared(openshell_transport)
+    )
     with openshell.access.shared():
         try:
             poll_until(

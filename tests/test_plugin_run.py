@@ -105,6 +105,29 @@ def test_the_shared_gateway_is_deployed_once_and_answers_in_every_test(
     result.assert_outcomes(passed=3)
 
 
+def test_with_two_transports_each_has_its_shared_gateway_speaking_it(
+    pytester: pytest.Pytester, images: ImageSet
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        names = {}
+
+        @pytest.mark.parametrize("round", [1, 2])
+        def test_uses_it(openshell_gateway, openshell_transport, openshell, round):
+            with openshell.client(openshell_gateway) as client:
+                assert client.transport() == openshell_transport
+            names.setdefault(openshell_transport, set()).add(openshell_gateway.name)
+            assert len(names[openshell_transport]) == 1
+            assert len(set().union(*names.values())) == len(names)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--openshell-transport=nssh1,supervisor", "-v")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*test_uses_it[[]1-supervisor[]] PASSED*"])
+
+
 def test_a_setup_that_fails_after_deploying_still_leaves_nothing(
     pytester: pytest.Pytester, engine: Engine, images: ImageSet, run_id_file: Path
 ) -> None:
