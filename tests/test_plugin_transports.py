@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -345,3 +346,48 @@ def test_the_kubernetes_target_refuses_any_transport_but_its_own_before_it_start
     result.stderr.fnmatch_lines(
         [f"*--openshell-transport={given}: the kubernetes target deploys nssh1 gateways only*"]
     )
+
+
+def test_under_loadgroup_each_scenario_runs_once_per_transport_across_two_workers(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    log = tmp_path / "setups"
+    pytester.makeconftest(
+        f"""
+        import os
+        import pytest
+        from pytest_openshell import parametrize_scenarios
+
+        def pytest_generate_tests(metafunc):
+            if "scenario_once" in metafunc.fixturenames:
+                parametrize_scenarios(metafunc, "scenario_once", scope="session")
+
+        @pytest.fixture(scope="session")
+        def scenario_once(request):
+            with open({str(log)!r}, "a") as out:
+                out.write(f"{{request.param.id}} {{os.environ['PYTEST_XDIST_WORKER']}}\\n")
+            return request.param
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("check", range(3))
+        def test_a(scenario_once, check): pass
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--openshell-gateway", "--openshell-engine=private",
+        "--openshell-build=no", "--openshell-scenarios=stop-start,kill", BOTH,
+        "-n", "2", "--dist", "loadgroup",
+    )  # fmt: skip
+    result.assert_outcomes(passed=12)
+    setups = log.read_text().splitlines()
+    assert sorted(line.split()[0] for line in setups) == [
+        "kill-nssh1",
+        "kill-supervisor",
+        "stop-start-nssh1",
+        "stop-start-supervisor",
+    ]
+    assert {line.split()[1] for line in setups} == {"gw0", "gw1"}, "one worker did everything"
