@@ -64,6 +64,9 @@ class ScenarioWorkload:
     ssh: SshHelper
     key: str
     workload: ClientWorkload | None = None
+    #: the run's name for this scenario run (its history and timeline files, its title): the
+    #: key, with the transport when the run has several; default: the key
+    name: str = ""
     outcome: HistoryOutcome | None = None
     #: the operation in flight the strike aimed at: (process, invoked)
     _target: tuple[str, float] | None = None
@@ -71,6 +74,10 @@ class ScenarioWorkload:
     @property
     def enabled(self) -> bool:
         return self.session.settings.workload
+
+    @property
+    def label(self) -> str:
+        return self.name or str(self.key)
 
     def begin(self) -> None:
         """Start the threads and let them work a little before the disruption."""
@@ -80,7 +87,12 @@ class ScenarioWorkload:
         seed = settings.seed if settings.seed is not None else _RUN_SEED
         self.outcome = HistoryOutcome(seed=seed)
         self.workload = ClientWorkload(
-            self.session, self.gateway, self.ssh, scenario=self.key, seed=seed
+            self.session,
+            self.gateway,
+            self.ssh,
+            scenario=self.label,
+            seed=seed,
+            transport=self.gateway.spec.options.transport,
         )
         self.workload.start()
         self.workload.progress(BEFORE, timeout=settings.api_timeout * 2)
@@ -158,16 +170,16 @@ class ScenarioWorkload:
         finally:
             directory = settings.artifacts / "history"
             private_directory(directory)
-            outcome.path = directory / f"{self.key}.jsonl"
+            outcome.path = directory / f"{self.label}.jsonl"
             dump(workload.history, outcome.path)
             broke = [e for e in (outcome.error, outcome.thread_error) if e]
             findings = broke or [str(v) for v in outcome.violations]
-            outcome.timeline = directory / f"{self.key}.html"
+            outcome.timeline = directory / f"{self.label}.html"
             write_private(
                 outcome.timeline,
                 render(
                     workload.history,
-                    title=f"{self.key}: {outcome.operations} operations, "
+                    title=f"{self.label}: {outcome.operations} operations, "
                     f"{len(outcome.violations)} violations of P18",
                     verdict=findings or ["nothing acknowledged was lost"],
                 ),

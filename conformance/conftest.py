@@ -1,9 +1,9 @@
 """The conformance suite's fixtures: one scenario run, shared by every property test of it.
 
 ``lifecycle`` is parametrised (session scope) with the selected scenarios whose traits each test's
-``openshell_traits`` marker accepts, so pytest runs each scenario once and then all the tests that
-check its outcome. Under ``pytest -n N --dist loadgroup`` the tests of one scenario stay on one
-worker.
+``openshell_traits`` marker accepts, once per transport of ``--openshell-transport``, so pytest
+runs each scenario once per transport and then all the tests that check its outcome. Under
+``pytest -n N --dist loadgroup`` the tests of one scenario run stay on one worker.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 from pytest_openshell import OpenShellSession, ScenarioFixture, parametrize_scenarios
 from pytest_openshell.fixtures import GatewayFactory, SandboxFactory, SshHelper
 from pytest_openshell.scenarios import EngineScope
+from pytest_openshell.transports import ScenarioKey
 
 from ._history import ScenarioWorkload
 from ._support import Outcome, Workload
@@ -50,23 +51,26 @@ def lifecycle(
     openshell_gateway_factory: GatewayFactory,
     request: pytest.FixtureRequest,
 ) -> Iterator[Outcome]:
-    """A gateway with the conformance workload on it, disrupted and recovered by one scenario."""
-    key = request.param
+    """A gateway with the conformance workload on it, disrupted and recovered by one scenario, on
+    the transport of its parameter."""
+    key = request.param  # a ScenarioKey: the scenario's key, its .transport and its .id
     scenario = openshell.scenarios[key]
-    options = scenario.deploy_options(openshell.settings.gateway_options)
+    options = scenario.deploy_options(openshell.settings.options_for(key.transport))
     missing = scenario.missing_capabilities(openshell.engine, openshell.driver, options)
     if missing:
         pytest.skip("; ".join(missing))
     sandboxes = SandboxFactory(openshell)
     ssh = SshHelper(openshell)
     # Runs the settle window of the sandboxes' phases beside the scenario's other checks.
-    background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"settle-{key}")
+    background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"settle-{key.id}")
     # The engine is shared while the gateway is made ready and while its outcome is checked;
     # a daemon scenario has it to itself only from its disruption to its recovery, so other
     # workers' scenarios wait for that part alone (they cannot overlap it: a daemon restart
     # disturbs every gateway on the engine).
     with openshell.access.shared():
-        gateway = openshell_gateway_factory.deploy(label=key.replace("-", "")[:6], options=options)
+        gateway = openshell_gateway_factory.deploy(
+            label=_label(key, openshell), options=options, transport=key.transport
+        )
         sibling = None
         workload = None
         try:
@@ -75,10 +79,11 @@ def lifecycle(
             workload.make_foreign()
             if scenario.declared_traits.engine is EngineScope.DAEMON:
                 # A gateway its user stopped must stay stopped across the daemon's restart.
-                sibling = openshell_gateway_factory.deploy(label="stopped")
+                sibling = openshell_gateway_factory.deploy(label="stopped", transport=key.transport)
                 openshell.driver.stop(sibling)
             runner = ScenarioFixture(openshell, scenario)
-            clients = ScenarioWorkload(openshell, gateway, ssh, key)  # --openshell-workload
+            # --openshell-workload; its files are named after the run (key and transport)
+            clients = ScenarioWorkload(openshell, gateway, ssh, key, name=key.id)
             clients.begin()
             with openshell.engine_use(scenario):
                 # at the chosen moment of the workload's work (--openshell-strike, the seed)
@@ -94,7 +99,14 @@ def lifecycle(
             ssh.close()
             if workload is not None:
                 workload.remove_foreign()
-            failed = key in openshell.failed_scenarios
+            failed = key.id in openshell.failed_scenarios
             for made in (sibling, gateway):
                 if made is not None:
                     openshell_gateway_factory.destroy(made, failed=failed)
+
+
+def _label(key: ScenarioKey, openshell: OpenShellSession) -> str:
+    """The gateway's name part: the scenario's key, and its transport's initial when the run has
+    several (``docker ps`` then tells them apart)."""
+    label = key.replace("-", "")[:6]
+    return label if len(openshell.transports) == 1 else label + key.transport[0]

@@ -16,6 +16,11 @@ adds one scenario of its own, ``container-restart``, with the traits that tell t
 checks apply to it (all of those that apply to ``kill``: the same things happen to the gateway's
 container and the sandboxes).
 
+It declares no ``transports`` (protocol :class:`pytest_openshell.drivers.ChoosesTransport`): its
+``gateway start`` names none, so the gateway speaks its own default, and a run asking for several
+transports (``--openshell-transport=nssh1,supervisor``) is refused with the reason. A driver whose
+CLI takes a transport declares the ones it can deploy and passes ``spec.options.transport`` on.
+
 pytest-openshell's own tests run this file (``tests/test_plugin_extension.py``).
 """
 

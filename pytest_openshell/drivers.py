@@ -32,6 +32,7 @@ from openshell_core.wire.contract import (
     SANDBOX_ROLE,
     SANDBOX_TOKEN_KEY_FILE,
     TRANSPORT_SUPERVISOR,
+    TRANSPORTS,
 )
 from pytest_openshell.options import GatewayOptions
 
@@ -147,6 +148,40 @@ class GatewayDriver(Protocol):
     def destroy(self, gateway: GatewayHandle) -> None:
         """``gateway destroy``: remove everything, host-side files included."""
         ...
+
+
+@runtime_checkable
+class ChoosesTransport(Protocol):
+    """A driver that deploys each gateway with the transport its spec names
+    (``spec.options.transport``), one of :attr:`transports`. A driver without it cannot choose:
+    a run asking for several transports is refused, and with one the gateway speaks its own."""
+
+    @property
+    def transports(self) -> tuple[str, ...]:
+        """The transports this driver's gateways can be deployed with."""
+        ...
+
+
+def check_transports(driver: object, asked: tuple[str, ...]) -> str | None:
+    """Why ``driver`` cannot run the transports ``asked`` for (None: it can)."""
+    name = type(driver).__name__
+    if isinstance(driver, ChoosesTransport):
+        unknown = [transport for transport in asked if transport not in driver.transports]
+        if unknown:
+            return (
+                f"--openshell-transport={','.join(asked)}: the gateway driver {name} deploys "
+                f"{' or '.join(driver.transports)} only, not {', '.join(unknown)}; run it with "
+                f"--openshell-transport={driver.transports[0]}"
+            )
+        return None
+    if len(asked) > 1:
+        return (
+            f"--openshell-transport={','.join(asked)}: the gateway driver {name} cannot choose "
+            "its gateways' transport (it has no 'transports' attribute: protocol "
+            "pytest_openshell.drivers.ChoosesTransport), so one run cannot check several; run "
+            "it once per transport with the gateway configured for it, and one transport named"
+        )
+    return None
 
 
 # -- optional abilities ----------------------------------------------------------------------
@@ -300,12 +335,18 @@ class ReferenceDriver(
     ReportsDownReason,
     ListsSandboxContainers,
     SetsTokenLifetime,
+    ChoosesTransport,
 ):
     """Drives the embedded reference gateway in-process, through :mod:`openshell_core.gateway`.
 
     Host-side files go under the run's own config home (never the user's ``~/.config``), passed
     explicitly rather than through this process's environment.
     """
+
+    @property
+    def transports(self) -> tuple[str, ...]:
+        """Both: the reference gateway's is chosen at its first deploy and kept on its volume."""
+        return TRANSPORTS
 
     def __init__(self, engine: Engine, config_home: Path) -> None:
         self.engine = engine

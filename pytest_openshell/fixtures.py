@@ -37,15 +37,35 @@ class GatewayFactory:
 
     session: OpenShellSession
     made: list[GatewayHandle] = field(default_factory=list)
+    #: the shared gateway of each transport (:meth:`shared`)
+    _shared: dict[str, GatewayHandle] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def deploy(self, label: str = "gw", options: GatewayOptions | None = None) -> GatewayHandle:
-        """Deploy a gateway named after ``label``, with ``options`` (default: the run's)."""
-        spec = self.session.gateway_spec(label, options)
+    def deploy(
+        self,
+        label: str = "gw",
+        options: GatewayOptions | None = None,
+        *,
+        transport: str | None = None,
+    ) -> GatewayHandle:
+        """Deploy a gateway named after ``label``, with ``options`` (default: the run's), on
+        ``transport`` (default: the one of ``options``, else the run's first)."""
+        spec = self.session.gateway_spec(label, options, transport)
         with self.session.access.shared():
             handle = self.session.driver.deploy(spec)
         self.made.append(handle)
         self.session.redactor.learn_files(handle.config_home)  # its mTLS client key
         return handle
+
+    def shared(self, transport: str | None = None) -> GatewayHandle:
+        """The gateway of ``transport`` (default: the run's first) that the tests of this worker
+        share, deployed on first use."""
+        transport = transport or self.session.transports[0]
+        with self._lock:
+            if transport not in self._shared:
+                label = "shared" if len(self.session.transports) == 1 else f"sh{transport[:4]}"
+                self._shared[transport] = self.deploy(label=label, transport=transport)
+            return self._shared[transport]
 
     def forget(self, handle: GatewayHandle) -> None:
         """Stop tracking a gateway (a test destroyed it itself)."""
@@ -56,6 +76,9 @@ class GatewayFactory:
         """Destroy one gateway now; kept instead under ``--openshell-keep=always``, and under
         ``--openshell-keep`` (``failed``) when the test that used it ``failed``."""
         self.forget(handle)
+        for transport, shared in list(self._shared.items()):
+            if shared is handle:
+                del self._shared[transport]
         keep = self.session.settings.keep
         if keep == "always" or (keep == "failed" and failed):
             self.session.note_kept(handle)
@@ -75,6 +98,7 @@ class GatewayFactory:
                 except Exception as exc:
                     log.warning("openshell: could not destroy gateway %s: %s", handle.name, exc)
         self.made.clear()
+        self._shared.clear()
 
 
 @dataclass
@@ -97,6 +121,10 @@ class ScenarioFixture:
     def key(self) -> str:
         return self.scenario.key
 
+    def id_on(self, gateway: GatewayHandle) -> str:
+        """The run's name for this scenario on ``gateway``'s transport (its artefacts' key)."""
+        return self.session.scenario_id(self.key, gateway.spec.options.transport)
+
     @property
     def last(self) -> ScenarioRun | None:
         return self.runs[-1] if self.runs else None
@@ -107,7 +135,11 @@ class ScenarioFixture:
         """Disrupt ``gateway`` (plain engine and driver operations); returns the run.
         ``at_moment`` waits for the moment to strike at (see :mod:`pytest_openshell.strike`)."""
         artefacts = Artefacts(self.session.engine, gateway.name, self.session.redactor)
-        sink = self.artefacts if self.artefacts is not None else self.session.artefacts.of(self.key)
+        sink = (
+            self.artefacts
+            if self.artefacts is not None
+            else self.session.artefacts.of(self.id_on(gateway))
+        )
         sink.append(artefacts)
         run = ScenarioRun(
             self.scenario, gateway, self.session.driver, self.session.engine, artefacts

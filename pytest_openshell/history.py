@@ -248,6 +248,8 @@ class History:
     operations: list[Operation] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     observation: Observation | None = None
+    #: the transport of the scenario's gateway ("" when not known: a history of an older version)
+    transport: str = ""
 
 
 class Rule(enum.Enum):
@@ -527,9 +529,15 @@ def _check_settled(obs: Observation) -> list[Violation]:
 
 def dump(history: History, path: Path) -> None:
     """Write ``history`` as JSON lines: header, operations, events, observation, trailer."""
-    rows: list[dict[str, Any]] = [
-        {"format": FORMAT, "version": VERSION, "scenario": history.scenario, "seed": history.seed}
-    ]
+    header: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "scenario": history.scenario,
+        "seed": history.seed,
+    }
+    if history.transport:
+        header["transport"] = history.transport
+    rows: list[dict[str, Any]] = [header]
     rows += [{"op": op.to_json()} for op in history.operations]
     rows += [
         {"event": {"at": round(e.at, 4), "what": e.what, "until": e.until}} for e in history.events
@@ -562,7 +570,11 @@ def load(path: Path) -> History:
     trailer = rows[-1]
     if trailer.get("end") is not True:
         raise HistoryError(f"history {path} is truncated: it has no end record", hint=hint)
-    history = History(scenario=str(rows[0]["scenario"]), seed=int(rows[0]["seed"]))
+    history = History(
+        scenario=str(rows[0]["scenario"]),
+        seed=int(rows[0]["seed"]),
+        transport=str(rows[0].get("transport") or ""),
+    )
     try:
         for row in rows[1:-1]:
             if "op" in row:

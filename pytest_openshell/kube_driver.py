@@ -41,6 +41,7 @@ from pytest_openshell.drivers import (
     Ability,
     CanForgetHostFiles,
     CanRecreate,
+    ChoosesTransport,
     GatewayDriver,
     GatewayHandle,
     GatewaySpec,
@@ -79,6 +80,7 @@ class KubeDriver(
     ReportsStateDigests,
     ReportsDownReason,
     ListsSandboxContainers,
+    ChoosesTransport,
 ):
     """Drives gateways on a cluster. ``namespace`` None: a fresh one for the run, made on the
     first deploy and deleted by :meth:`close`."""
@@ -105,6 +107,11 @@ class KubeDriver(
 
     #: Where its gateways run (scenarios about Docker objects are skipped on other platforms).
     platform = "kubernetes"
+
+    @property
+    def transports(self) -> tuple[str, ...]:
+        """Its gateway is deployed from manifests that name no transport: the default one."""
+        return (contract.DEFAULT_TRANSPORT,)
 
     def preflight(self) -> None:
         """Every check, once, before the run's first object is created; then the namespaces

@@ -26,6 +26,7 @@ from openshell_core.wire.contract import (
     TRANSPORTS,
 )
 from pytest_openshell.strike import Moment, parse_moment
+from pytest_openshell.transports import scenario_id
 
 GROUP = "openshell"
 REFERENCE_TARGET = "reference"
@@ -97,8 +98,11 @@ OPTIONS: tuple[_Option, ...] = (
         "transport",
         f"how the reference gateway reaches its sandboxes: {TRANSPORT_NSSH1} (it dials each "
         f"supervisor, the seeds' transport) or {TRANSPORT_SUPERVISOR} (each supervisor dials "
-        "out, upstream's today); one per pytest run (ci/conformance.sh runs the suite once per "
-        "transport)",
+        "out, upstream's today), or a comma list of both: the run then runs every scenario once "
+        "per transport (test ids [SCENARIO-TRANSPORT]) and the summary has a table per transport. "
+        "A driver that cannot choose its gateway's transport refuses a list (the kubernetes "
+        f"target speaks {TRANSPORT_NSSH1} only; a driver without a 'transports' attribute runs "
+        "its own gateway's)",
         DEFAULT_TRANSPORT,
         "NAMES",
     ),
@@ -237,7 +241,8 @@ class Settings:
     api_timeout: float
     recovery_timeout: float
     settle: float
-    #: the transports asked for; a run deploys its gateways with the one (see :func:`_transports`)
+    #: the transports asked for: every scenario runs once per transport (the first is the one of
+    #: gateways deployed outside a scenario's or a transport's parameter)
     transports: tuple[str, ...] = (DEFAULT_TRANSPORT,)
     extra: dict[str, str] = field(default_factory=dict)
     #: --openshell-workload: client threads during each scenario (property 18)
@@ -256,9 +261,19 @@ class Settings:
 
     @property
     def gateway_options(self) -> GatewayOptions:
-        """What the run's gateways are deployed with."""
+        """What the run's gateways are deployed with (on its first transport)."""
+        return self.options_for(self.transports[0])
+
+    def scenario_id(self, key: str, transport: str | None = None) -> str:
+        """The run's name for scenario ``key`` on ``transport`` (default: the first): the key
+        alone when the run has one transport, else ``key-transport``
+        (:func:`pytest_openshell.transports.scenario_id`)."""
+        return scenario_id(key, transport or self.transports[0], self.transports)
+
+    def options_for(self, transport: str) -> GatewayOptions:
+        """What the run's gateways of ``transport`` are deployed with."""
         return GatewayOptions(
-            self.images, self.faults, self.health_timeout, self.api_timeout, self.transports[0]
+            self.images, self.faults, self.health_timeout, self.api_timeout, transport
         )
 
 
@@ -294,21 +309,13 @@ def _endpoint(value: object) -> str | None:
 
 
 def _transports(value: object) -> tuple[str, ...]:
-    """``nssh1``, ``supervisor`` or a comma list of them (each once)."""
+    """``nssh1``, ``supervisor`` or a comma list of them (each once, in the order given)."""
     names = tuple(dict.fromkeys(n.strip() for n in str(value or "").split(",") if n.strip()))
     unknown = [name for name in names if name not in TRANSPORTS]
     if unknown or not names:
         raise UsageError(
-            f"--openshell-transport takes {' or '.join(TRANSPORTS)}, not {str(value)!r}"
-        )
-    if len(names) > 1:
-        # Gateways are deployed from one record per run; a run per transport keeps each run's
-        # summary table and artefacts about one transport.
-        raise UsageError(
-            f"--openshell-transport={','.join(names)}: one transport per pytest run",
-            hint="run the suite once per transport: "
-            + "; ".join(f"pytest --openshell-transport={name} ..." for name in names)
-            + " (ci/conformance.sh does)",
+            f"--openshell-transport takes {' or '.join(TRANSPORTS)}, or a comma list of them, "
+            f"not {str(value)!r}"
         )
     return names
 
@@ -336,7 +343,7 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
     values = {option.name: _raw(config, option.dest, option.env, env) for option in OPTIONS}
     target = _raw(config, "openshell_gateway", "PYTEST_OPENSHELL_GATEWAY", env)
     try:
-        return Settings(
+        settings = Settings(
             target=str(target) if target else None,
             engine=EngineMode.parse(str(values["engine"])),
             images=ImageSet(
@@ -361,5 +368,13 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
             kube_endpoint=_endpoint(values["kube-endpoint"]),
             transports=_transports(values["transport"]),
         )
+        if settings.target == KUBE_TARGET and settings.transports != (DEFAULT_TRANSPORT,):
+            # Known before any driver is made: its manifests name no transport.
+            raise UsageError(
+                f"--openshell-transport={','.join(settings.transports)}: the kubernetes target "
+                f"deploys {DEFAULT_TRANSPORT} gateways only (its manifests name no transport)",
+                hint=f"run it with --openshell-transport={DEFAULT_TRANSPORT} (the default)",
+            )
     except UsageError as exc:
         raise pytest.UsageError(f"openshell: {exc}") from exc
+    return settings

@@ -31,8 +31,9 @@ from pytest_openshell.options import KUBE_TARGET, REFERENCE_TARGET, add_options,
 from pytest_openshell.scenarios import Applies, Scenario, applicable, on_docker
 from pytest_openshell.session import WORKER_INPUT_KEY, OpenShellSession, is_worker
 from pytest_openshell.session_parts import FAILED_KEY, SCENARIO_KEY
-from pytest_openshell.summary import DOWNTIME, PROPERTY, RECOVERY, SCENARIO
+from pytest_openshell.summary import DOWNTIME, PROPERTY, RECOVERY, SCENARIO, TRANSPORT
 from pytest_openshell.survival import SurvivalRecord
+from pytest_openshell.transports import ScenarioKey
 
 SESSION_KEY = pytest.StashKey[OpenShellSession]()
 DISABLED = (
@@ -102,7 +103,9 @@ class _XdistHooks:
             return None
         from pytest_openshell.xdist_scheduling import ScenarioGroupScheduling  # noqa: PLC0415
 
-        return ScenarioGroupScheduling(config, log, config.stash[SESSION_KEY].scenarios)
+        state = config.stash[SESSION_KEY]
+        ids = [state.scenario_id(key, t) for t in state.transports for key in state.scenarios]
+        return ScenarioGroupScheduling(config, log, ids)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -177,8 +180,15 @@ def parametrize_scenarios(
 ) -> None:
     """Parametrise fixture ``argname`` with the scenario keys that apply to this test: the ones
     selected by ``--openshell-scenarios`` whose traits the test's ``openshell_traits`` marker
-    accepts, narrowed by its ``openshell_scenarios`` and ``openshell_exclude_scenarios`` markers.
-    A test none of them applies to is deselected.
+    accepts, narrowed by its ``openshell_scenarios`` and ``openshell_exclude_scenarios`` markers,
+    once per transport of ``--openshell-transport`` (transport by transport). A test none of them
+    applies to is deselected.
+
+    Each parameter is a :class:`~pytest_openshell.transports.ScenarioKey`: the scenario's key
+    (``openshell.scenarios[request.param]`` finds it) with ``.transport``, the transport to deploy
+    its gateways with (``openshell_gateway_factory.deploy(transport=...)``), and ``.id``, the
+    test id: the key with one transport (``test_x[kill]``), ``key-transport`` with several
+    (``test_x[kill-supervisor]``).
 
     Call it from a ``pytest_generate_tests`` hook to drive a fixture of your own, e.g. one with
     ``scope="session"`` that runs each scenario once for many tests (the conformance suite does).
@@ -186,6 +196,7 @@ def parametrize_scenarios(
     state = metafunc.config.stash[SESSION_KEY]
     state.catalogue.argnames.add(argname)
     node = metafunc.definition
+    node.stash[_BY_SCENARIO] = True  # its transport comes with its scenario
     traits = node.get_closest_marker("openshell_traits")
     wanted = node.get_closest_marker("openshell_scenarios")
     excluded = node.get_closest_marker("openshell_exclude_scenarios")
@@ -195,8 +206,7 @@ def parametrize_scenarios(
         only=None if wanted is None else wanted.args,
         exclude=() if excluded is None else excluded.args,
     )
-    keys = [scenario.key for scenario in chosen]
-    if not keys:
+    if not chosen:
         # Deselected at collection (pytest_collection_modifyitems): not a skip that looks like
         # coverage, and not an error either.
         metafunc.parametrize(
@@ -207,12 +217,38 @@ def parametrize_scenarios(
             scope=scope,  # type: ignore[arg-type]
         )
         return
-    metafunc.parametrize(argname, keys, indirect=True, ids=keys, scope=scope)  # type: ignore[arg-type]
+    params = [
+        ScenarioKey(scenario.key, transport, state.scenario_id(scenario.key, transport))
+        for transport in state.transports
+        for scenario in chosen
+    ]
+    metafunc.parametrize(
+        argname,
+        params,
+        indirect=True,
+        ids=[param.id for param in params],
+        scope=scope,  # type: ignore[arg-type]
+    )
 
 
+#: Set on a test parametrised with scenarios: it takes its transport from them.
+_BY_SCENARIO = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(trylast=True)  # after every hook that parametrises scenarios
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "openshell_scenario" in metafunc.fixturenames:
         parametrize_scenarios(metafunc, "openshell_scenario")
+    state = metafunc.config.stash[SESSION_KEY]
+    if (
+        len(state.transports) > 1
+        and "openshell_transport" in metafunc.fixturenames
+        and not metafunc.definition.stash.get(_BY_SCENARIO, False)
+    ):
+        # A test with no scenario that deploys gateways runs once per transport too.
+        metafunc.parametrize(
+            "openshell_transport", state.transports, indirect=True, ids=state.transports
+        )
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -245,20 +281,41 @@ def openshell_gateway_factory(openshell: OpenShellSession) -> Iterator[GatewayFa
     factory.destroy_all()
 
 
+@pytest.fixture
+def openshell_transport(openshell: OpenShellSession, request: pytest.FixtureRequest) -> str:
+    """The transport this test's gateways are deployed with (``openshell_gateway``,
+    ``openshell_fresh_gateway``): its scenario's, else its own parameter (a test that uses this
+    fixture runs once per transport of ``--openshell-transport``), else the run's only one."""
+    if hasattr(request, "param"):
+        return str(request.param)
+    param = request.node.stash.get(SCENARIO_KEY, None)
+    return param.transport if param is not None else openshell.transports[0]
+
+
 @pytest.fixture(scope="session")
 def openshell_shared_gateway(openshell_gateway_factory: GatewayFactory) -> GatewayHandle:
-    """The gateway behind ``openshell_gateway``, deployed once per worker."""
-    return openshell_gateway_factory.deploy(label="shared")
+    """The gateway behind ``openshell_gateway`` (of the run's first transport), deployed once
+    per worker."""
+    return openshell_gateway_factory.shared()
 
 
 @pytest.fixture
 def openshell_gateway(
-    openshell: OpenShellSession, openshell_shared_gateway: GatewayHandle
+    openshell: OpenShellSession,
+    openshell_gateway_factory: GatewayFactory,
+    openshell_transport: str,
+    request: pytest.FixtureRequest,
 ) -> Iterator[GatewayHandle]:
-    """A deployed gateway shared by the tests of this worker that do not disrupt it
-    (``openshell_fresh_gateway`` gives a test one of its own). The engine is held shared while the
-    test runs, so another worker's daemon restart waits for it, and the test starts only once the
-    gateway answers (after such a restart, say)."""
+    """A deployed gateway shared by the tests of this worker that do not disrupt it, one per
+    transport (``openshell_fresh_gateway`` gives a test one of its own). The engine is held
+    shared while the test runs, so another worker's daemon restart waits for it, and the test
+    starts only once the gateway answers (after such a restart, say)."""
+    openshell_shared_gateway: GatewayHandle = (
+        # the fixture (which a conftest may override) for the run's first transport
+        request.getfixturevalue("openshell_shared_gateway")
+        if openshell_transport == openshell.transports[0]
+        else openshell_gateway_factory.shared(openshell_transport)
+    )
     with openshell.access.shared():
         try:
             poll_until(
@@ -275,11 +332,14 @@ def openshell_gateway(
 
 @pytest.fixture
 def openshell_fresh_gateway(
-    openshell_gateway_factory: GatewayFactory, request: pytest.FixtureRequest
+    openshell_gateway_factory: GatewayFactory,
+    openshell_transport: str,
+    request: pytest.FixtureRequest,
 ) -> Iterator[GatewayHandle]:
-    """A gateway deployed for this test alone and destroyed after it: for tests that disrupt it.
-    Other scopes: make your own fixture from ``openshell_gateway_factory``."""
-    gateway = openshell_gateway_factory.deploy(label="f")
+    """A gateway deployed for this test alone (on its transport) and destroyed after it: for
+    tests that disrupt it. Other scopes: make your own fixture from
+    ``openshell_gateway_factory``."""
+    gateway = openshell_gateway_factory.deploy(label="f", transport=openshell_transport)
     yield gateway
     openshell_gateway_factory.destroy(gateway, failed=request.node.stash.get(FAILED_KEY, False))
 
@@ -311,12 +371,14 @@ def openshell_scenario(
     openshell: OpenShellSession, request: pytest.FixtureRequest
 ) -> Iterator[ScenarioFixture]:
     """One lifecycle scenario, parametrised over the selected keys (``--openshell-scenarios``,
-    markers ``openshell_scenarios`` / ``openshell_exclude_scenarios``). ``run(gateway)`` disrupts
+    markers ``openshell_scenarios`` / ``openshell_exclude_scenarios``), once per transport (the
+    test's ``openshell_fresh_gateway`` is deployed on it). ``run(gateway)`` disrupts
     and recovers a gateway and times the recovery; ``disrupt(gateway)`` and ``recover()`` do the
     two halves. A scenario the engine or driver cannot perform is skipped with the reason."""
     scenario = openshell.scenarios[request.param]
+    transport = getattr(request.param, "transport", openshell.transports[0])
     missing = scenario.missing_capabilities(
-        openshell.engine, openshell.driver, openshell.settings.gateway_options
+        openshell.engine, openshell.driver, openshell.settings.options_for(transport)
     )
     if missing:
         pytest.skip("; ".join(missing))
@@ -363,11 +425,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         param = state.catalogue.param_of(item)
         if param is not None:
             item.stash[SCENARIO_KEY] = param
-            key = param.key
-            item.user_properties.append((SCENARIO, key))
-            # Under `pytest -n N --dist loadgroup`, the tests of one scenario share a worker, so a
-            # scenario fixture of wider scope runs once for all of them.
-            item.add_marker(pytest.mark.xdist_group(f"openshell-{key}"))
+            item.user_properties.append((SCENARIO, param.key))
+            item.user_properties.append((TRANSPORT, param.transport))
+            # Under `pytest -n N --dist loadgroup`, the tests of one scenario run share a worker,
+            # so a scenario fixture of wider scope runs once for all of them.
+            item.add_marker(pytest.mark.xdist_group(f"openshell-{param.id}"))
+        elif len(state.transports) > 1:
+            transport = getattr(getattr(item, "callspec", None), "params", {}).get(
+                "openshell_transport"
+            )
+            if transport is not None:
+                item.user_properties.append((TRANSPORT, str(transport)))
 
 
 def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
@@ -375,10 +443,12 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
     state = config.stash[SESSION_KEY]
     if not state.settings.enabled or not state.catalogue.argnames or is_worker(config):
         return []
-    counts = collections.Counter(_scenario_key(item) for item in items)
+    counts = collections.Counter(_scenario_id(item) for item in items)
     return [
-        f"openshell: scenario {scenario.key}: {counts[scenario.key]} checks "
+        f"openshell: scenario {state.scenario_id(scenario.key, transport)}: "
+        f"{counts[state.scenario_id(scenario.key, transport)]} checks "
         f"({scenario.declared_traits.describe()})"
+        for transport in state.transports
         for scenario in state.selected_scenarios()
     ]
 
@@ -403,7 +473,7 @@ def pytest_runtest_makereport(
 
 
 def _complete_report(item: pytest.Item, report: pytest.TestReport, state: OpenShellSession) -> None:
-    key = _scenario_key(item)
+    key = _scenario_id(item)
     run = state.records.runs.get(key) if key else None
     if run is not None and report.when == "call":
         timings = [(RECOVERY, run.recovery_seconds), (DOWNTIME, run.downtime_seconds)]
@@ -422,9 +492,11 @@ def _complete_report(item: pytest.Item, report: pytest.TestReport, state: OpenSh
             )
 
 
-def _scenario_key(item: pytest.Item) -> str | None:
+def _scenario_id(item: pytest.Item) -> str | None:
+    """The run's name for the scenario run of ``item`` (its key, with its transport when the run
+    has several)."""
     param = item.stash.get(SCENARIO_KEY, None)
-    return None if param is None else param.key
+    return None if param is None else param.id
 
 
 @pytest.hookimpl(wrapper=True)
@@ -439,7 +511,7 @@ def pytest_runtest_protocol(
         param = item.stash.get(SCENARIO_KEY, None)
         following = None if nextitem is None else nextitem.stash.get(SCENARIO_KEY, None)
         if param is not None and following != param:
-            item.config.stash[SESSION_KEY].artefacts.done(param.key)
+            item.config.stash[SESSION_KEY].artefacts.done(param.id)
 
 
 @pytest.hookimpl(trylast=True)

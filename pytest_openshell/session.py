@@ -142,8 +142,21 @@ class OpenShellSession:
         it holds the mTLS files that reach a kept gateway)."""
         return runs.make_run_dir(self.run_id)
 
-    def gateway_spec(self, label: str = "gw", options: GatewayOptions | None = None) -> GatewaySpec:
-        return self.gateways.spec(label, options)
+    def gateway_spec(
+        self, label: str = "gw", options: GatewayOptions | None = None, transport: str | None = None
+    ) -> GatewaySpec:
+        return self.gateways.spec(label, options, transport)
+
+    @property
+    def transports(self) -> tuple[str, ...]:
+        """The transports of the run (``--openshell-transport``): each scenario runs once per
+        transport."""
+        return self.settings.transports
+
+    def scenario_id(self, key: str, transport: str | None = None) -> str:
+        """The run's name for scenario ``key`` on ``transport``: the key when the run has one
+        transport, else ``key-transport`` (test ids, artefacts, histories, summary rows)."""
+        return self.settings.scenario_id(key, transport)
 
     def client(self, gateway: GatewayHandle) -> GatewayClient:
         return self.gateways.client(gateway)

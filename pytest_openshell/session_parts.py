@@ -19,6 +19,7 @@ under the typed keys at the end of this module.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import itertools
 import logging
@@ -41,11 +42,12 @@ from openshell_core.host.api_client import GatewayClient, SshSession
 from openshell_core.host.sshproxy.ssh_command import ensure_user_key
 from openshell_core.redaction import Redactor
 from pytest_openshell.artefacts import Artefacts
-from pytest_openshell.drivers import GatewayDriver, GatewayHandle, GatewaySpec
+from pytest_openshell.drivers import GatewayDriver, GatewayHandle, GatewaySpec, check_transports
 from pytest_openshell.engine_access import EngineAccess, lock_dir
 from pytest_openshell.options import REFERENCE_TARGET, GatewayOptions, Settings
 from pytest_openshell.scenarios import BUILTIN, Scenario, ScenarioRun, refused, select
 from pytest_openshell.summary import RunSummary
+from pytest_openshell.transports import ScenarioKey
 
 log = logging.getLogger("openshell.plugin")
 
@@ -159,6 +161,10 @@ class Gateways:
                     f"openshell: the driver for {target!r} ({type(found).__name__}) lacks "
                     "deploy/start/stop/destroy"
                 )
+            problem = check_transports(found, self.settings.transports)
+            if problem is not None:
+                # Every test that needs the driver fails with the reason, as after a failed setup.
+                pytest.fail(f"openshell: {problem}", pytrace=False)
             self._driver = found
         return self._driver
 
@@ -169,9 +175,15 @@ class Gateways:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def spec(self, label: str = "gw", options: GatewayOptions | None = None) -> GatewaySpec:
+    def spec(
+        self, label: str = "gw", options: GatewayOptions | None = None, transport: str | None = None
+    ) -> GatewaySpec:
         """A spec with a name and port no other worker or run uses, deployed with ``options``
-        (default: the run's, from its settings)."""
+        (default: the run's, from its settings), on ``transport`` when named."""
+        if options is None:
+            options = self.settings.options_for(transport or self.settings.transports[0])
+        elif transport is not None:
+            options = dataclasses.replace(options, transport=transport)
         with self._lock:
             number = next(self._numbers)
         worker = self.worker.replace("gw", "w")
@@ -179,7 +191,7 @@ class Gateways:
             name=f"os{self.run_id[:8]}-{worker}-{label}{number}",
             port=free_port(),
             run_id=self.run_id,
-            options=options or self.settings.gateway_options,
+            options=options,
         )
 
     def client(self, gateway: GatewayHandle) -> GatewayClient:
@@ -264,8 +276,14 @@ class ScenarioCatalogue:
         ``item.stash[SCENARIO_KEY]``)."""
         params = getattr(getattr(item, "callspec", None), "params", {})
         for argname in sorted(self.argnames):
-            if isinstance(params.get(argname), str):
-                return ScenarioParam(argname, str(params[argname]))
+            value = params.get(argname)
+            if isinstance(value, ScenarioKey):
+                return ScenarioParam(argname, value.key, value.transport, value.id)
+            if isinstance(value, str):  # parametrised by hand with a plain key
+                transport = self.settings.transports[0]
+                return ScenarioParam(
+                    argname, value, transport, self.settings.scenario_id(value, transport)
+                )
         return None
 
 
@@ -275,9 +293,10 @@ class ScenarioCatalogue:
 @dataclass
 class ArtefactStore:
     """Artefacts of scenario runs that several tests share (a session-scoped scenario fixture,
-    as in the conformance suite), by scenario key: every failing test of that scenario reports
-    them. Dropped when the scenario is done (the plugin calls :meth:`done` once the next test
-    has another scenario), so they neither pile up nor reach a later run's tests."""
+    as in the conformance suite), by scenario id (the key, and its transport when the run has
+    several; ``Settings.scenario_id``): every failing test of that scenario run reports them.
+    Dropped when the scenario run is done (the plugin calls :meth:`done` once the next test has
+    another), so they neither pile up nor reach a later run's tests."""
 
     _by_scenario: dict[str, list[Artefacts]] = field(default_factory=dict)
 
@@ -309,16 +328,24 @@ class RunRecords:
 
     settings: Settings
     run_id: str
-    summary: RunSummary = field(default_factory=RunSummary)
-    #: the last run of each scenario key in this process (its timings go into the reports)
+    summary: RunSummary = field(init=False)
+    #: the last run of each scenario in this process, by its id (``Settings.scenario_id``: one
+    #: per transport); its timings go into the reports
     runs: dict[str, ScenarioRun] = field(default_factory=dict)
     #: whether a test of this run failed (``--openshell-keep=failed`` keeps things up then)
     failed: bool = False
-    #: the scenario keys of the failed tests
+    #: the scenario ids (``Settings.scenario_id``) of the failed tests
     failed_scenarios: set[str] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self.summary = RunSummary(self.settings.transports)
+
     def record_run(self, run: ScenarioRun) -> None:
-        self.runs[run.scenario.key] = run
+        self.runs[self.id_of(run)] = run
+
+    def id_of(self, run: ScenarioRun) -> str:
+        """The id of ``run``'s scenario on the transport of its gateway."""
+        return self.settings.scenario_id(run.scenario.key, run.gateway.spec.options.transport)
 
     def record_failure(self, key: str | None) -> None:
         self.failed = True
@@ -354,11 +381,14 @@ class RunRecords:
 
 @dataclass(frozen=True)
 class ScenarioParam:
-    """A test's scenario: the fixture parametrised with it, and its key. Tests sharing both share
-    one run of a fixture of wider scope (and its artefacts)."""
+    """A test's scenario: the fixture parametrised with it, its key and transport. Tests sharing
+    all three share one run of a fixture of wider scope (and its artefacts)."""
 
     argname: str
     key: str
+    transport: str
+    #: the run's name for this scenario on this transport (``Settings.scenario_id``)
+    id: str
 
 
 #: The scenario a test is parametrised with (set at collection; absent: none).

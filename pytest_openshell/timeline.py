@@ -158,6 +158,7 @@ def render(history: History, *, title: str | None = None, verdict: Iterable[str]
         for o in Outcome
     )
     heading = title or f"scenario {history.scenario}"
+    transport = f"transport {html.escape(history.transport)}; " if history.transport else ""
     findings = "".join(f"<li>{html.escape(line)}</li>" for line in verdict)
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
@@ -166,6 +167,6 @@ def render(history: History, *, title: str | None = None, verdict: Iterable[str]
         ".key{display:inline-block;width:14px;height:10px;margin:0 4px 0 12px}"
         "li{white-space:pre-wrap;font-family:monospace}</style></head><body>"
         f"<h2>{html.escape(heading)}</h2>"
-        f"<p>seed {history.seed}; {len(ops)} operations: {legend}</p>"
+        f"<p>{transport}seed {history.seed}; {len(ops)} operations: {legend}</p>"
         f"<ul>{findings}</ul>" + "".join(parts) + "</body></html>\n"
     )

@@ -121,6 +121,8 @@ class ClientWorkload:
     threads: int = 2
     #: prefix of every sandbox name this workload makes (its sandboxes only are observed)
     prefix: str = "wl"
+    #: the gateway's transport, written in the history ("": not said)
+    transport: str = ""
     history: History = field(init=False)
     _started: float = field(init=False, default=0.0)
     _stop: threading.Event = field(init=False, default_factory=threading.Event)
@@ -132,7 +134,7 @@ class ClientWorkload:
     _inflight: dict[str, tuple[Kind, str, float]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.history = History(scenario=self.scenario, seed=self.seed)
+        self.history = History(scenario=self.scenario, seed=self.seed, transport=self.transport)
         self._started = time.monotonic()
 
     # -- time and records --

@@ -21,7 +21,9 @@ _PARAMS = re.compile(r"\[([^\[\]]*)\]$")
 
 
 def scenario_group(nodeid: str, keys: Iterable[str]) -> str | None:
-    """The scenario key in ``nodeid``'s parameter id (``test_x[kill]``, ``test_y[kill-2]``)."""
+    """The scenario id in ``nodeid``'s parameter id (``test_x[kill]``, ``test_y[kill-2]``;
+    ``keys`` are the run's scenario ids: ``kill-supervisor`` when it has several transports, so
+    each transport's run of a scenario is a group of its own)."""
     found = _PARAMS.search(nodeid)
     if found is None:
         return None
@@ -35,7 +37,8 @@ def scenario_group(nodeid: str, keys: Iterable[str]) -> str | None:
 
 
 class ScenarioGroupScheduling(LoadGroupScheduling):  # type: ignore[misc]  # xdist is untyped
-    """xdist's load-group scheduling, with a test's scenario key as its group."""
+    """xdist's load-group scheduling, with a test's scenario id (key, and transport when the run
+    has several) as its group."""
 
     def __init__(self, config: pytest.Config, log: object, keys: Iterable[str]) -> None:
         super().__init__(config, log)

@@ -367,3 +367,16 @@ def test_a_file_that_is_no_history_is_refused(tmp_path: Path) -> None:
 def test_a_history_without_an_observation_is_not_checked() -> None:
     with pytest.raises(HistoryError, match="no observation"):
         check(History(scenario="kill", seed=1))
+
+
+def test_a_historys_transport_round_trips_through_its_file(tmp_path: Path) -> None:
+    h = complete()
+    h.transport = "supervisor"
+    dump(h, tmp_path / "h.jsonl")
+    assert load(tmp_path / "h.jsonl").transport == "supervisor"
+
+
+def test_a_history_that_names_no_transport_loads_with_none(tmp_path: Path) -> None:
+    dump(complete(), tmp_path / "h.jsonl")
+    assert '"transport"' not in (tmp_path / "h.jsonl").read_text().splitlines()[0]
+    assert load(tmp_path / "h.jsonl").transport == ""

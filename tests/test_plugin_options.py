@@ -128,12 +128,3 @@ def test_an_unknown_transport_is_a_usage_error_naming_the_known_ones(
     result = pytester.runpytest("--openshell-transport=carrier-pigeon")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--openshell-transport takes nssh1 or supervisor*"])
-
-
-def test_two_transports_in_one_run_are_refused_with_the_runs_to_make(
-    pytester: pytest.Pytester,
-) -> None:
-    pytester.makepyfile("def test_x(): pass")
-    result = pytester.runpytest("--openshell-transport=nssh1,supervisor")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*one transport per pytest run*"])

@@ -105,6 +105,29 @@ def test_the_shared_gateway_is_deployed_once_and_answers_in_every_test(
     result.assert_outcomes(passed=3)
 
 
+def test_with_two_transports_each_has_its_shared_gateway_speaking_it(
+    pytester: pytest.Pytester, images: ImageSet
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        names = {}
+
+        @pytest.mark.parametrize("round", [1, 2])
+        def test_uses_it(openshell_gateway, openshell_transport, openshell, round):
+            with openshell.client(openshell_gateway) as client:
+                assert client.transport() == openshell_transport
+            names.setdefault(openshell_transport, set()).add(openshell_gateway.name)
+            assert len(names[openshell_transport]) == 1
+            assert len(set().union(*names.values())) == len(names)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--openshell-transport=nssh1,supervisor", "-v")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*test_uses_it[[]1-supervisor[]] PASSED*"])
+
+
 def test_a_setup_that_fails_after_deploying_still_leaves_nothing(
     pytester: pytest.Pytester, engine: Engine, images: ImageSet, run_id_file: Path
 ) -> None:
@@ -553,3 +576,52 @@ def test_the_workers_of_a_run_make_its_ssh_key_once_between_them(
     )
     result = pytester.runpytest_subprocess(*FLAGS, "-n", "4", "--dist", "each")
     result.assert_outcomes(passed=4)
+
+
+def test_one_run_with_two_transports_deploys_a_gateway_of_each_for_a_scenario_and_sums_up_both(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    seen = tmp_path / "transports"
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.openshell_property(1)
+        def test_health_after(openshell_fresh_gateway, openshell_scenario, openshell):
+            with openshell.client(openshell_fresh_gateway) as client:
+                spoken = client.transport()
+            with open({str(seen)!r}, "a") as out:
+                out.write(f"{{openshell_fresh_gateway.spec.options.transport}} {{spoken}}\\n")
+            run = openshell_scenario.run(openshell_fresh_gateway)
+            assert run.recovered
+        """
+    )
+    artefacts = pytester.path / "artefacts"
+    result = pytester.runpytest_subprocess(
+        *FLAGS,
+        "--openshell-scenarios=stop-start",
+        "--openshell-transport=nssh1,supervisor",
+        f"--openshell-artifacts={artefacts}",
+        "-v",
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_health_after[[]stop-start-nssh1[]] PASSED*",
+            "*test_health_after[[]stop-start-supervisor[]] PASSED*",
+            "transport nssh1: 1 passed",
+            "scenario*P1*recovery s*",
+            "stop-start*pass*",
+            "transport supervisor: 1 passed",
+            "scenario*P1*recovery s*",
+            "stop-start*pass*",
+        ]
+    )
+    # each gateway was deployed with its transport, and its API says it speaks it
+    assert seen.read_text().splitlines() == ["nssh1 nssh1", "supervisor supervisor"]
+    summary = json.loads((artefacts / "openshell-summary.json").read_text())
+    for transport in ("nssh1", "supervisor"):
+        row = summary["scenarios"][f"stop-start-{transport}"]
+        assert row["transport"] == transport
+        assert row["properties"]["1"]["outcome"] == "passed"
+        assert row["recovery_seconds"] > 0

@@ -45,3 +45,10 @@ def test_the_scenarios_events_and_the_recovery_read_off_the_operations_are_drawn
     for what in ("disruption", "gateway down", "API answers", "a Ready (answers)", "SSH back"):
         assert what in page
     assert "6.60 s  SSH back" in page
+
+
+def test_the_timeline_names_the_transport_of_the_scenarios_gateway() -> None:
+    history = _history()
+    assert "transport" not in render(history)
+    history.transport = "supervisor"
+    assert "<p>transport supervisor; seed 3;" in render(history)
