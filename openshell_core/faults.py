@@ -57,6 +57,10 @@ class Fault(enum.Enum):
     #: server: a new sandbox-token signing key on every gateway start (upstream's JWT key
     #: rotation): every supervisor's token stops verifying, and its sandboxes never come back.
     REGENERATE_TOKEN_KEY = "regenerate-token-key"
+    #: server (``supervisor`` transport): session records restored from the store at start are
+    #: taken as live owners, so a supervisor coming back to a restarted gateway is refused as a
+    #: duplicate of its own old session (upstream NVIDIA/OpenShell #3546).
+    STALE_SUPERVISOR_OWNER = "stale-supervisor-owner"
 
 
 def parse_faults(text: str | Iterable[str]) -> frozenset[Fault]:

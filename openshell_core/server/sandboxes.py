@@ -84,7 +84,8 @@ class SandboxService:
         if transport == contract.TRANSPORT_SUPERVISOR:
             if signer is None:
                 raise ValueError("the supervisor transport needs a token signer")
-            self.hub = SupervisorHub(signer, store, known=self._runs)
+            stale = config.has(Fault.STALE_SUPERVISOR_OWNER)
+            self.hub = SupervisorHub(signer, store, known=self._runs, stale_owners=stale)
             self.hub.listen(self._session_changed)
             self._await_supervisors()
         self._locks: dict[str, asyncio.Lock] = {}
