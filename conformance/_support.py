@@ -231,9 +231,17 @@ class Workload:
         return self.info(name).host_public_key
 
     def phase(self, name: str) -> str:
+        """The sandbox's phase.
+
+        :raises GiveUp: it is in ERROR, or the gateway refuses its supervisor as a duplicate
+            (``supervisor`` transport; it would refuse every return of it alike).
+        """
         info = self.info(name)
         if info.phase == "ERROR":
             raise GiveUp(f"sandbox {name} is in ERROR: {info.reason}")
+        refused = refused_supervisor(info)
+        if refused is not None:
+            raise GiveUp(refused)
         return info.phase
 
     @property
@@ -336,6 +344,9 @@ class Workload:
 
         def reached() -> SandboxInfo:
             info = self.info(name)
+            refused = refused_supervisor(info)
+            if refused is not None:
+                raise GiveUp(refused)
             assert info.phase == phase, f"{name} is {info.phase} ({info.reason}), not {phase}"
             return info
 
@@ -597,6 +608,15 @@ class Outcome:
         )
 
 
+def refused_supervisor(info: SandboxInfo) -> str | None:
+    """Why the gateway says it refused the sandbox's supervisor as a duplicate (None: it does
+    not say so)."""
+    session = info.supervisor_session
+    if session is None or not session.refused:
+        return None
+    return f"the gateway refused the supervisor of {info.name} as a duplicate: {session.message}"
+
+
 @dataclass(frozen=True)
 class FirstUse:
     """One running sandbox right after the scenario: when it was first seen Ready, and what the
@@ -654,8 +674,10 @@ def first_use_after_ready(outcome: Outcome) -> list[FirstUse]:
                     del pending[name]
                 continue
             last[name] = f"{info.phase} ({info.reason or 'no reason given'})"
-            if info.phase == "ERROR":
-                found.append(FirstUse(name, None, not_ready=f"it is in ERROR: {info.reason}"))
+            refused = refused_supervisor(info)
+            if info.phase == "ERROR" or refused is not None:
+                why = refused or f"it is in ERROR: {info.reason}"
+                found.append(FirstUse(name, None, not_ready=why))
                 del pending[name]
             elif info.phase == "READY":
                 found.append(_use_once(outcome, name, time.monotonic() - started))

@@ -25,7 +25,7 @@ from openshell_core.retry import GiveUp
 from openshell_core.wire import contract
 from pytest_openshell import GatewayFate, SandboxFate
 
-from ._support import SURVIVING, Outcome, SandboxState, eventually
+from ._support import SURVIVING, Outcome, SandboxState, eventually, refused_supervisor
 
 pytestmark = [pytest.mark.openshell_property(number=13), pytest.mark.openshell_traits(SURVIVING)]
 
@@ -38,11 +38,12 @@ def _broken_by_the_scenario(lifecycle: Outcome, state: SandboxState) -> bool:
 
 
 def _session_back(lifecycle: Outcome, state: SandboxState, *, new: bool) -> SupervisorSession:
-    session = lifecycle.workload.info(state.name).supervisor_session
+    info = lifecycle.workload.info(state.name)
+    refused = refused_supervisor(info)
+    if refused is not None:
+        raise GiveUp(refused)
+    session = info.supervisor_session
     assert session is not None, f"the gateway no longer reports the session of {state.name}"
-    if session.refused:
-        why = session.message
-        raise GiveUp(f"the supervisor of {state.name} was refused as a duplicate: {why}")
     assert session.live, f"{state.name} has no live supervisor session: {session.message}"
     if new:
         before, now = state.supervisor_session, session.identity
