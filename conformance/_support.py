@@ -19,6 +19,7 @@ import secrets
 import shutil
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from openshell_core.errors import NotFoundError, OpenShellError, ReadinessTimeou
 from openshell_core.host.api_client import GatewayClient, SandboxInfo
 from openshell_core.host.metadata import MtlsFiles
 from openshell_core.retry import poll_until
+from openshell_core.wire import contract
 from openshell_core.wire.contract import SANDBOX_TOKEN_ENV
 from pytest_openshell.drivers import (
     TOKEN_KEY_DIGEST,
@@ -150,6 +152,9 @@ class SandboxState:
     process: int = 0
     #: the lines of :data:`STARTS_LOG` before the scenario
     starts: list[str] = field(default_factory=list)
+    #: (session, instance, epoch) of its supervisor session before the scenario, as the API
+    #: reported it (``supervisor`` transport; None: the gateway reports no session)
+    supervisor_session: tuple[str, str, int] | None = None
 
 
 @dataclass
@@ -178,6 +183,8 @@ class Workload:
     old_token_sandbox: SandboxState | None = None
     #: when the gateway began to refuse tunnels to each Ready sandbox (cleared by a success)
     _refused_since: dict[str, float] = field(default_factory=dict)
+    #: how the gateway says it reaches its sandboxes (``GetGatewayInfo``)
+    transport: str = contract.DEFAULT_TRANSPORT
 
     # -- reading the gateway, the way a user can --
 
@@ -234,9 +241,17 @@ class Workload:
         return self.info(name).host_public_key
 
     def phase(self, name: str) -> str:
+        """The sandbox's phase.
+
+        :raises GiveUp: it is in ERROR, or the gateway refuses its supervisor as a duplicate
+            (``supervisor`` transport; it would refuse every return of it alike).
+        """
         info = self.info(name)
         if info.phase == "ERROR":
             raise GiveUp(f"sandbox {name} is in ERROR: {info.reason}")
+        refused = refused_supervisor(info)
+        if refused is not None:
+            raise GiveUp(refused)
         return info.phase
 
     @property
@@ -339,6 +354,9 @@ class Workload:
 
         def reached() -> SandboxInfo:
             info = self.info(name)
+            refused = refused_supervisor(info)
+            if refused is not None:
+                raise GiveUp(refused)
             assert info.phase == phase, f"{name} is {info.phase} ({info.reason}), not {phase}"
             return info
 
@@ -445,6 +463,11 @@ class Workload:
 
     def _record(self) -> None:
         record = self.record
+        with self.client() as client:
+            self.transport = client.transport()
+        for state in self.running_states():
+            session = self.info(state.name).supervisor_session
+            state.supervisor_session = None if session is None else session.identity
         for state in self.states.values():
             want = "READY" if state.running else "STOPPED"
             record.track(f"phase {state.name}", functools.partial(self.phase, state.name))
@@ -536,6 +559,8 @@ class Outcome:
     stopped_sibling: GatewayHandle | None = None
     #: what the client threads of --openshell-workload recorded and the checker found (P18)
     history: HistoryOutcome | None = None
+    #: the first exec and SSH session into each running sandbox once it was Ready (P13)
+    first_use: list[FirstUse] = field(default_factory=list)
     _reachable: bool = False
     #: why :meth:`reachable` failed (its wait took the whole budget: later checks fail at once)
     _unreachable: str | None = None
@@ -618,6 +643,119 @@ class Outcome:
         return self.workload.record.verify(
             *names, within=self.within if within is None else within, settle=settle
         )
+
+
+def refused_supervisor(info: SandboxInfo) -> str | None:
+    """Why the gateway says it refused the sandbox's supervisor as a duplicate (None: it does
+    not say so)."""
+    session = info.supervisor_session
+    if session is None or not session.refused:
+        return None
+    return f"the gateway refused the supervisor of {info.name} as a duplicate: {session.message}"
+
+
+@dataclass(frozen=True)
+class FirstUse:
+    """One running sandbox right after the scenario: when it was first seen Ready, and what the
+    one exec and the one SSH session tried then said (None: it worked)."""
+
+    sandbox: str
+    #: seconds from the gateway's answering again to the sandbox first seen Ready (None: never)
+    ready_after: float | None
+    #: why it was never seen Ready (it was in ERROR, or the recovery budget ran out)
+    not_ready: str | None = None
+    exec_failure: str | None = None
+    ssh_failure: str | None = None
+
+    @property
+    def failures(self) -> list[str]:
+        if self.not_ready is not None:
+            return [f"{self.sandbox} was never seen Ready: {self.not_ready}"]
+        found = [("exec", self.exec_failure), ("SSH session", self.ssh_failure)]
+        return [
+            f"the first {what} into {self.sandbox}, {self.ready_after:.1f} s after the gateway "
+            f"answered and right after it was first seen Ready, failed: {why}"
+            for what, why in found
+            if why is not None
+        ]
+
+
+#: What the first exec and SSH session run, and what they must print.
+FIRST_USE_COMMAND = "echo usable"
+FIRST_USE_OUTPUT = b"usable\n"
+#: ssh-proxy's words when it retries a sandbox that is not Ready (its 412 retry): a retry.
+SSH_PROXY_RETRY = "not ready yet"
+
+
+def first_use_after_ready(outcome: Outcome) -> list[FirstUse]:
+    """Right after the scenario: each running sandbox's phase looked at until it is first seen
+    READY (within the recovery budget), and then, at once, exactly one exec through the API and
+    one SSH session through the gateway, with no retry (ssh-proxy's own retry of a sandbox not
+    Ready counts as a failure). Run before any other check reaches the sandboxes."""
+    workload = outcome.workload
+    if outcome.traits.state is not StateOutcome.SURVIVES or not outcome.run.recovered:
+        return []
+    started = time.monotonic()
+    deadline = started + outcome.within
+    pending = {state.name: state for state in workload.running_states()}
+    found: list[FirstUse] = []
+    last: dict[str, str] = {}
+    while pending:
+        for name in list(pending):
+            try:
+                info = workload.info(name)
+            except (GiveUp, OpenShellError) as exc:
+                last[name] = str(exc)
+                if isinstance(exc, GiveUp):
+                    found.append(FirstUse(name, None, not_ready=str(exc)))
+                    del pending[name]
+                continue
+            last[name] = f"{info.phase} ({info.reason or 'no reason given'})"
+            refused = refused_supervisor(info)
+            if info.phase == "ERROR" or refused is not None:
+                why = refused or f"it is in ERROR: {info.reason}"
+                found.append(FirstUse(name, None, not_ready=why))
+                del pending[name]
+            elif info.phase == "READY":
+                found.append(_use_once(outcome, name, time.monotonic() - started))
+                del pending[name]
+        if pending and time.monotonic() >= deadline:
+            late = f"after {outcome.within:.0f} s"
+            found.extend(
+                FirstUse(name, None, not_ready=f"still {last.get(name, 'unseen')} {late}")
+                for name in pending
+            )
+            break
+        if pending:
+            time.sleep(REPROBE)
+    return found
+
+
+def _use_once(outcome: Outcome, name: str, ready_after: float) -> FirstUse:
+    workload = outcome.workload
+    exec_failure = ssh_failure = None
+    try:
+        with workload.client() as client:
+            result = client.exec(name, ["sh", "-c", FIRST_USE_COMMAND])
+        if result.exit_code != 0 or result.stdout != FIRST_USE_OUTPUT:
+            exec_failure = (
+                f"exit code {result.exit_code}, stdout {result.stdout[-200:]!r}, "
+                f"stderr {result.stderr[-300:]!r}"
+            )
+    except OpenShellError as exc:
+        exec_failure = exc.message
+    try:
+        ssh = workload.ssh.run(workload.gateway, name, FIRST_USE_COMMAND)
+        stderr = ssh.stderr.decode(errors="replace").strip()
+        if ssh.returncode != 0 or ssh.stdout != FIRST_USE_OUTPUT:
+            ssh_failure = f"ssh exited with {ssh.returncode}: {stderr[-400:]}"
+        elif SSH_PROXY_RETRY in stderr:
+            ssh_failure = f"ssh-proxy had to retry (the gateway refused it as not Ready): {stderr}"
+    except OpenShellError as exc:  # its session token was refused
+        ssh_failure = exc.message
+    except subprocess.TimeoutExpired as exc:
+        ssh_failure = f"ssh did not end within {exc.timeout:.0f} s"
+    return FirstUse(name, ready_after, exec_failure=exec_failure, ssh_failure=ssh_failure)
 
 
 def eventually(check: Callable[[], Any], *, timeout: float, what: str) -> Any:

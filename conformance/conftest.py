@@ -19,7 +19,7 @@ from pytest_openshell.scenarios import EngineScope
 from pytest_openshell.transports import ScenarioKey
 
 from ._history import ScenarioWorkload
-from ._support import Outcome, Workload
+from ._support import Outcome, Workload, first_use_after_ready
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -91,6 +91,8 @@ def lifecycle(
                 workload.echo("during")  # written while the gateway is down
                 runner.recover(run)
             outcome = Outcome(key, gateway, workload, run, runner, stopped_sibling=sibling)
+            # Before anything else reaches the sandboxes: property 13's "Ready means usable".
+            outcome.first_use = first_use_after_ready(outcome)
             outcome.begin_settling(background)  # its window runs while the workload finishes
             outcome.history = clients.finish(run, held=workload.held)
             yield outcome

@@ -60,6 +60,10 @@ class Fault(enum.Enum):
     #: server: an expired sandbox token is not exchanged (``IssueSandboxToken`` keeps to unexpired
     #: ones), so a supervisor whose token expired while the gateway was down never reconnects.
     TOKEN_EXPIRY_STRANDS = "token-expiry-strands"
+    #: server (``supervisor`` transport): session records restored from the store at start are
+    #: taken as live owners, so a supervisor coming back to a restarted gateway is refused as a
+    #: duplicate of its own old session (upstream NVIDIA/OpenShell #3546).
+    STALE_SUPERVISOR_OWNER = "stale-supervisor-owner"
 
 
 def parse_faults(text: str | Iterable[str]) -> frozenset[Fault]:

@@ -21,6 +21,7 @@ import pytest
 
 from openshell_core.faults import Fault
 from openshell_core.images import ImageSet
+from openshell_core.wire.contract import DEFAULT_TRANSPORT
 
 ROOT = Path(__file__).parent.parent
 #: Conformance tests not tied to a scenario: they run once, in the clean run.
@@ -30,6 +31,9 @@ RUN_TIMEOUT = 20 * 60
 
 
 P18 = "test_acknowledged.py::test_every_acknowledged_operation_of_the_workload_holds_after_recovery"
+#: The option that makes a run's gateways speak the ``supervisor`` transport.
+SUPERVISOR = "--openshell-transport=supervisor"
+_TRANSPORT_OPTION = "--openshell-transport="
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,14 @@ class Catch:
     tests: tuple[str, ...]
     #: options of the run beyond the fault and the scenario
     args: tuple[str, ...] = ()
+
+    @property
+    def transport(self) -> str:
+        """The transport its run's gateways speak (``--openshell-transport=`` in :attr:`args`)."""
+        chosen = [
+            a.removeprefix(_TRANSPORT_OPTION) for a in self.args if a.startswith(_TRANSPORT_OPTION)
+        ]
+        return chosen[-1] if chosen else DEFAULT_TRANSPORT
 
 
 CATCH_TABLE: dict[Fault, Catch] = {
@@ -130,13 +142,61 @@ CATCH_TABLE: dict[Fault, Catch] = {
             "test_every_running_sandbox_is_ready_and_reachable_after_its_token_expired",
         ),
         # Stranded sandboxes never come back: each check waits out its budget, so a short one.
-        ("--openshell-transport=supervisor", "--openshell-recovery-timeout=60"),
+        (SUPERVISOR, "--openshell-recovery-timeout=60"),
+    ),
+    Fault.STALE_SUPERVISOR_OWNER: Catch(
+        "stop-start",
+        (
+            "test_supervisors_come_back.py::"
+            "test_every_running_sandboxs_supervisor_session_comes_back_new_and_none_is_refused",
+        ),
+        (SUPERVISOR,),
     ),
 }
 
 CORE = ("stop-start", "kill", "remove-keep-volume", "image-upgrade", "docker-restart")
-#: The clean run covers every scenario a fault run uses, so a fault run's failure is the fault's.
-CLEAN_SCENARIOS = tuple(dict.fromkeys([*CORE, *(c.scenario for c in CATCH_TABLE.values())]))
+
+
+@dataclass(frozen=True)
+class CleanRun:
+    """The run with no fault of one transport: the scenarios and options of every fault run of
+    that transport, so that each fault run's failure is the fault's."""
+
+    transport: str
+    scenarios: tuple[str, ...]
+    args: tuple[str, ...]
+    #: whether it also runs the checks tied to no scenario (once in the whole table)
+    standalone: bool
+
+    @property
+    def name(self) -> str:
+        return "clean" if self.transport == DEFAULT_TRANSPORT else f"clean-{self.transport}"
+
+    def options(self) -> list[str]:
+        chosen = [f"--openshell-scenarios={','.join(self.scenarios)}", *self.args]
+        return chosen if self.standalone else [*chosen, "-k", STANDALONE]
+
+
+def clean_runs(table: dict[Fault, Catch]) -> dict[str, CleanRun]:
+    """One clean run per transport the table's rows use: the default one over :data:`CORE` and
+    its rows' scenarios with the workload (and the standalone checks); each other one over its
+    rows' scenarios and options alone (CI time: the default run covers the rest)."""
+    runs: dict[str, CleanRun] = {}
+    for transport in dict.fromkeys([DEFAULT_TRANSPORT, *(c.transport for c in table.values())]):
+        rows = [c for c in table.values() if c.transport == transport]
+        default = transport == DEFAULT_TRANSPORT
+        scenarios = [*(CORE if default else ()), *(c.scenario for c in rows)]
+        args = ["--openshell-workload"] if default else []
+        args += [a for c in rows for a in c.args]
+        runs[transport] = CleanRun(
+            transport, tuple(dict.fromkeys(scenarios)), tuple(dict.fromkeys(args)), default
+        )
+    return runs
+
+
+CLEAN_RUNS = clean_runs(CATCH_TABLE)
+#: The default transport's clean run's scenarios (kept for the README and CI notes).
+CLEAN_SCENARIOS = CLEAN_RUNS[DEFAULT_TRANSPORT].scenarios
 
 
 @dataclass(frozen=True)
@@ -194,18 +254,14 @@ def run_suite(work: Path, name: str, *args: str) -> SuiteRun:
 @pytest.fixture(scope="module")
 def suite_runs(
     images: ImageSet, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[Fault | None, concurrent.futures.Future[SuiteRun]]]:
-    """Every run of the table, started at once, :data:`PARALLEL_RUNS` at a time."""
+) -> Iterator[dict[Fault | str, concurrent.futures.Future[SuiteRun]]]:
+    """Every run of the table (the clean ones keyed by transport), started at once,
+    :data:`PARALLEL_RUNS` at a time."""
     work = tmp_path_factory.mktemp("catch")
     with concurrent.futures.ThreadPoolExecutor(PARALLEL_RUNS) as pool:
-        runs: dict[Fault | None, concurrent.futures.Future[SuiteRun]] = {
-            None: pool.submit(
-                run_suite,
-                work,
-                "clean",
-                f"--openshell-scenarios={','.join(CLEAN_SCENARIOS)}",
-                "--openshell-workload",
-            )
+        runs: dict[Fault | str, concurrent.futures.Future[SuiteRun]] = {
+            transport: pool.submit(run_suite, work, clean.name, *clean.options())
+            for transport, clean in CLEAN_RUNS.items()
         }
         for fault, catch in CATCH_TABLE.items():
             runs[fault] = pool.submit(
@@ -223,26 +279,38 @@ def suite_runs(
             future.cancel()
     # (a run that -k deselected was cancelled: it has no result)
     finished = {f: run for f, run in runs.items() if run.done() and not run.cancelled()}
-    _write_table({fault: future.result() for fault, future in finished.items()})
+    _write_table({key: future.result() for key, future in finished.items()})
 
 
 def test_every_fault_switch_is_in_the_table() -> None:
     assert set(CATCH_TABLE) == set(Fault)
 
 
+def test_every_fault_row_is_checked_against_a_clean_run_of_its_transport_and_scenario() -> None:
+    for fault, catch in CATCH_TABLE.items():
+        clean = CLEAN_RUNS[catch.transport]
+        assert catch.scenario in clean.scenarios, fault
+        assert set(catch.args) <= set(clean.args), fault
+
+
+@pytest.mark.parametrize("transport", list(CLEAN_RUNS))
 def test_with_no_fault_switched_on_the_suite_passes(
-    suite_runs: dict[Fault | None, concurrent.futures.Future[SuiteRun]],
+    transport: str, suite_runs: dict[Fault | str, concurrent.futures.Future[SuiteRun]]
 ) -> None:
-    run = suite_runs[None].result()
+    run = suite_runs[transport].result()
     assert run.returncode == 0 and not run.failed, run.output
     for catch in CATCH_TABLE.values():
+        if catch.transport != transport:
+            continue
         for test in catch.tests:
-            assert f"{test}[{catch.scenario}]" in run.passed, f"{test} did not run in the clean run"
+            assert f"{test}[{catch.scenario}]" in run.passed, (
+                f"{test} did not run in the clean {transport} run"
+            )
 
 
 @pytest.mark.parametrize("fault", list(CATCH_TABLE), ids=[fault.value for fault in CATCH_TABLE])
 def test_the_fault_makes_its_named_conformance_tests_fail(
-    fault: Fault, suite_runs: dict[Fault | None, concurrent.futures.Future[SuiteRun]]
+    fault: Fault, suite_runs: dict[Fault | str, concurrent.futures.Future[SuiteRun]]
 ) -> None:
     catch = CATCH_TABLE[fault]
     run = suite_runs[fault].result()
@@ -254,7 +322,7 @@ def test_the_fault_makes_its_named_conformance_tests_fail(
     assert not missed, f"{fault.value} did not make {sorted(missed)} fail:\n{run.output}"
 
 
-def _write_table(results: dict[Fault | None, SuiteRun]) -> None:
+def _write_table(results: dict[Fault | str, SuiteRun]) -> None:
     """fault -> the tests asserted to fail, and how many failed in all (most faults also keep the
     gateway from coming back, which fails every check of that scenario)."""
     lines = [
@@ -267,7 +335,10 @@ def _write_table(results: dict[Fault | None, SuiteRun]) -> None:
             continue
         named = ", ".join(f"`{test.split('::')[1]}`" for test in catch.tests)
         total = len(run.failed)
-        lines.append(f"| `{fault.value}` | `{catch.scenario}` | {named} | {total} |")
+        scenario = f"`{catch.scenario}`"
+        if catch.transport != DEFAULT_TRANSPORT:
+            scenario += f" ({catch.transport})"
+        lines.append(f"| `{fault.value}` | {scenario} | {named} | {total} |")
     target = ROOT / "openshell-artifacts" / "catch-table.md"
     target.parent.mkdir(exist_ok=True)
     target.write_text("\n".join(lines) + "\n")
@@ -276,7 +347,7 @@ def _write_table(results: dict[Fault | None, SuiteRun]) -> None:
         "\n".join(
             f"{fault.value}: {', '.join(sorted(run.failed))}"
             for fault, run in results.items()
-            if fault is not None
+            if isinstance(fault, Fault)
         )
         + "\n"
     )

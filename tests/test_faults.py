@@ -30,6 +30,8 @@ CONFORMANCE_TABLE = {
     "regenerate-token-key",
     # issue 15: a token that expired while the gateway was down
     "token-expiry-strands",
+    # issue 15: a supervisor coming back refused as a duplicate (P13)
+    "stale-supervisor-owner",
 }
 
 

@@ -706,3 +706,25 @@ def test_a_runtime_failing_while_the_gateway_waits_for_its_supervisor_goes_to_er
         await service.close()
 
     run(scenario())
+
+
+def test_a_restarted_gateway_reports_a_sandbox_ready_only_once_its_supervisor_answers(store):
+    """Ready means usable (property 13) from a new gateway process's first answer: after a daemon
+    restart the store says READY while the sandbox's supervisor may not listen yet."""
+
+    async def scenario() -> None:
+        listening = socket.create_server(("127.0.0.1", 0))
+        port = listening.getsockname()[1]
+        driver = memory_driver(port)
+        sandbox_id = await _created(_service(store, driver))
+        listening.close()  # its supervisor is not back yet
+
+        service = _service(store, driver)  # the gateway starts again
+        assert _phase(service, sandbox_id) is Phase.PROVISIONING
+        again = socket.create_server(("127.0.0.1", port))  # the supervisor is back
+        await Reconciler(service, interval=60).startup()
+        assert _phase(service, sandbox_id) is Phase.READY
+        again.close()
+        await service.close()
+
+    run(scenario())

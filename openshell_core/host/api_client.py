@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -67,6 +68,39 @@ class SandboxInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     #: The environment its create asked for (what the store must keep).
     environment: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Its supervisor session (None: the gateway reports none, as an ``nssh1`` gateway)
+    supervisor_session: SupervisorSession | None = None
+
+
+@dataclass(frozen=True)
+class SupervisorSession:
+    """The sandbox's supervisor session as a ``supervisor`` gateway reports it (the condition
+    :data:`~openshell_core.wire.contract.SUPERVISOR_SESSION_CONDITION`)."""
+
+    live: bool
+    #: ``Connected``, ``Disconnected`` or ``RefusedAsDuplicate``
+    reason: str
+    message: str
+
+    @property
+    def identity(self) -> tuple[str, str, int] | None:
+        """(session id, instance id, epoch) of the latest session; None when the message names
+        none (no session yet, or a refusal)."""
+        found = _SESSION_MESSAGE.fullmatch(self.message)
+        if found is None:
+            return None
+        return found["session"], found["instance"], int(found["epoch"])
+
+    @property
+    def refused(self) -> bool:
+        return self.reason == contract.SUPERVISOR_SESSION_REFUSED
+
+
+_SESSION_MESSAGE: Final = re.compile(
+    contract.SUPERVISOR_SESSION_MESSAGE.format(
+        session=r"(?P<session>\S+)", instance=r"(?P<instance>\S+)", epoch=r"(?P<epoch>\d+)"
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -407,9 +441,16 @@ class GatewayClient:
 def _info(sandbox: Any) -> SandboxInfo:
     status = sandbox.status
     reason = ""
+    session = None
     for condition in status.conditions:
         if condition.type == "Ready":
             reason = str(condition.message)
+        elif condition.type == contract.SUPERVISOR_SESSION_CONDITION:
+            session = SupervisorSession(
+                live=condition.status == "True",
+                reason=str(condition.reason),
+                message=str(condition.message),
+            )
     return SandboxInfo(
         id=str(sandbox.metadata.id),
         name=str(sandbox.metadata.name),
@@ -422,4 +463,5 @@ def _info(sandbox: Any) -> SandboxInfo:
         restart_count=int(status.restart_count),
         labels=dict(sandbox.metadata.labels),
         environment=dict(sandbox.spec.environment),
+        supervisor_session=session,
     )

@@ -50,8 +50,6 @@ _Response = TypeVar("_Response")
 #: Seconds a ForwardTcp client has to send its init frame (and the sandbox to pass the preface).
 FORWARD_INIT_TIMEOUT: Final = 10.0
 FORWARD_CHUNK: Final = 64 * 1024
-#: The ``supervisor`` transport's condition on every sandbox: its supervisor session.
-SESSION_CONDITION: Final = "SupervisorSession"
 #: ForwardTcp streams share the CONNECT tunnels' bounds (per session token, per sandbox).
 FORWARD_LIMITER: Final = TunnelLimiter()
 _Method = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[_Response]]
@@ -496,15 +494,24 @@ class GatewayServicer(Servicer):
             return sandbox
         session = hub.record(record.id)
         live = hub.live(record.id)
+        refused = None if live else hub.refusal(record.id)
+        if session is not None:
+            message = contract.SUPERVISOR_SESSION_MESSAGE.format(
+                session=session.session_id, instance=session.instance_id, epoch=session.epoch
+            )
+        else:
+            message = "no supervisor session yet"
+        if live:
+            reason = contract.SUPERVISOR_SESSION_CONNECTED
+        elif refused is not None:
+            reason, message = contract.SUPERVISOR_SESSION_REFUSED, refused
+        else:
+            reason = contract.SUPERVISOR_SESSION_DISCONNECTED
         condition = sandbox.status.conditions.add(
-            type=SESSION_CONDITION,
+            type=contract.SUPERVISOR_SESSION_CONDITION,
             status="True" if live else "False",
-            reason="Connected" if live else "Disconnected",
-            message=(
-                f"session {session.session_id} instance {session.instance_id} epoch {session.epoch}"
-                if session is not None
-                else "no supervisor session yet"
-            ),
+            reason=reason,
+            message=message,
         )
         if session is not None:
             condition.transition_time.CopyFrom(_timestamp(session.connected_at))

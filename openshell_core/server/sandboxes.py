@@ -84,9 +84,10 @@ class SandboxService:
         if transport == contract.TRANSPORT_SUPERVISOR:
             if signer is None:
                 raise ValueError("the supervisor transport needs a token signer")
-            self.hub = SupervisorHub(signer, store, known=self._runs)
+            stale = config.has(Fault.STALE_SUPERVISOR_OWNER)
+            self.hub = SupervisorHub(signer, store, known=self._runs, stale_owners=stale)
             self.hub.listen(self._session_changed)
-            self._await_supervisors()
+        self._await_supervisors()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -270,8 +271,10 @@ class SandboxService:
             self._update(sandbox_id, phase=Phase.PROVISIONING, reason="waiting for the supervisor")
 
     def _await_supervisors(self) -> None:
-        """A new gateway process holds no session yet: no sandbox is READY until its supervisor
-        is back (Ready means usable, from the first answer of the API on)."""
+        """A new gateway process has not yet seen any sandbox usable: none is READY until its
+        supervisor is back (``supervisor``: its session; ``nssh1``: it accepts connections, which
+        after a daemon restart it may not yet). Ready means usable from the first answer of the
+        API on; the start's reconciliation makes each one READY again as soon as it is."""
         for record in self.store.list_sandboxes():
             if record.phase is Phase.READY:
                 self._update(

@@ -127,7 +127,11 @@ class SupervisorHub:
         known: Callable[[str], bool],
         heartbeat: float = HEARTBEAT_INTERVAL,
         relay_wait: float = RELAY_WAIT,
+        stale_owners: bool = False,
     ) -> None:
+        """:param stale_owners: the ``stale-supervisor-owner`` fault: a session record this
+        process did not make (restored from the store) owns its sandbox, and refuses every
+        supervisor that comes back as a duplicate."""
         self.signer = signer
         self._store = store
         self._known = known
@@ -136,6 +140,11 @@ class SupervisorHub:
         self._sessions: dict[str, LiveSession] = {}
         self._pending: dict[str, _Pending] = {}
         self._listeners: list[SessionListener] = []
+        self._stale_owners = stale_owners
+        #: session ids this process accepted (the ``stale-supervisor-owner`` fault's test)
+        self._accepted: set[str] = set()
+        #: sandbox id -> why its supervisor's last hello was refused as a duplicate
+        self._refused: dict[str, str] = {}
 
     # -- what the rest of the gateway asks --
 
@@ -159,6 +168,11 @@ class SupervisorHub:
             int(found["epoch"]),
             float(found["connected_at"]),
         )
+
+    def refusal(self, sandbox_id: str) -> str | None:
+        """Why the last hello of ``sandbox_id``'s supervisor was refused as a duplicate (None:
+        it was not; an accepted session clears it)."""
+        return self._refused.get(sandbox_id)
 
     @property
     def pending_relays(self) -> int:
@@ -259,6 +273,15 @@ class SupervisorHub:
             )
         if not self._known(hello.sandbox_id):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"sandbox {hello.sandbox_id} not found")
+        owner = self._stale_owner(hello.sandbox_id)
+        if owner is not None:
+            why = (
+                f"sandbox {hello.sandbox_id} already has a supervisor session ({owner.session_id}, "
+                f"instance {owner.instance_id}, epoch {owner.epoch})"
+            )
+            self._refused[hello.sandbox_id] = why
+            log.warning("supervisor session from %s refused as a duplicate: %s", where, why)
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, why)
         session = self._register(hello)
         accepted = pb.SessionAccepted(session_id=session.record.session_id)
         accepted.heartbeat_interval.FromMilliseconds(int(self.heartbeat * 1000))
@@ -328,6 +351,16 @@ class SupervisorHub:
 
     # -- sessions --
 
+    def _stale_owner(self, sandbox_id: str) -> SessionRecord | None:
+        """The ``stale-supervisor-owner`` fault: the stored record of a session this process never
+        accepted (one from before its start), taken for a live owner."""
+        if not self._stale_owners:
+            return None
+        stored = self.record(sandbox_id)
+        if stored is None or stored.session_id in self._accepted:
+            return None
+        return stored
+
     def _register(self, hello: pb.SupervisorHello) -> LiveSession:
         record = SessionRecord(
             sandbox_id=hello.sandbox_id,
@@ -362,6 +395,8 @@ class SupervisorHub:
             )
         session = LiveSession(record)
         self._sessions[record.sandbox_id] = session
+        self._accepted.add(record.session_id)
+        self._refused.pop(record.sandbox_id, None)
         self._store.set_meta(_RECORD_PREFIX + record.sandbox_id, record.to_json())
         self._tell(record.sandbox_id, True)
         return session

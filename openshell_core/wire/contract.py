@@ -157,6 +157,16 @@ CONNECT_PATH: Final = "/connect/ssh"
 TRANSPORT_INFO_NAME: Final = "openshell.ai/transport"
 #: Initial metadata of a ForwardTcp the gateway opened (sent once the sandbox's end is there).
 FORWARD_OPEN_METADATA: Final = "openshell-forward-open"
+#: ``supervisor`` transport: the condition on every sandbox of ``GetSandbox``/``ListSandboxes``
+#: that says which supervisor session it is on (status ``True`` while one is live; reason one of
+#: the three below; message :data:`SUPERVISOR_SESSION_MESSAGE`, or the refusal's own message).
+#: The reference gateway's: an upstream gateway carries no such condition.
+SUPERVISOR_SESSION_CONDITION: Final = "SupervisorSession"
+SUPERVISOR_SESSION_CONNECTED: Final = "Connected"
+SUPERVISOR_SESSION_DISCONNECTED: Final = "Disconnected"
+#: The gateway's last answer to the sandbox's supervisor was to refuse it as a duplicate.
+SUPERVISOR_SESSION_REFUSED: Final = "RefusedAsDuplicate"
+SUPERVISOR_SESSION_MESSAGE: Final = "session {session} instance {instance} epoch {epoch}"
 SANDBOX_ID_HEADER: Final = "X-Sandbox-Id"
 TOKEN_HEADER: Final = "X-Sandbox-Token"
 
