@@ -104,3 +104,41 @@ def test_a_dial_the_gateway_does_not_answer_is_given_up_and_made_again(tmp_path:
 @pytest.fixture(autouse=True)
 def _quiet_grpc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRPC_VERBOSITY", "ERROR")
+
+
+def test_a_name_lookup_that_gets_no_answer_ends_the_dial_within_a_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Off the network, or while the gateway's container is stopped, the engine's DNS may never
+    answer: gRPC's own bound is 2 minutes (14 s seen here), which a sandbox waits out after the
+    gateway is back."""
+    write_pki(tmp_path / "pki", generate_pki())
+    pki = tmp_path / "pki"
+    silent_dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent_dns.bind(("127.0.0.1", 0))
+    dns_port = silent_dns.getsockname()[1]
+    config = DialOutConfig(
+        sandbox_id="sbx-1",
+        endpoint=f"dns://127.0.0.1:{dns_port}/gateway.invalid:30051",
+        token="tok",
+        ca=(pki / "ca.crt").read_bytes(),
+        cert=(pki / "client.crt").read_bytes(),
+        key=(pki / "client.key").read_bytes(),
+        token_cache=tmp_path / "token",
+    )
+
+    async def scenario() -> None:
+        running = asyncio.create_task(DialOut(config, supervisor=None).run())  # type: ignore[arg-type]
+        try:
+            while "lost" not in caplog.text:
+                await asyncio.sleep(0.05)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+
+    caplog.set_level("WARNING", logger="openshell.sandbox.dialout")
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 10))
+    finally:
+        silent_dns.close()
+    assert "errors resolving gateway.invalid" in caplog.text

@@ -65,6 +65,11 @@ AWAY_BACKOFF: Final = 10.0
 #: made again after a kill) waited 10 s for its name lookup, long after the network was back.
 FIRST_PATIENCE: Final = 1.5
 MAX_PATIENCE: Final = 10.0
+#: Milliseconds a name lookup of the gateway may take. Off the network (the gateway's network is
+#: made again after a kill) or while the gateway's container is stopped, the engine's DNS passes
+#: the name on and no answer comes: gRPC's own bound is 2 minutes (10 s was seen), and each
+#: lookup that hangs is time a sandbox stays unusable after the gateway is back.
+DNS_TIMEOUT_MS: Final = 1000
 #: A session that lasted this long resets the backoff.
 STEADY: Final = 30.0
 #: Heartbeats missed in a row before the gateway counts as gone.
@@ -177,13 +182,19 @@ class DialOut:
             started = time.monotonic()
             self.epoch += 1
             try:
-                async with grpc.aio.secure_channel(self.config.endpoint, credentials) as channel:
+                async with grpc.aio.secure_channel(
+                    self.config.endpoint,
+                    credentials,
+                    options=(("grpc.dns_ares_query_timeout", DNS_TIMEOUT_MS),),
+                ) as channel:
                     await self._session(stub(channel))  # type: ignore[arg-type]
                 why = "the gateway ended the session"
             except _NoAnswer:
                 why = f"no session within {self._patience:.1f} s"
                 self._patience = min(self._patience * 1.5, MAX_PATIENCE)
             except grpc.aio.AioRpcError as exc:
+                # An answer, if only a refusal: whatever is slow, it is not this dial's way in.
+                self._patience = FIRST_PATIENCE
                 why = f"{exc.code().name}: {exc.details()}"
                 if exc.code() is grpc.StatusCode.UNAUTHENTICATED and self._token_expired():
                     # The gateway was away longer than the token lives: the bootstrap path.
