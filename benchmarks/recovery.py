@@ -2,16 +2,20 @@
 
 For each core scenario (and docker-crash, docker-daemon-kill), over ``--repeat`` runs:
 
-- **reference**: a reference gateway with two sandboxes is disrupted with the scenario's own steps
+- **reference**, once per transport (``nssh1``: the gateway dials each sandbox's supervisor;
+  ``supervisor``: each supervisor dials out and holds a session): a reference gateway deployed with
+  that transport and two sandboxes is disrupted with the scenario's own steps
   (``pytest_openshell.scenarios``) and recovered as a user would; the figure is the time from the
   start of the disruption until the API answers, every sandbox is Ready and each answers a new SSH
   session. A session held open across the scenario reports how long its stream stalled
   (``ssh-proxy``'s "resumed after" line), or that it ended (the sandbox restarted).
 - **floor**: the same disruption done with plain engine operations to a bare container of the base
   image serving HTTP (e.g. ``docker kill`` + network re-made + ``docker start`` + port answers;
-  daemon restart + port answers), measured in the same run.
+  daemon restart + port answers), measured once per scenario in the same run and shared by both
+  transports' rows.
 
-Usage: python benchmarks/recovery.py [--repeat N] [--scenarios a,b] [--json FILE]
+Usage: python benchmarks/recovery.py [--repeat N] [--scenarios a,b] [--transports t,u]
+       [--json FILE]
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from openshell_core.host.sshproxy.ssh_command import ensure_user_key, ssh_comman
 from openshell_core.images import ImageSet, ensure_base_image, ensure_images
 from openshell_core.retry import poll_until
 from openshell_core.runs import RunLease, new_run_id, remove_run_objects, runs_dir
-from openshell_core.wire.contract import AUTHORIZED_KEYS_ENV
+from openshell_core.wire.contract import AUTHORIZED_KEYS_ENV, TRANSPORTS
 from pytest_openshell.drivers import GatewayHandle, GatewaySpec, ReferenceDriver
 from pytest_openshell.fixtures import HeldSession, SessionEnded
 from pytest_openshell.options import GatewayOptions
@@ -74,24 +78,53 @@ class Sample:
     stall: float | None
 
 
+def _failure(what: str, exc: Exception) -> str:
+    detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return f"{what}: {type(exc).__name__}: {detail}"
+
+
 @dataclass
-class Row:
-    scenario: str
-    floor: list[float] = field(default_factory=list)
-    reference: list[Sample] = field(default_factory=list)
+class Reference:
+    """The reference gateway's runs of one scenario in one transport."""
+
+    transport: str
+    samples: list[Sample] = field(default_factory=list)
     #: measurements that failed, each with what went wrong: the row keeps the others
     failures: list[str] = field(default_factory=list)
 
-    @property
-    def ratio(self) -> float | None:
-        if not self.reference or not self.floor:
-            return None
-        return median([s.ready for s in self.reference]) / median(self.floor)
 
-    def failed(self, what: str, exc: Exception) -> None:
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        self.failures.append(f"{what}: {type(exc).__name__}: {detail}")
-        print(f"[bench] {self.scenario}: {self.failures[-1]}", file=sys.stderr)
+@dataclass
+class Row:
+    scenario: str
+    #: the floor, measured once and shared by every transport's line
+    floor: list[float] = field(default_factory=list)
+    reference: dict[str, Reference] = field(default_factory=dict)
+    #: floor measurements that failed
+    failures: list[str] = field(default_factory=list)
+
+    def of(self, transport: str) -> Reference:
+        return self.reference.setdefault(transport, Reference(transport))
+
+    def ratio(self, transport: str) -> float | None:
+        samples = self.of(transport).samples
+        if not samples or not self.floor:
+            return None
+        return median([s.ready for s in samples]) / median(self.floor)
+
+    def failed(self, what: str, exc: Exception, transport: str | None = None) -> None:
+        text = _failure(what, exc)
+        if transport is None:
+            self.failures.append(text)
+        else:
+            self.of(transport).failures.append(text)
+        where = f"{self.scenario} ({transport})" if transport else self.scenario
+        print(f"[bench] {where}: {text}", file=sys.stderr)
+
+    def all_failures(self) -> list[str]:
+        found = [f"{self.scenario}, floor, {failure}" for failure in self.failures]
+        for transport, runs in self.reference.items():
+            found += [f"{self.scenario}, {transport}, {failure}" for failure in runs.failures]
+        return found
 
 
 class Bench:
@@ -110,11 +143,11 @@ class Bench:
     def client(self, gateway: GatewayHandle) -> GatewayClient:
         return GatewayClient.for_gateway(gateway.name, env=self.env, timeout=5)
 
-    def deploy(self, label: str) -> GatewayHandle:
+    def deploy(self, label: str, transport: str) -> GatewayHandle:
         spec = GatewaySpec(
             name=f"bench-{self.run_id[:6]}-{label}",
             port=free_port(),
-            options=GatewayOptions(self.images),
+            options=GatewayOptions(self.images, transport=transport),
             run_id=self.run_id,
         )
         return self.driver.deploy(spec)
@@ -196,12 +229,16 @@ def wait_recovered(
     return Sample(api=api[0], ready=time.monotonic() - started, stall=None)
 
 
-def measure_reference(bench: Bench, scenario: Scenario, repeats: int, row: Row) -> None:
-    """Add ``repeats`` samples to ``row``; a run that fails is noted in the row, not raised."""
+def measure_reference(
+    bench: Bench, scenario: Scenario, transport: str, repeats: int, row: Row
+) -> None:
+    """Add ``repeats`` samples of ``transport`` to ``row``; a run that fails is noted in the row,
+    not raised."""
+    runs = row.of(transport)
     try:
-        gateway = bench.deploy(scenario.key.replace("-", "")[:8])
+        gateway = bench.deploy(f"{scenario.key.replace('-', '')[:8]}-{transport[:3]}", transport)
     except Exception as exc:
-        row.failed("deploy", exc)
+        row.failed("deploy", exc, transport)
         return
     names = ["one", "two"]
     try:
@@ -213,11 +250,11 @@ def measure_reference(bench: Bench, scenario: Scenario, repeats: int, row: Row) 
                 client.wait_ready(name, timeout=120)
         for attempt in range(1, repeats + 1):
             try:
-                row.reference.append(measure_once(bench, scenario, gateway, names))
+                runs.samples.append(measure_once(bench, scenario, gateway, names))
             except Exception as exc:
-                row.failed(f"reference run {attempt}", exc)
+                row.failed(f"reference run {attempt}", exc, transport)
     except Exception as exc:
-        row.failed("sandboxes", exc)
+        row.failed("sandboxes", exc, transport)
     finally:
         bench.driver.destroy(gateway)
 
@@ -355,9 +392,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (default 3)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--transports",
+        default=",".join(TRANSPORTS),
+        help=f"the reference gateway's transports to measure (default {','.join(TRANSPORTS)})",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the samples here")
     args = parser.parse_args()
     keys = [key.strip() for key in args.scenarios.split(",") if key.strip()]
+    transports = [name.strip() for name in args.transports.split(",") if name.strip()]
+    unknown = [name for name in transports if name not in TRANSPORTS]
+    if unknown:
+        parser.error(f"unknown transport(s) {', '.join(unknown)}; known: {', '.join(TRANSPORTS)}")
     scenarios = {scenario.key: scenario for scenario in BUILTIN}
 
     private = PrivateEngine(DEFAULT_ENGINE_NAME, engines_dir() / DEFAULT_ENGINE_NAME)
@@ -373,10 +419,11 @@ def main() -> int:
                     row = Row(key)
                     rows.append(row)
                     measure_floor(bench, base, key, args.repeat, row)
-                    measure_reference(bench, scenarios[key], args.repeat, row)
-                    ready = summarise([s.ready for s in row.reference])
-                    print(f"[bench] {key}: floor {summarise(row.floor)}, reference {ready}",
-                          file=sys.stderr)  # fmt: skip
+                    for transport in transports:
+                        measure_reference(bench, scenarios[key], transport, args.repeat, row)
+                        ready = summarise([s.ready for s in row.of(transport).samples])
+                        print(f"[bench] {key}: floor {summarise(row.floor)}, {transport} {ready}",
+                              file=sys.stderr)  # fmt: skip
             finally:
                 remove_run_objects(engine, {bench.run_id})
                 engine.close()
@@ -384,13 +431,14 @@ def main() -> int:
     print(f"machine: {machine()}")
     print(f"repeats: {args.repeat} (min / median / max seconds)\n")
     print(
-        "| scenario | floor: bare container | reference: API answers | reference: every sandbox "
-        "Ready + SSH | ratio (median) | target | held SSH session |"
+        "| scenario | transport | floor: bare container | reference: API answers | reference: "
+        "every sandbox Ready + SSH | ratio (median) | target | held SSH session |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(table_row(row))
-    failures = [f"- {row.scenario}, {failure}" for row in rows for failure in row.failures]
+        for transport in transports:
+            print(table_row(row, transport))
+    failures = [f"- {failure}" for row in rows for failure in row.all_failures()]
     if failures:
         print("\nFailed measurements (their rows show the runs that succeeded):\n")
         print("\n".join(failures))
@@ -399,29 +447,32 @@ def main() -> int:
     return 1 if failures else 0
 
 
-def table_row(row: Row) -> str:
+def table_row(row: Row, transport: str) -> str:
     def figures(samples: list[float]) -> str:
         return summarise(samples) if samples else "failed"
 
-    stalls = [s.stall for s in row.reference if s.stall is not None]
-    if not row.reference:
+    runs = row.of(transport)
+    samples = runs.samples
+    stalls = [s.stall for s in samples if s.stall is not None]
+    if not samples:
         session = "failed"
-    elif len(stalls) == len(row.reference):
+    elif len(stalls) == len(samples):
         session = f"stalled {summarise(stalls)} s"
     elif stalls:
-        session = f"ended in {len(row.reference) - len(stalls)} of {len(row.reference)} runs"
+        session = f"ended in {len(samples) - len(stalls)} of {len(samples)} runs"
     else:
         session = "ended (sandbox restarted)"
-    api = figures([s.api for s in row.reference])
-    ready = figures([s.ready for s in row.reference])
-    ratio = row.ratio
+    api = figures([s.api for s in samples])
+    ready = figures([s.ready for s in samples])
+    ratio = row.ratio(transport)
     target = GATEWAY_ONLY_TARGET if row.scenario in GATEWAY_ONLY else DAEMON_TARGET
     verdict = "n/a" if ratio is None else "met" if ratio <= target else "missed"
     shown = "n/a" if ratio is None else f"{ratio:.1f}x"
-    note = f" ({len(row.failures)} failed)" if row.failures else ""
+    failed = len(runs.failures) + len(row.failures)
+    note = f" ({failed} failed)" if failed else ""
     return (
-        f"| {row.scenario}{note} | {figures(row.floor)} | {api} | {ready} | {shown} | "
-        f"{target:g}x {verdict} | {session} |"
+        f"| {row.scenario}{note} | {transport} | {figures(row.floor)} | {api} | {ready} | "
+        f"{shown} | {target:g}x {verdict} | {session} |"
     )
 
 

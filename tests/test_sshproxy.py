@@ -5,22 +5,32 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from openshell_core.cli import build_parser, main
+from openshell_core.grpc_api import Servicer, add_servicer_to_server, pb
+from openshell_core.host.sshproxy import run_proxy
+from openshell_core.host.sshproxy.forward import ForwardTunnel
 from openshell_core.host.sshproxy.ssh_command import known_hosts_line, proxy_argv, ssh_command
 from openshell_core.host.sshproxy.tunnel import (
     FIRST_BACKOFF,
     MAX_BACKOFF,
     Attempt,
     ConnectFailed,
+    Dialer,
+    GatewayTunnel,
+    Streams,
     connect_request,
     connect_with_retry,
     parse_reason,
@@ -28,6 +38,7 @@ from openshell_core.host.sshproxy.tunnel import (
 )
 from openshell_core.pki import generate_pki, generate_ssh_host_key, write_pki
 from openshell_core.retry import backoff
+from openshell_core.wire import contract
 
 # -- the 412 retry schedule (pure: a fake clock that only the fake sleep moves) ------------------
 
@@ -371,3 +382,160 @@ def test_ssh_proxy_starts_without_importing_the_other_commands_or_package_metada
 def test_version_is_printed_on_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("pytest-openshell ")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# -- dialling again after a break --------------------------------------------------------------
+
+
+@dataclass
+class CountingTunnel:
+    """A tunnel that records which way it was asked to open."""
+
+    calls: list[str] = field(default_factory=list)
+    sandbox_id: str = "sbx-1"
+    token: str = "tok-1"
+
+    async def open(self) -> Streams:
+        self.calls.append("open")
+        return asyncio.StreamReader(), None  # type: ignore[return-value]
+
+    async def open_once(self) -> Streams:
+        self.calls.append("open_once")
+        return asyncio.StreamReader(), None  # type: ignore[return-value]
+
+
+def test_a_resume_dials_one_attempt_at_a_time_not_with_the_412_schedule() -> None:
+    """The first tunnel may wait out 412s (1, 2, 4, 8 s); a resume has its own finer backoff,
+    and a dial that slept out a 412 schedule would wait long after the sandbox is back."""
+    tunnel = CountingTunnel()
+
+    class DialsThrice:
+        async def run(self, local: Streams, dial: Dialer) -> None:
+            for _ in range(3):
+                await dial()
+
+    async def scenario() -> None:
+        local = (asyncio.StreamReader(), None)
+        await run_proxy(tunnel, relay_with=DialsThrice(), local=local)  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+    assert tunnel.calls == ["open", "open_once", "open_once"]
+
+
+def test_a_forward_tunnel_reaches_a_gateway_that_came_back_without_grpcs_reconnect_backoff(
+    tmp_path: Path,
+) -> None:
+    """After an attempt that found no gateway, the next one (the gateway is back) is answered at
+    once, not after gRPC's own reconnect backoff (1 s growing 1.6 times: a held session stalled
+    up to 20 s after a gateway restart)."""
+    write_pki(tmp_path / "pki", generate_pki())
+    pki = tmp_path / "pki"
+    tunnel = ForwardTunnel(
+        GatewayTunnel(
+            host="127.0.0.1",
+            port=free_port(),
+            sandbox_id="sbx-1",
+            token="tok-1",
+            ca=pki / "ca.crt",
+            cert=pki / "client.crt",
+            key=pki / "client.key",
+            connect_timeout=5,
+        )
+    )
+
+    class NotReady(Servicer):  # type: ignore[misc]
+        async def ForwardTcp(self, requests: Any, context: Any) -> Any:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "sandbox is not ready")
+            yield  # pragma: no cover
+
+    async def scenario() -> tuple[Attempt, Attempt, float]:
+        nobody = await tunnel.attempt()
+        server = grpc.aio.server()
+        add_servicer_to_server(NotReady(), server)
+        credentials = grpc.ssl_server_credentials(
+            [((pki / "server.key").read_bytes(), (pki / "server.crt").read_bytes())],
+            root_certificates=(pki / "ca.crt").read_bytes(),
+            require_client_auth=True,
+        )
+        server.add_secure_port(f"127.0.0.1:{tunnel.tunnel.port}", credentials)
+        await server.start()
+        try:
+            started = time.monotonic()
+            answered = await tunnel.attempt()
+            return nobody, answered, time.monotonic() - started
+        finally:
+            await server.stop(grace=None)
+
+    nobody, answered, took = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert nobody.status in (0, 502)
+    assert (answered.status, answered.reason) == (412, "sandbox is not ready")
+    assert took < 5
+
+
+def test_a_forward_stream_opened_after_a_refused_one_carries_bytes_both_ways(
+    tmp_path: Path,
+) -> None:
+    """A refused ForwardTcp (a sandbox not Ready yet, as while a gateway comes back) must leave
+    nothing behind that deafens the next stream: a resumed session waited 15 s for a reply that
+    had arrived."""
+    write_pki(tmp_path / "pki", generate_pki())
+    pki = tmp_path / "pki"
+    tunnel = ForwardTunnel(
+        GatewayTunnel(
+            host="127.0.0.1",
+            port=free_port(),
+            sandbox_id="sbx-1",
+            token="tok-1",
+            ca=pki / "ca.crt",
+            cert=pki / "client.crt",
+            key=pki / "client.key",
+            connect_timeout=5,
+        )
+    )
+    refusals = [2]
+
+    class EchoWhenReady(Servicer):  # type: ignore[misc]
+        async def ForwardTcp(self, requests: Any, context: Any) -> Any:
+            frames = aiter(requests)
+            await anext(frames)  # the init
+            if refusals[0] > 0:
+                refusals[0] -= 1
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "sandbox is not ready")
+            await context.send_initial_metadata(((contract.FORWARD_OPEN_METADATA, "1"),))
+            async for frame in frames:
+                yield pb.TcpForwardFrame(data=frame.data.upper())
+
+    async def scenario() -> tuple[list[int], bytes]:
+        server = grpc.aio.server()
+        add_servicer_to_server(EchoWhenReady(), server)
+        credentials = grpc.ssl_server_credentials(
+            [((pki / "server.key").read_bytes(), (pki / "server.crt").read_bytes())],
+            root_certificates=(pki / "ca.crt").read_bytes(),
+            require_client_auth=True,
+        )
+        server.add_secure_port(f"127.0.0.1:{tunnel.tunnel.port}", credentials)
+        await server.start()
+        try:
+            statuses = []
+            for _ in range(3):
+                result = await tunnel.attempt()
+                statuses.append(result.status)
+            assert result.streams is not None
+            reader, writer = result.streams
+            writer.write(b"are you there?\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readline(), 5)
+            writer.close()
+            return statuses, answer
+        finally:
+            await server.stop(grace=None)
+
+    statuses, answer = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert statuses == [412, 412, 200]
+    assert answer == b"ARE YOU THERE?\n"

@@ -1,6 +1,7 @@
-"""ssh-proxy's ForwardTcp attempts (the ``supervisor`` transport), against plain sockets on
-127.0.0.1: what a refused or unreachable attempt leaves behind, and when the next one dials.
-The whole exchange with a real gateway is in ``test_supervisor_transport.py``."""
+"""ssh-proxy's ForwardTcp attempts (the ``supervisor`` transport) against a gRPC server on
+127.0.0.1 that refuses them: what a refused attempt leaves behind. The next stream and the
+reconnect are in ``test_sshproxy.py``; the whole exchange with a real gateway is in
+``test_supervisor_transport.py``."""
 
 from __future__ import annotations
 
@@ -86,23 +87,3 @@ def test_a_refused_attempt_leaves_no_task_behind(tunnel: GatewayTunnel) -> None:
     proxy ends ("Task was destroyed but it is pending!")."""
     pending = asyncio.run(_attempts_then_pending(ForwardTunnel(tunnel), 3))
     assert not pending, f"tasks still pending after the attempts ended: {pending}"
-
-
-def test_the_first_attempt_after_the_gateway_is_back_dials_it(tunnel: GatewayTunnel) -> None:
-    """A gRPC channel that failed waits out a reconnect backoff (seconds, growing) and fails
-    calls meanwhile without dialling: a gateway that came back would go unseen for that long."""
-
-    async def attempts() -> bool:
-        forward = ForwardTunnel(tunnel)
-        for _ in range(3):  # nothing listens yet
-            assert (await forward.attempt()).status in (0, 502)
-        with socket.create_server(("127.0.0.1", tunnel.port)) as listener:
-            listener.setblocking(False)
-            await forward.attempt()  # the listener never answers TLS: this one fails too
-            try:
-                listener.accept()[0].close()
-            except BlockingIOError:
-                return False
-            return True
-
-    assert asyncio.run(attempts()), "the attempt after the listener opened did not connect to it"

@@ -4,7 +4,8 @@ The supervisor holds one ``ConnectSupervisor`` session (mutual TLS with the gate
 certificate, and its sandbox token as the bearer credential): a hello with the sandbox id, an
 instance id (new with every process) and a connection epoch (one more with every connection),
 then heartbeats both ways. When the gateway goes away (the stream ends, or it is silent for three
-heartbeats) it dials again after a pause that doubles up to :data:`MAX_BACKOFF`.
+heartbeats) it dials again after a pause that grows from :data:`FIRST_BACKOFF` by half up to
+:data:`MAX_BACKOFF` (see :func:`next_pause`).
 
 Each ``RelayOpen`` is answered by opening a ``RelayStream`` that starts with the channel id. The
 SSH target speaks, inside the relay, the same protocol as port 2222 in the ``nssh1`` transport
@@ -48,9 +49,27 @@ from openshell_core.wire.relay import close_writer
 
 log = logging.getLogger("openshell.sandbox.dialout")
 
-#: First pause before dialling again, and the most it grows to.
-FIRST_BACKOFF: Final = 0.5
-MAX_BACKOFF: Final = 10.0
+#: First pause before dialling again, and the most it grows to. A gateway restart takes a few
+#: seconds, and each pause is time the sandbox stays unusable after the gateway is back (a pause
+#: that doubled to 10 s kept sandboxes waiting that long), while a refused dial costs little;
+#: only a gateway away for long (:data:`LONG_AWAY`) is dialled less often, up to
+#: :data:`AWAY_BACKOFF`.
+FIRST_BACKOFF: Final = 0.2
+BACKOFF_FACTOR: Final = 1.5
+MAX_BACKOFF: Final = 2.0
+LONG_AWAY: Final = 60.0
+AWAY_BACKOFF: Final = 10.0
+#: Seconds a dial may take until the gateway accepts the session, at first, and the most that
+#: grows to (1.5 times after each dial that ran out of it; back to the first once accepted).
+#: Without a bound a dial made while the sandbox was off the network (the gateway's network is
+#: made again after a kill) waited 10 s for its name lookup, long after the network was back.
+FIRST_PATIENCE: Final = 1.5
+MAX_PATIENCE: Final = 10.0
+#: Milliseconds a name lookup of the gateway may take. Off the network (the gateway's network is
+#: made again after a kill) or while the gateway's container is stopped, the engine's DNS passes
+#: the name on and no answer comes: gRPC's own bound is 2 minutes (10 s was seen), and each
+#: lookup that hangs is time a sandbox stays unusable after the gateway is back.
+DNS_TIMEOUT_MS: Final = 1000
 #: A session that lasted this long resets the backoff.
 STEADY: Final = 30.0
 #: Heartbeats missed in a row before the gateway counts as gone.
@@ -60,6 +79,10 @@ CHUNK: Final = 64 * 1024
 
 class DialOutError(ValueError):
     """The sandbox's environment does not let it dial out."""
+
+
+class _NoAnswer(Exception):
+    """A dial that got no session within its patience."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,12 @@ def token_expiry(token: str) -> float | None:
         return None
 
 
+def next_pause(backoff: float, away: float) -> float:
+    """The ceiling of the pause after ``backoff``, for a gateway gone ``away`` seconds."""
+    ceiling = AWAY_BACKOFF if away >= LONG_AWAY else MAX_BACKOFF
+    return min(max(backoff, FIRST_BACKOFF) * BACKOFF_FACTOR, ceiling)
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses only (a TCP relay never leaves the sandbox)."""
     if host == "localhost":
@@ -128,6 +157,7 @@ class DialOut:
         self.epoch = 0
         self.token = self._best_token()
         self._relays: set[asyncio.Task[None]] = set()
+        self._patience = FIRST_PATIENCE
 
     def _best_token(self) -> str:
         """The renewed token when one was kept and it is the sandbox's, else the created one."""
@@ -147,14 +177,24 @@ class DialOut:
             private_key=self.config.key,
             certificate_chain=self.config.cert,
         )
+        lost_at: float | None = None
         while True:
             started = time.monotonic()
             self.epoch += 1
             try:
-                async with grpc.aio.secure_channel(self.config.endpoint, credentials) as channel:
+                async with grpc.aio.secure_channel(
+                    self.config.endpoint,
+                    credentials,
+                    options=(("grpc.dns_ares_query_timeout", DNS_TIMEOUT_MS),),
+                ) as channel:
                     await self._session(stub(channel))  # type: ignore[arg-type]
                 why = "the gateway ended the session"
+            except _NoAnswer:
+                why = f"no session within {self._patience:.1f} s"
+                self._patience = min(self._patience * 1.5, MAX_PATIENCE)
             except grpc.aio.AioRpcError as exc:
+                # An answer, if only a refusal: whatever is slow, it is not this dial's way in.
+                self._patience = FIRST_PATIENCE
                 why = f"{exc.code().name}: {exc.details()}"
                 # The gateway was away longer than the token lives: the bootstrap path. The
                 # gateway is back, so the new token is tried without the grown pause.
@@ -164,7 +204,8 @@ class DialOut:
             except (OSError, TimeoutError) as exc:
                 why = str(exc) or type(exc).__name__
             if time.monotonic() - started > STEADY:
-                backoff = FIRST_BACKOFF
+                backoff, lost_at = FIRST_BACKOFF, None
+            lost_at = lost_at or time.monotonic()
             pause = backoff * (0.8 + 0.4 * random.random())
             log.warning(
                 "session to the gateway at %s lost (%s); dialling again in %.1f s",
@@ -173,7 +214,7 @@ class DialOut:
                 pause,
             )
             await asyncio.sleep(pause)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            backoff = next_pause(backoff, time.monotonic() - lost_at)
 
     async def _session(self, api: Any) -> None:
         call = api.ConnectSupervisor(metadata=self._metadata())
@@ -182,13 +223,19 @@ class DialOut:
             instance_id=self.instance_id,
             connection_epoch=self.epoch,
         )
-        await call.write(pb.SupervisorMessage(hello=hello))
-        first = await call.read()
+        try:
+            async with asyncio.timeout(self._patience):
+                await call.write(pb.SupervisorMessage(hello=hello))
+                first = await call.read()
+        except TimeoutError:
+            call.cancel()
+            raise _NoAnswer from None
         if first is grpc.aio.EOF or not first.HasField("session_accepted"):
             reason = "" if first is grpc.aio.EOF else first.session_rejected.reason
             log.warning("the gateway did not accept the session %s", reason)
             return
         accepted = first.session_accepted
+        self._patience = FIRST_PATIENCE
         interval = accepted.heartbeat_interval.ToTimedelta().total_seconds() or 5.0
         log.info(
             "session %s to the gateway at %s (instance %s, epoch %d)",

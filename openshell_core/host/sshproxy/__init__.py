@@ -39,8 +39,10 @@ async def run_proxy(
     unused = [first]
 
     async def dial() -> Streams:
-        # The first dial gets the tunnel opened above; a resumable relay dials again.
-        return unused.pop() if unused else await tunnel.open()
+        # The first dial gets the tunnel opened above; a resumable relay dials again, one
+        # attempt at a time: its own backoff (0.2 s growing to 2 s) retries a sandbox not Ready
+        # yet too, where open()'s 412 schedule (1, 2, 4, 8 s) would wait long after it is.
+        return unused.pop() if unused else await tunnel.open_once()
 
     if local is None:
         try:

@@ -29,6 +29,7 @@ from openshell_core.host.sshproxy.tunnel import (
     GatewayTunnel,
     Streams,
     connect_with_retry,
+    opened,
 )
 from openshell_core.wire import contract
 
@@ -52,7 +53,7 @@ class ForwardTunnel:
 
     tunnel: GatewayTunnel
     _channel: Any = field(default=None, repr=False)
-    _pumps: set[asyncio.Future[Any]] = field(default_factory=set, repr=False)
+    _pumps: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     @property
     def sandbox_id(self) -> str:
@@ -76,9 +77,45 @@ class ForwardTunnel:
     async def attempt(self) -> Attempt:
         """One ForwardTcp call: 200 and the streams once the gateway opened it, else the status
         its refusal stands for."""
+        result: Attempt | None = None
+        try:
+            result = await self._attempt()
+        finally:
+            # also when a resume gave up on this attempt (cancelled it) as too slow
+            if result is None or result.status != 200:
+                await self._drop_broken_channel()
+        return result
+
+    async def _drop_broken_channel(self) -> None:
+        """Forget a channel that is not connected after a failed attempt: gRPC would connect it
+        again only after its own reconnect backoff (1 s, growing 1.6 times to 2 min), so a
+        gateway back from a restart would wait that long for a resuming session. The next
+        attempt makes a new channel, which connects at once. (A channel that is not READY
+        carries no live stream of ours.)"""
+        channel = self._channel
+        if channel is None:
+            return
+        if channel.get_state(try_to_connect=False) is grpc.ChannelConnectivity.READY:
+            return
+        self._channel = None
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+    async def _attempt(self) -> Attempt:
+        # Our end of the socket pair is an asyncio stream, never a bare socket under
+        # loop.sock_recv: a refused call leaves its request iterator waiting on that end, and a
+        # socket closed under a waiting sock_recv stays registered with the event loop, so the
+        # next socket given the same descriptor number never hears of its data (a resumed
+        # session waited 15 s for a reply that had arrived). Closing a stream's transport
+        # unregisters it and ends the iterator.
         ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        call = self._stub().ForwardTcp(_frames(self.tunnel, ours))
+        try:
+            reader, writer = await asyncio.open_connection(sock=ours, limit=CHUNK)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        call = self._stub().ForwardTcp(_frames(self.tunnel, reader))
         try:
             metadata = await asyncio.wait_for(
                 call.initial_metadata(), self.tunnel.connect_timeout * 3
@@ -86,35 +123,29 @@ class ForwardTunnel:
             if not any(key == contract.FORWARD_OPEN_METADATA for key, _ in metadata or ()):
                 code = await call.code()
                 details = await call.details()
-                self._abandon(call, theirs, reachable=code is not grpc.StatusCode.UNAVAILABLE)
+                writer.close()
+                theirs.close()
                 return Attempt(_STATUS.get(code, 0), reason=str(details or code.name))
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
-            self._abandon(call, theirs, reachable=False)
+            call.cancel()
+            writer.close()
+            theirs.close()
             why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else "timed out"
             return Attempt(0, reason=str(why))
         except BaseException:
-            self._abandon(call, theirs, reachable=False)
+            call.cancel()
+            writer.close()
+            theirs.close()
             raise
-        self._keep(asyncio.create_task(_responses_to(call, ours)))
-        return Attempt(200, await asyncio.open_connection(sock=theirs, limit=65536))
-
-    def _abandon(self, call: Any, theirs: socket.socket, *, reachable: bool) -> None:
-        """End a call that did not open. Closing our side of the socket pair ends its request
-        frames (:func:`_frames` reads end-of-file and closes the rest itself: closing that end
-        under its pending read would leave gRPC's request task pending forever). An unreachable
-        gateway also costs the channel: gRPC would hold a failed channel in reconnect backoff
-        (seconds, growing) and fail the next attempts without dialling, so a gateway that is
-        back would be seen only when the backoff ends; a new channel dials at once."""
-        theirs.close()
-        call.cancel()
-        if not reachable and self._channel is not None:
-            channel, self._channel = self._channel, None
-            self._keep(asyncio.ensure_future(channel.close()))
-
-    def _keep(self, task: asyncio.Future[Any]) -> None:
-        """Hold a background task until it is done (the loop keeps only weak references)."""
-        self._pumps.add(task)
-        task.add_done_callback(self._pumps.discard)
+        pump = asyncio.create_task(_responses_to(call, writer))
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
+        try:
+            return Attempt(200, await asyncio.open_connection(sock=theirs, limit=65536))
+        except BaseException:
+            call.cancel()
+            theirs.close()
+            raise
 
     async def open(
         self,
@@ -128,40 +159,40 @@ class ForwardTunnel:
         """
         return await connect_with_retry(self.attempt, clock=clock, sleep=sleep)
 
-
-async def _frames(tunnel: GatewayTunnel, ours: socket.socket) -> AsyncIterator[pb.TcpForwardFrame]:
-    """The init frame, then what ssh-proxy writes into its end of the socket pair, until that end
-    is closed. This generator owns ``ours`` and closes it as it ends."""
-    loop = asyncio.get_running_loop()
-    try:
-        init = pb.TcpForwardInit(sandbox=tunnel.sandbox_id, authorization_token=tunnel.token)
-        init.ssh.SetInParent()
-        yield pb.TcpForwardFrame(init=init)
-        while True:
-            try:
-                data = await loop.sock_recv(ours, CHUNK)
-            except OSError:
-                return
-            if not data:
-                return
-            yield pb.TcpForwardFrame(data=data)
-    finally:
-        # After the loop has dropped its watch of the socket (a cancelled read unregisters in a
-        # callback already queued), not before.
-        loop.call_soon(ours.close)
+    async def open_once(self) -> Streams:
+        """:raises ConnectFailed: any answer but 200 (412 too: the caller retries)."""
+        return opened(await self.attempt())
 
 
-async def _responses_to(call: Any, ours: socket.socket) -> None:
+async def _frames(
+    tunnel: GatewayTunnel, ours: asyncio.StreamReader
+) -> AsyncIterator[pb.TcpForwardFrame]:
+    """The init frame, then what ssh-proxy writes into its end of the socket pair."""
+    init = pb.TcpForwardInit(sandbox=tunnel.sandbox_id, authorization_token=tunnel.token)
+    init.ssh.SetInParent()
+    yield pb.TcpForwardFrame(init=init)
+    while True:
+        try:
+            data = await ours.read(CHUNK)
+        except OSError:
+            return
+        if not data:
+            return
+        yield pb.TcpForwardFrame(data=data)
+
+
+async def _responses_to(call: Any, ours: asyncio.StreamWriter) -> None:
     """The gateway's data frames into ssh-proxy's end; a half-close when they end."""
-    loop = asyncio.get_running_loop()
     try:
         async for frame in call:
             if frame.data:
-                await loop.sock_sendall(ours, frame.data)
+                ours.write(frame.data)
+                await ours.drain()
     except (grpc.aio.AioRpcError, OSError):
         pass
     finally:
-        with contextlib.suppress(OSError):
-            ours.shutdown(socket.SHUT_WR)
-        # Ending the call ends its request frames too (:func:`_frames` closes ``ours``).
+        with contextlib.suppress(OSError, RuntimeError):
+            if ours.can_write_eof():
+                ours.write_eof()
         call.cancel()
+        ours.close()  # the call is over: what ssh-proxy still writes has nowhere to go

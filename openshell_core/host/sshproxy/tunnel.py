@@ -162,6 +162,13 @@ class Tunnel(Protocol):
         """:raises ConnectFailed: the gateway refused."""
         ...
 
+    async def open_once(self) -> Streams:
+        """One attempt, for a caller with retries of its own (a resume).
+
+        :raises ConnectFailed: any answer but 200, 412 included.
+        """
+        ...
+
 
 @dataclass(frozen=True)
 class GatewayTunnel:
@@ -257,6 +264,17 @@ class GatewayTunnel:
         """
         context = self.tls_context()
         return await connect_with_retry(lambda: self.attempt(context), clock=clock, sleep=sleep)
+
+    async def open_once(self) -> Streams:
+        """:raises ConnectFailed: any answer but 200 (412 too: the caller retries)."""
+        return opened(await self.attempt(self.tls_context()))
+
+
+def opened(result: Attempt) -> Streams:
+    """The streams of a 200. :raises ConnectFailed: with the status of any other answer."""
+    if result.status == 200 and result.streams is not None:
+        return result.streams
+    raise ConnectFailed(result.status, result.reason)
 
 
 # -- the byte pump -------------------------------------------------------------------------------
