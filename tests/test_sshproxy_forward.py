@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
+from openshell_core.errors import OpenShellError
 from openshell_core.grpc_api import Servicer, add_servicer_to_server
 from openshell_core.host.sshproxy.forward import ForwardTunnel
 from openshell_core.host.sshproxy.tunnel import GatewayTunnel
@@ -87,3 +88,24 @@ def test_a_refused_attempt_leaves_no_task_behind(tunnel: GatewayTunnel) -> None:
     proxy ends ("Task was destroyed but it is pending!")."""
     pending = asyncio.run(_attempts_then_pending(ForwardTunnel(tunnel), 3))
     assert not pending, f"tasks still pending after the attempts ended: {pending}"
+
+
+def test_an_attempt_without_the_mtls_files_says_so_and_leaves_the_tunnel_usable(
+    tunnel: GatewayTunnel,
+) -> None:
+    """The auto-bootstrap scenario deletes the host's files while a session is held: the resume
+    must see a problem it retries (as over CONNECT), not crash ssh-proxy on a missing file."""
+    kept = tunnel.ca.read_bytes()
+    tunnel.ca.unlink()
+
+    async def attempts() -> tuple[OpenShellError, int]:
+        forward = ForwardTunnel(tunnel)
+        with pytest.raises(OpenShellError) as missing:
+            await forward.attempt()
+        tunnel.ca.write_bytes(kept)  # written anew, as a bootstrap does
+        return missing.value, (await forward.attempt()).status
+
+    error, status = asyncio.run(attempts())
+    assert f"cannot load the gateway's mTLS files ({tunnel.ca.parent})" in error.message
+    assert error.hint == "`pytest-openshell gateway start` writes them again"
+    assert status in (0, 502)  # nothing listens: an ordinary refusal, the files were read

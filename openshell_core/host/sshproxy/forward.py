@@ -65,10 +65,9 @@ class ForwardTunnel:
 
     def _stub(self) -> Any:
         if self._channel is None:
+            ca, key, cert = self.tunnel.mtls_pems()
             credentials = grpc.ssl_channel_credentials(
-                root_certificates=self.tunnel.ca.read_bytes(),
-                private_key=self.tunnel.key.read_bytes(),
-                certificate_chain=self.tunnel.cert.read_bytes(),
+                root_certificates=ca, private_key=key, certificate_chain=cert
             )
             target = f"{self.tunnel.host}:{self.tunnel.port}"
             self._channel = grpc.aio.secure_channel(target, credentials)
@@ -108,6 +107,7 @@ class ForwardTunnel:
         # next socket given the same descriptor number never hears of its data (a resumed
         # session waited 15 s for a reply that had arrived). Closing a stream's transport
         # unregisters it and ends the iterator.
+        forward = self._stub().ForwardTcp  # first: it may raise (the mTLS files are gone)
         ours, theirs = socket.socketpair()
         try:
             reader, writer = await asyncio.open_connection(sock=ours, limit=CHUNK)
@@ -115,7 +115,7 @@ class ForwardTunnel:
             ours.close()
             theirs.close()
             raise
-        call = self._stub().ForwardTcp(_frames(self.tunnel, reader))
+        call = forward(_frames(self.tunnel, reader))
         try:
             metadata = await asyncio.wait_for(
                 call.initial_metadata(), self.tunnel.connect_timeout * 3

@@ -211,17 +211,35 @@ class GatewayTunnel:
         )
 
     def tls_context(self) -> ssl.SSLContext:
-        """Client TLS: the gateway verified against its CA (and name), our client certificate."""
+        """Client TLS: the gateway verified against its CA (and name), our client certificate.
+
+        :raises OpenShellError: the files are missing or unusable (a resume retries on it: a
+            gateway being bootstrapped again writes them anew).
+        """
         try:
             context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
             context.load_cert_chain(str(self.cert), str(self.key))
         except (OSError, ssl.SSLError) as exc:
-            raise OpenShellError(
-                f"cannot load the gateway's mTLS files ({self.ca.parent}): {exc}",
-                hint="`pytest-openshell gateway start` writes them again",
-            ) from exc
+            raise self._unusable_files(exc) from exc
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
+
+    def mtls_pems(self) -> tuple[bytes, bytes, bytes]:
+        """The CA certificate, the client key and the client certificate, as PEM bytes (gRPC's
+        credentials take them so).
+
+        :raises OpenShellError: as :meth:`tls_context`.
+        """
+        try:
+            return self.ca.read_bytes(), self.key.read_bytes(), self.cert.read_bytes()
+        except OSError as exc:
+            raise self._unusable_files(exc) from exc
+
+    def _unusable_files(self, exc: Exception) -> OpenShellError:
+        return OpenShellError(
+            f"cannot load the gateway's mTLS files ({self.ca.parent}): {exc}",
+            hint="`pytest-openshell gateway start` writes them again",
+        )
 
     async def attempt(self, context: ssl.SSLContext) -> Attempt:
         """One TLS connection and one CONNECT on it."""
