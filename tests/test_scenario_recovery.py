@@ -7,13 +7,13 @@ from typing import Any, cast
 
 import pytest
 
-from openshell_core.engine import Engine
+from openshell_core.engine import Engine, EngineMode
 from openshell_core.faults import Fault
 from openshell_core.images import ImageSet
 from openshell_core.redaction import Redactor
 from pytest_openshell import scenarios
 from pytest_openshell.drivers import GatewayDriver, GatewayHandle, GatewaySpec
-from pytest_openshell.options import GatewayOptions
+from pytest_openshell.options import GatewayOptions, Settings
 from pytest_openshell.scenarios import BUILTIN, ScenarioRun, disrupt, recover
 from pytest_openshell.session_parts import ArtefactStore, Gateways
 
@@ -75,19 +75,32 @@ def test_recovery_that_never_answers_says_so_at_its_deadline() -> None:
 
 
 def test_a_gateway_spec_carries_the_runs_deploy_options_as_one_record() -> None:
-    options = GatewayOptions(ImageSet(gateway="gw:x"), frozenset({next(iter(Fault))}), 7.0, 8.0)
+    settings = Settings(
+        target="reference",
+        engine=EngineMode.parse("auto"),
+        images=ImageSet(gateway="gw:x"),
+        scenarios="core",
+        faults=frozenset({next(iter(Fault))}),
+        artifacts=Path("artifacts"),
+        keep="never",
+        build=False,
+        health_timeout=7.0,
+        api_timeout=8.0,
+        recovery_timeout=300.0,
+        settle=5.0,
+    )
     gateways = Gateways(
-        settings=cast(Any, type("S", (), {"gateway_options": options})()),
+        settings=settings,
         run_id="0123456789abcdef",
         worker="gw1",
         redactor=Redactor(),
         find_driver=lambda target: None,
     )
     spec = gateways.spec("shared")
-    assert spec.options is options
+    assert spec.options == settings.gateway_options
     assert (spec.image, spec.faults, spec.health_timeout, spec.api_timeout) == (
         "gw:x",
-        options.faults,
+        settings.faults,
         7.0,
         8.0,
     )
