@@ -189,6 +189,10 @@ class RunSummary:
             lines.extend(self._table(transport, rows) if rows else ["  (no scenario ran)"])
         return lines
 
+    def _all_skipped(self, row: tuple[str, str]) -> bool:
+        outcomes = [cell.outcome for key, cell in self.cells.items() if key[:2] == row]
+        return bool(outcomes) and all(outcome == "skipped" for outcome in outcomes)
+
     def _table(self, transport: str, rows: list[tuple[str, str]]) -> list[str]:
         symbols = {"passed": "pass", "failed": "FAIL", "error": "ERR", "skipped": "skip", "": "-"}
         numbers = self.properties()
@@ -212,10 +216,13 @@ class RunSummary:
             "  ".join(value.ljust(widths[i]) for i, value in enumerate(line)) for line in table
         ]
         mine = [row for row in self.rows() if row[0] == transport]
+        # Only a scenario none of whose checks ran is said to be skipped (a check skipped beside
+        # others that ran shows as "skip" in its column).
         skipped = [
-            f"  {self.scenario_id(*row)}: skipped: {self.skip_reasons[row]}"
+            f"  {self.scenario_id(*row)}: skipped: "
+            + self.skip_reasons[row].removeprefix("Skipped: ")
             for row in mine
-            if row in self.skip_reasons
+            if row in self.skip_reasons and self._all_skipped(row)
         ]
         timelines = [
             f"  {self.scenario_id(*row)}: timeline {self.timelines[row]} (workload seed "

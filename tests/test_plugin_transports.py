@@ -330,6 +330,28 @@ def test_with_two_transports_the_summary_has_a_table_per_transport_with_its_coun
     }  # fmt: skip
 
 
+def _skip(scenario: str, number: int, reason: str) -> Any:
+    report = _report(scenario, "nssh1", number, "skipped")
+    report.longrepr = ("conformance/t.py", 1, f"Skipped: {reason}")
+    return report
+
+
+def test_a_scenario_none_of_whose_checks_ran_is_said_to_be_skipped_with_the_reason() -> None:
+    summary = RunSummary(("nssh1",))
+    summary.add(_skip("long-downtime", 1, "the nssh1 transport gives no tokens"))
+    summary.add(_skip("long-downtime", 2, "the nssh1 transport gives no tokens"))
+    assert "  long-downtime: skipped: the nssh1 transport gives no tokens" in summary.table()
+
+
+def test_a_check_skipped_beside_checks_that_ran_does_not_mark_its_scenario_skipped() -> None:
+    summary = RunSummary(("nssh1",))
+    summary.add(_report("kill", "nssh1", 1, "passed"))
+    summary.add(_skip("kill", 17, "no sandbox token under nssh1"))
+    lines = summary.table()
+    assert lines[1].split()[:3] == ["kill", "pass", "skip"]
+    assert not [line for line in lines if "skipped" in line], lines
+
+
 def test_a_report_without_a_transport_belongs_to_the_runs_first() -> None:
     summary = RunSummary(("supervisor", "nssh1"))
     summary.add(_report("kill", None, 1, "passed"))
