@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import grpc
 import pytest
 
 from openshell_core.cli import build_parser, main
+from openshell_core.errors import OpenShellError
 from openshell_core.grpc_api import Servicer, add_servicer_to_server, pb
 from openshell_core.host.sshproxy import run_proxy
 from openshell_core.host.sshproxy.forward import ForwardTunnel
@@ -428,15 +430,11 @@ def test_a_resume_dials_one_attempt_at_a_time_not_with_the_412_schedule() -> Non
     assert tunnel.calls == ["open", "open_once", "open_once"]
 
 
-def test_a_forward_tunnel_reaches_a_gateway_that_came_back_without_grpcs_reconnect_backoff(
-    tmp_path: Path,
-) -> None:
-    """After an attempt that found no gateway, the next one (the gateway is back) is answered at
-    once, not after gRPC's own reconnect backoff (1 s growing 1.6 times: a held session stalled
-    up to 20 s after a gateway restart)."""
+def forward_tunnel(tmp_path: Path, *, connect_timeout: float = 5) -> ForwardTunnel:
+    """A ForwardTcp tunnel with a fresh PKI under ``tmp_path`` to a free port on 127.0.0.1."""
     write_pki(tmp_path / "pki", generate_pki())
     pki = tmp_path / "pki"
-    tunnel = ForwardTunnel(
+    return ForwardTunnel(
         GatewayTunnel(
             host="127.0.0.1",
             port=free_port(),
@@ -445,9 +443,19 @@ def test_a_forward_tunnel_reaches_a_gateway_that_came_back_without_grpcs_reconne
             ca=pki / "ca.crt",
             cert=pki / "client.crt",
             key=pki / "client.key",
-            connect_timeout=5,
+            connect_timeout=connect_timeout,
         )
     )
+
+
+def test_a_forward_tunnel_reaches_a_gateway_that_came_back_without_grpcs_reconnect_backoff(
+    tmp_path: Path,
+) -> None:
+    """After an attempt that found no gateway, the next one (the gateway is back) is answered at
+    once, not after gRPC's own reconnect backoff (1 s growing 1.6 times: a held session stalled
+    up to 20 s after a gateway restart)."""
+    tunnel = forward_tunnel(tmp_path)
+    pki = tunnel.tunnel.ca.parent
 
     class NotReady(Servicer):  # type: ignore[misc]
         async def ForwardTcp(self, requests: Any, context: Any) -> Any:
@@ -484,20 +492,8 @@ def test_a_forward_stream_opened_after_a_refused_one_carries_bytes_both_ways(
     """A refused ForwardTcp (a sandbox not Ready yet, as while a gateway comes back) must leave
     nothing behind that deafens the next stream: a resumed session waited 15 s for a reply that
     had arrived."""
-    write_pki(tmp_path / "pki", generate_pki())
-    pki = tmp_path / "pki"
-    tunnel = ForwardTunnel(
-        GatewayTunnel(
-            host="127.0.0.1",
-            port=free_port(),
-            sandbox_id="sbx-1",
-            token="tok-1",
-            ca=pki / "ca.crt",
-            cert=pki / "client.crt",
-            key=pki / "client.key",
-            connect_timeout=5,
-        )
-    )
+    tunnel = forward_tunnel(tmp_path)
+    pki = tunnel.tunnel.ca.parent
     refusals = [2]
 
     class EchoWhenReady(Servicer):  # type: ignore[misc]
@@ -539,3 +535,72 @@ def test_a_forward_stream_opened_after_a_refused_one_carries_bytes_both_ways(
     statuses, answer = asyncio.run(asyncio.wait_for(scenario(), 30))
     assert statuses == [412, 412, 200]
     assert answer == b"ARE YOU THERE?\n"
+
+
+# -- what a refused ForwardTcp leaves behind ------------------------------------------------------
+
+#: Background tasks of an abandoned attempt get this long to end (they need no peer to).
+SETTLE = 5.0
+
+
+class _NotReadyThreaded(Servicer):  # type: ignore[misc]
+    """A gateway whose sandbox is never Ready: it reads the init frame, then refuses (a
+    threaded server, so the client's event loop holds the client's tasks alone)."""
+
+    def ForwardTcp(self, frames: Any, context: grpc.ServicerContext) -> Any:
+        next(frames)
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, "sandbox is not ready")
+        yield from ()
+
+
+def test_a_refused_forward_attempt_leaves_no_task_behind(tmp_path: Path) -> None:
+    """A task left pending is a leak, and asyncio prints it over the user's terminal when the
+    proxy ends ("Task was destroyed but it is pending!")."""
+    tunnel = forward_tunnel(tmp_path, connect_timeout=0.5)
+    pki = tunnel.tunnel.ca.parent
+    server = grpc.server(ThreadPoolExecutor(2))
+    add_servicer_to_server(_NotReadyThreaded(), server)
+    credentials = grpc.ssl_server_credentials(
+        [((pki / "server.key").read_bytes(), (pki / "server.crt").read_bytes())],
+        root_certificates=(pki / "ca.crt").read_bytes(),
+        require_client_auth=True,
+    )
+    server.add_secure_port(f"127.0.0.1:{tunnel.tunnel.port}", credentials)
+    server.start()
+
+    async def attempts() -> set[asyncio.Task[Any]]:
+        statuses = [(await tunnel.attempt()).status for _ in range(3)]
+        assert statuses == [412] * 3
+        left = asyncio.all_tasks() - {asyncio.current_task()}
+        if not left:
+            return set()
+        _, pending = await asyncio.wait(left, timeout=SETTLE)
+        return pending  # type: ignore[return-value]
+
+    try:
+        pending = asyncio.run(attempts())
+    finally:
+        server.stop(None)
+    assert not pending, f"tasks still pending after the attempts ended: {pending}"
+
+
+def test_a_forward_attempt_without_the_mtls_files_says_so_and_leaves_the_tunnel_usable(
+    tmp_path: Path,
+) -> None:
+    """The auto-bootstrap scenario deletes the host's files while a session is held: the resume
+    must see a problem it retries (as over CONNECT), not crash ssh-proxy on a missing file."""
+    tunnel = forward_tunnel(tmp_path, connect_timeout=0.5)
+    ca = tunnel.tunnel.ca
+    kept = ca.read_bytes()
+    ca.unlink()
+
+    async def attempts() -> tuple[OpenShellError, int]:
+        with pytest.raises(OpenShellError) as missing:
+            await tunnel.attempt()
+        ca.write_bytes(kept)  # written anew, as a bootstrap does
+        return missing.value, (await tunnel.attempt()).status
+
+    error, status = asyncio.run(attempts())
+    assert f"cannot load the gateway's mTLS files ({ca.parent})" in error.message
+    assert error.hint == "`pytest-openshell gateway start` writes them again"
+    assert status in (0, 502)  # nothing listens: an ordinary refusal, the files were read

@@ -73,14 +73,19 @@ def client(gateway: GatewayUnderTest) -> Iterator[GatewayClient]:
 @pytest.fixture
 def raw(gateway: GatewayUnderTest) -> Iterator[Any]:
     """A plain gRPC stub on the gateway's port (mutual TLS with the host's client files)."""
+    credentials = _mtls_credentials(gateway)
+    with grpc.secure_channel(f"127.0.0.1:{gateway.port}", credentials) as channel:
+        yield stub(channel)
+
+
+def _mtls_credentials(gateway: GatewayUnderTest) -> grpc.ChannelCredentials:
+    """Mutual TLS with the host's client files of ``gateway``."""
     mtls = gateway.gateway_dir / "mtls"
-    credentials = grpc.ssl_channel_credentials(
+    return grpc.ssl_channel_credentials(
         root_certificates=(mtls / "ca.crt").read_bytes(),
         private_key=(mtls / "tls.key").read_bytes(),
         certificate_chain=(mtls / "tls.crt").read_bytes(),
     )
-    with grpc.secure_channel(f"127.0.0.1:{gateway.port}", credentials) as channel:
-        yield stub(channel)
 
 
 def _ready(client: GatewayClient, name: str) -> str:
@@ -543,12 +548,7 @@ def test_a_supervisor_renews_its_token_before_it_expires_and_keeps_its_session(s
         assert created not in (first, "")
         assert client.exec("renewing", ["true"]).exit_code == 0
     assert _session_record(short_lived, sandbox_id) == session  # never had to reconnect
-    mtls = short_lived.gateway_dir / "mtls"
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=(mtls / "ca.crt").read_bytes(),
-        private_key=(mtls / "tls.key").read_bytes(),
-        certificate_chain=(mtls / "tls.crt").read_bytes(),
-    )
+    credentials = _mtls_credentials(short_lived)
     with (
         grpc.secure_channel(f"127.0.0.1:{short_lived.port}", credentials) as channel,
         pytest.raises(grpc.RpcError) as refused,
@@ -567,12 +567,7 @@ def test_forward_tcp_with_an_expired_session_token_is_refused(short_lived):
         _ready(client, "expiring")
         session = client.create_ssh_session("expiring")
         assert session.expires_at > 0
-        mtls = short_lived.gateway_dir / "mtls"
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=(mtls / "ca.crt").read_bytes(),
-            private_key=(mtls / "tls.key").read_bytes(),
-            certificate_chain=(mtls / "tls.crt").read_bytes(),
-        )
+        credentials = _mtls_credentials(short_lived)
         with grpc.secure_channel(f"127.0.0.1:{short_lived.port}", credentials) as channel:
             wait_for(lambda: time.time() > session.expires_at + 0.5, what="the token's expiry")
             assert _forward_refusal(stub(channel), _init("expiring", session.token)) == (
@@ -618,12 +613,7 @@ def _signed_by(gateway: GatewayUnderTest) -> TokenSigner:
 
 def _exchange(gateway: GatewayUnderTest, token: str) -> tuple[grpc.StatusCode, str]:
     """``IssueSandboxToken`` with ``token``: the status and details of its answer."""
-    mtls = gateway.gateway_dir / "mtls"
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=(mtls / "ca.crt").read_bytes(),
-        private_key=(mtls / "tls.key").read_bytes(),
-        certificate_chain=(mtls / "tls.crt").read_bytes(),
-    )
+    credentials = _mtls_credentials(gateway)
     with grpc.secure_channel(f"127.0.0.1:{gateway.port}", credentials) as channel:
         try:
             stub(channel).IssueSandboxToken(
