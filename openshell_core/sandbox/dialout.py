@@ -51,12 +51,12 @@ log = logging.getLogger("openshell.sandbox.dialout")
 
 #: First pause before dialling again, and the most it grows to. A gateway restart takes a few
 #: seconds, and each pause is time the sandbox stays unusable after the gateway is back (a pause
-#: that doubled to 10 s kept sandboxes waiting that long), while a refused dial costs little;
-#: only a gateway away for long (:data:`LONG_AWAY`) is dialled less often, up to
-#: :data:`AWAY_BACKOFF`.
+#: that doubled to 10 s kept sandboxes waiting that long; one grown to 2 s cost a stop-start
+#: a second), while a refused dial costs little; only a gateway away for long
+#: (:data:`LONG_AWAY`) is dialled less often, up to :data:`AWAY_BACKOFF`.
 FIRST_BACKOFF: Final = 0.2
 BACKOFF_FACTOR: Final = 1.5
-MAX_BACKOFF: Final = 2.0
+MAX_BACKOFF: Final = 1.0
 LONG_AWAY: Final = 60.0
 AWAY_BACKOFF: Final = 10.0
 #: Seconds a dial may take until the gateway accepts the session, at first, and the most that
@@ -67,11 +67,14 @@ FIRST_PATIENCE: Final = 1.5
 MAX_PATIENCE: Final = 10.0
 #: Milliseconds a name lookup of the gateway may take. Off the network (the gateway's network is
 #: made again after a kill) or while the gateway's container is stopped, the engine's DNS passes
-#: the name on and no answer comes: gRPC's own bound is 2 minutes (10 s was seen), and each
-#: lookup that hangs is time a sandbox stays unusable after the gateway is back.
-DNS_TIMEOUT_MS: Final = 1000
-#: A session that lasted this long resets the backoff.
-STEADY: Final = 30.0
+#: the name on and no answer comes: gRPC's own bound is 2 minutes (10 s was seen), and a lookup
+#: begun just before the gateway came back kept its sandbox waiting out the whole bound (1 s
+#: cost a stop-start half a second); the engine answers a name it knows within milliseconds.
+DNS_TIMEOUT_MS: Final = 500
+#: A session accepted and held this long means the gateway was back: the next loss is a new
+#: outage, dialled again from the first pause (a reset only after 30 s let the pause grow over
+#: disruptions a few seconds apart).
+STEADY: Final = 3.0
 #: Heartbeats missed in a row before the gateway counts as gone.
 MISSED_HEARTBEATS: Final = 3
 CHUNK: Final = 64 * 1024
@@ -158,6 +161,12 @@ class DialOut:
         self.token = self._best_token()
         self._relays: set[asyncio.Task[None]] = set()
         self._patience = FIRST_PATIENCE
+        #: when the gateway accepted the session being held (None while dialling)
+        self._accepted_at: float | None = None
+
+    def _held_steadily(self) -> bool:
+        """True when the session just lost had been accepted at least :data:`STEADY` ago."""
+        return self._accepted_at is not None and time.monotonic() - self._accepted_at >= STEADY
 
     def _best_token(self) -> str:
         """The renewed token when one was kept and it is the sandbox's, else the created one."""
@@ -179,7 +188,7 @@ class DialOut:
         )
         lost_at: float | None = None
         while True:
-            started = time.monotonic()
+            self._accepted_at = None
             self.epoch += 1
             try:
                 async with grpc.aio.secure_channel(
@@ -203,7 +212,7 @@ class DialOut:
                     backoff = FIRST_BACKOFF
             except (OSError, TimeoutError) as exc:
                 why = str(exc) or type(exc).__name__
-            if time.monotonic() - started > STEADY:
+            if self._held_steadily():
                 backoff, lost_at = FIRST_BACKOFF, None
             lost_at = lost_at or time.monotonic()
             pause = backoff * (0.8 + 0.4 * random.random())
@@ -235,6 +244,7 @@ class DialOut:
             log.warning("the gateway did not accept the session %s", reason)
             return
         accepted = first.session_accepted
+        self._accepted_at = time.monotonic()
         self._patience = FIRST_PATIENCE
         interval = accepted.heartbeat_interval.ToTimedelta().total_seconds() or 5.0
         log.info(

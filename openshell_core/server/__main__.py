@@ -107,8 +107,13 @@ class Gateway:
             store, driver, config, secret=secret, transport=transport, signer=signer
         )
         log.info("transport %s", transport)
-        self._closers.append(service.close)
-        await self._serve_api(service)
+        try:
+            await self._serve_api(service)
+        finally:
+            # Closed first at a stop: the supervisors' sessions end while the API still runs and
+            # the store is open, so what their end records is kept; the listener then has no
+            # session left to wait for.
+            self._closers.append(service.close)
         self._start_reconciling(service)
         config.ready_marker.write_text(f"{os.getpid()}\n")
         log.info(

@@ -54,7 +54,8 @@ class GatewayListener:
         self._grpc_socket = grpc_socket
         self._tunnel = tunnel
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        #: each connection's task, with its writer (aborted at close)
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(
@@ -63,10 +64,16 @@ class GatewayListener:
         log.info("listening on %s:%d (TLS, client certificates required)", host, port)
 
     async def close(self) -> None:
-        """Stop accepting, and end the connections in flight."""
+        """Stop accepting, and end the connections in flight.
+
+        They are aborted, not shut down: a TLS shutdown waits for the peer's reply (each
+        supervisor's session is one of these connections, and a stop took 1-2 s of that), and
+        the peers dial again anyway.
+        """
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
+        for task, writer in list(self._connections.items()):
+            writer.transport.abort()
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
         if self._server is not None:
@@ -76,7 +83,7 @@ class GatewayListener:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._connections.add(task)
+            self._connections[task] = writer
         try:
             await self._route(reader, writer)
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -85,7 +92,7 @@ class GatewayListener:
             log.exception("connection failed")
         finally:
             if task is not None:
-                self._connections.discard(task)
+                self._connections.pop(task, None)
             _close(writer)
 
     async def _route(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
