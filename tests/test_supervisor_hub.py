@@ -12,7 +12,8 @@ import pytest
 
 from openshell_core.grpc_api import pb
 from openshell_core.server.sandbox_tokens import AUTHORIZATION_METADATA, TokenSigner
-from openshell_core.server.supervisor_hub import RelayUnavailable, SupervisorHub, is_loopback
+from openshell_core.server.supervisor_hub import RelayUnavailable, SupervisorHub
+from openshell_core.wire.contract import is_loopback
 
 
 class _Meta:

@@ -28,7 +28,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import ipaddress
 import json
 import logging
 import random
@@ -138,16 +137,6 @@ def next_pause(backoff: float, away: float) -> float:
     """The ceiling of the pause after ``backoff``, for a gateway gone ``away`` seconds."""
     ceiling = AWAY_BACKOFF if away >= LONG_AWAY else MAX_BACKOFF
     return min(max(backoff, FIRST_BACKOFF) * BACKOFF_FACTOR, ceiling)
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses only (a TCP relay never leaves the sandbox)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class DialOut:
@@ -333,7 +322,7 @@ class DialOut:
 
     async def _relay(self, api: Any, session: Any, opened: pb.RelayOpen) -> None:
         channel = opened.channel_id
-        if opened.HasField("tcp") and not is_loopback(opened.tcp.host):
+        if opened.HasField("tcp") and not contract.is_loopback(opened.tcp.host):
             log.warning(
                 "relay %s refused: %s is not a loopback address", channel[:8], opened.tcp.host
             )

@@ -38,7 +38,7 @@ from openshell_core.server.sandbox_link import Dial, exec_in_sandbox
 from openshell_core.server.sandbox_tokens import SandboxToken, TokenRefused
 from openshell_core.server.sandboxes import SandboxService
 from openshell_core.server.store import StoreConflict
-from openshell_core.server.supervisor_hub import SupervisorHub, frames_to, is_loopback
+from openshell_core.server.supervisor_hub import SupervisorHub, frames_to
 from openshell_core.server.tunnel import TunnelLimiter, TunnelRefused
 from openshell_core.wire import contract
 from openshell_core.wire.exec1 import ExecEvent
@@ -358,7 +358,7 @@ class GatewayServicer(Servicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"tcp targets need the {self._supervisor_word} transport",
                 )
-            if not is_loopback(init.tcp.host) or not 0 < init.tcp.port < 65536:
+            if not contract.is_loopback(init.tcp.host) or not 0 < init.tcp.port < 65536:
                 return (
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "target.tcp must be a loopback address and port in the sandbox",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import secrets
@@ -51,16 +50,6 @@ RELAY_WAIT: Final = 10.0
 CHUNK: Final = 64 * 1024
 #: Store ``meta`` keys of session records: ``supervisor-session:{sandbox_id}``.
 _RECORD_PREFIX: Final = "supervisor-session:"
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses only (a TCP relay never leaves the sandbox)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class RelayUnavailable(OpenShellError):

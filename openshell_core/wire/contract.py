@@ -12,6 +12,7 @@ image) and the *sandbox* (the supervisor, :mod:`openshell_core.sandbox`, inside 
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Final
 
 # -- ports ------------------------------------------------------------------------------------
@@ -220,3 +221,15 @@ SECRET_FILE_NAMES: Final = (
     pki_file(SERVER_KEY_FILE),
     pki_file(CLIENT_KEY_FILE),
 )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a target a ``ForwardTcp`` may reach: ``localhost`` or a loopback
+    address, nothing else. The gateway refuses any other target and the supervisor checks again,
+    so a relay never leaves the sandbox."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
