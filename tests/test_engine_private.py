@@ -161,6 +161,40 @@ def test_containers_reach_each_other_when_forward_policy_is_drop(
         _firewall.set_forward_policy(before or "ACCEPT")
 
 
+def test_a_name_docker_does_not_know_is_never_looked_up_outside_the_machine(
+    lab_client: Engine, lab_image: str, unique_name: str
+) -> None:
+    """Docker's resolver forwards unknown names; ours go to the container's own loopback, where
+    this probe listens and sees the query arrive (the host's name servers never see it)."""
+    lab_client.create_network(unique_name, labels=labels.ownership(role="test"))
+    probe = (
+        "import socket, threading\n"
+        "listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "listener.bind(('127.0.0.1', 53))\n"
+        "listener.settimeout(10)\n"
+        "def lookup():\n"
+        "    try:\n"
+        "        socket.getaddrinfo('no-such-name.invalid', 80)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "threading.Thread(target=lookup, daemon=True).start()\n"
+        "try:\n"
+        "    listener.recvfrom(512)\n"
+        "except TimeoutError:\n"
+        "    raise SystemExit(3)\n"
+    )
+    name = f"{unique_name}-dns"
+    lab_client.create_container(
+        name=name,
+        image=lab_image,
+        command=["python3", "-c", probe],
+        labels=labels.ownership(role="test"),
+        network=unique_name,
+    )
+    lab_client.start_container(name)
+    assert lab_client.wait_container(name, timeout=60) == 0, lab_client.container_logs(name)
+
+
 def _fetch_from_peer(client: Engine, image: str, network: str, server: str) -> int:
     client_name = f"{network}-cli"
     probe = (
