@@ -521,8 +521,8 @@ class PrivateEngine:
             f"--default-address-pool=base={self.address_pool},size={NETWORK_PREFIX}",
             # Docker's resolver forwards a name it does not know (a gateway that is down, a
             # sandbox container that is gone) to the host's name servers, which are outside
-            # hosts. Pointed at each container's own loopback, the lookup fails at once instead
-            # and nothing leaves the machine.
+            # hosts. Pointed at each container's own loopback, the lookup fails as it did (no
+            # answer comes either way) and nothing leaves the machine.
             f"--dns={CONTAINER_DNS}",
             "--shutdown-timeout=10",
             "--log-level=info",
