@@ -184,15 +184,8 @@ def test_a_name_docker_does_not_know_is_never_looked_up_outside_the_machine(
         "    raise SystemExit(3)\n"
     )
     name = f"{unique_name}-dns"
-    lab_client.create_container(
-        name=name,
-        image=lab_image,
-        command=["python3", "-c", probe],
-        labels=labels.ownership(role="test"),
-        network=unique_name,
-    )
-    lab_client.start_container(name)
-    assert lab_client.wait_container(name, timeout=60) == 0, lab_client.container_logs(name)
+    code = _run_python(lab_client, lab_image, unique_name, name, probe)
+    assert code == 0, lab_client.container_logs(name)
 
 
 def _fetch_from_peer(client: Engine, image: str, network: str, server: str) -> int:
@@ -207,16 +200,20 @@ def _fetch_from_peer(client: Engine, image: str, network: str, server: str) -> i
         "else:\n"
         "    raise SystemExit(1)\n"
     )
+    return _run_python(client, image, network, client_name, probe)
+
+
+def _run_python(client: Engine, image: str, network: str, name: str, source: str) -> int:
+    """Run ``python3 -c source`` in a container on ``network``; its exit code."""
     client.create_container(
-        name=client_name,
+        name=name,
         image=image,
-        command=["python3", "-c", probe],
+        command=["python3", "-c", source],
         labels=labels.ownership(role="test"),
         network=network,
     )
-    client.start_container(client_name)
-    result = client.api.wait(client_name, timeout=60)
-    return int(result["StatusCode"])
+    client.start_container(name)
+    return client.wait_container(name, timeout=60)
 
 
 def _wait_for_marker(port: int) -> bytes:
