@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Final
@@ -32,11 +35,63 @@ class SandboxUnreachable(OpenShellError):
     """No TCP connection to a sandbox's supervisor could be made."""
 
 
+async def connect(
+    host: str, port: int, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to ``host:port`` (a sandbox's supervisor), within ``timeout`` seconds.
+
+    The name is looked up in a daemon thread of its own (:func:`lookup`), not in the event
+    loop's executor, where ``asyncio.open_connection`` puts it.
+
+    :raises OSError, TimeoutError: no address, or no connection in time.
+    """
+    async with asyncio.timeout(timeout):
+        address = await lookup(host, port)
+        return await asyncio.open_connection(address, port)
+
+
+async def lookup(host: str, port: int) -> str:
+    """The first address of ``host`` (``host`` itself when it is one).
+
+    Why a thread of its own: the platform's DNS may leave a name it does not know unanswered (a
+    sandbox whose runtime is down), and the C library waits 10 s for it. In the loop's
+    executor such lookups outlived the probes that made them: they took its few threads from
+    every other blocking call, and the gateway's exit after SIGTERM waited for them (a stop took
+    7 s instead of 0.2 s). A daemon thread is dropped at exit; the caller's timeout still ends
+    the wait.
+
+    :raises OSError: the name has no address.
+    """
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(host))
+    loop = asyncio.get_running_loop()
+    found: asyncio.Future[str] = loop.create_future()
+
+    def settle(address: str | None, error: OSError | None) -> None:
+        if not found.done():  # the caller may have given up (timeout, cancellation)
+            if error is not None:
+                found.set_exception(error)
+            else:
+                found.set_result(str(address))
+
+    def look() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            address, error = str(infos[0][4][0]), None
+        except OSError as exc:
+            address, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, address, error)
+
+    threading.Thread(target=look, name=f"lookup {host}", daemon=True).start()
+    return await found
+
+
 async def _connect(
     host: str, port: int, timeout: float
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
-        return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        return await connect(host, port, timeout)
     except (OSError, TimeoutError) as exc:
         raise SandboxUnreachable(
             f"cannot connect to sandbox supervisor at {host}:{port}: {exc or 'timed out'}"

@@ -27,7 +27,6 @@ import contextlib
 import logging
 import re
 import secrets
-import socket
 import time
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
@@ -45,7 +44,7 @@ from openshell_core.server.model import (
     SshSessionRecord,
     encode_command,
 )
-from openshell_core.server.sandbox_link import exec_in_sandbox
+from openshell_core.server.sandbox_link import connect, exec_in_sandbox
 from openshell_core.server.sandbox_tokens import TokenSigner
 from openshell_core.server.store import Store
 from openshell_core.server.supervisor_hub import SupervisorHub
@@ -244,7 +243,7 @@ class SandboxService:
         if self.hub is not None:
             return await self.hub.open_relay(sandbox_id)
         host, port = self.driver.endpoint(sandbox_id)
-        return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        return await connect(host, port, timeout)
 
     def supervisor_live(self, sandbox_id: str) -> bool:
         """``supervisor`` transport: whether the sandbox's supervisor holds a session now."""
@@ -540,8 +539,8 @@ class SandboxService:
 async def _accepts(host: str, port: int, timeout: float = 1.0) -> bool:
     """True when a TCP connection to ``host:port`` succeeds."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, TimeoutError, socket.gaierror):
+        _, writer = await connect(host, port, timeout)
+    except (OSError, TimeoutError):
         return False
     writer.close()
     with contextlib.suppress(OSError):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from openshell_core.errors import OpenShellError
+from openshell_core.server.sandbox_link import connect
 from openshell_core.wire import contract
 from openshell_core.wire.nssh1 import HandshakeError, client_handshake
 from openshell_core.wire.relay import close_writer, relay
@@ -186,9 +187,7 @@ async def connect_sandbox(
             if target.dial is not None:
                 reader, writer = await asyncio.wait_for(target.dial(), connect_timeout * 2)
             else:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(target.host, target.port), connect_timeout
-                )
+                reader, writer = await connect(target.host, target.port, connect_timeout)
             break
         except (OSError, TimeoutError, OpenShellError) as exc:
             last = exc
