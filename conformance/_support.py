@@ -23,7 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -121,6 +121,9 @@ BREAK_SUPERVISOR = (
 )
 #: Seconds a sandbox whose container fails at every start may take to be reported in ERROR.
 ERROR_WITHIN = 90.0
+
+
+T = TypeVar("T")
 
 
 def sha256(data: bytes) -> str:
@@ -237,6 +240,22 @@ class Workload:
                     )
         raise OSError(f"ssh into {name} exited with {result.returncode}: {stderr[-400:]}")
 
+    def each_running(self, check: Callable[[SandboxState], T]) -> list[tuple[SandboxState, T]]:
+        """``check(state)`` for each running sandbox, all at once (each in a thread, over SSH
+        sessions of its own): a property then waits for the slowest sandbox, not for the sum of
+        them. (state, result) in the order of :meth:`running_states`; the first failure in that
+        order is raised as ``check`` raised it."""
+        states = self.running_states()
+        with concurrent.futures.ThreadPoolExecutor(max(len(states), 1)) as pool:
+            results = list(pool.map(check, states))
+        return list(zip(states, results, strict=True))
+
+    def shell_each(
+        self, command: Callable[[SandboxState], str]
+    ) -> list[tuple[SandboxState, bytes]]:
+        """:meth:`each_running` for one shell command (its stdout)."""
+        return self.each_running(lambda state: self.shell(state.name, command(state)))
+
     def host_key(self, name: str) -> str:
         return self.info(name).host_public_key
 
@@ -293,27 +312,39 @@ class Workload:
             state.container = containers.get(state.id)
             if state.container:
                 state.container_id = self.container_id(state.container)
-        self.errored = self.break_sandbox(errored)
-        # The two sandboxes are written to at once (each over its own SSH session).
-        with concurrent.futures.ThreadPoolExecutor(len(running)) as pool:
+        # The sandbox to break and the two running ones are written to at once (each over its
+        # own SSH session).
+        with concurrent.futures.ThreadPoolExecutor(len(running) + 1) as pool:
+            broken = pool.submit(self.break_sandbox, errored)
             for done in [pool.submit(self._write_markers, self.states[n]) for n in running]:
                 done.result()
-        for name in running:
-            self.states[name].starts = eventually(
-                functools.partial(self.command_starts, name, at_least=1),
-                timeout=60,
-                what=f"the own command of {name} logging its first start",
-            )
-        self.wait_phase(errored, "ERROR", within=ERROR_WITHIN)
-        # The user stops one sandbox: it must stay stopped, and still start on request.
-        with self.client() as client:
-            client.stop_sandbox(stopped)
-        self.states[stopped].running = False
-        self.held_sandbox = running[0]
-        self.held = self.ssh.hold(self.gateway, running[0], HELD_COMMAND)
-        self.held.wait_for(lambda out: b"tick 2\n" in out, timeout=60)
-        self.echo("before")
-        self.held.wait_for(lambda out: b"echo before-" in out, timeout=60)
+            self.errored = broken.result()
+        # Then, side by side, the waits for the gateway (the broken sandbox in ERROR, after its
+        # runtime's restarts) and for the sandboxes (their own commands' first starts, the held
+        # session's ticks), while the user stops one sandbox: it must stay stopped, and still
+        # start on request.
+        with concurrent.futures.ThreadPoolExecutor(1 + len(running)) as pool:
+            in_error = pool.submit(self.wait_phase, errored, "ERROR", within=ERROR_WITHIN)
+            starts = {
+                name: pool.submit(
+                    eventually,
+                    functools.partial(self.command_starts, name, at_least=1),
+                    timeout=60,
+                    what=f"the own command of {name} logging its first start",
+                )
+                for name in running
+            }
+            with self.client() as client:
+                client.stop_sandbox(stopped)
+            self.states[stopped].running = False
+            self.held_sandbox = running[0]
+            self.held = self.ssh.hold(self.gateway, running[0], HELD_COMMAND)
+            self.held.wait_for(lambda out: b"tick 2\n" in out, timeout=60)
+            self.echo("before")
+            self.held.wait_for(lambda out: b"echo before-" in out, timeout=60)
+            for name, future in starts.items():
+                self.states[name].starts = future.result()
+            in_error.result()
         self._record()
 
     def command_starts(self, name: str, *, at_least: int = 0) -> list[str]:
@@ -602,12 +633,15 @@ class Outcome:
         if self._unreachable is not None:
             pytest.fail(f"(found by an earlier check) {self._unreachable}", pytrace=False)
         self.require_recovered()
-        record = SurvivalRecord(poll=REPROBE)
-        for state in self.workload.running_states():
+
+        def reached(state: SandboxState) -> None:
+            record = SurvivalRecord(poll=REPROBE)
             probe = functools.partial(self.workload.shell, state.name, "echo reached")
             record.expect(f"a new SSH session into {state.name}", probe, b"reached\n")
-        try:
             record.verify(within=self.within if within is None else within, settle=0)
+
+        try:
+            self.workload.each_running(reached)
         except SurvivalViolation as exc:
             self._unreachable = str(exc)
             raise

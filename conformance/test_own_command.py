@@ -32,7 +32,8 @@ def test_the_sandboxs_own_command_ran_once_at_every_start_of_its_container(
     lifecycle: Outcome,
 ) -> None:
     lifecycle.reachable()
-    for state in lifecycle.workload.running_states():
+
+    def ran_once_per_start(state: SandboxState) -> None:
         fate = lifecycle.run.sandbox_fate(state.container)
         if fate is SandboxFate.KEPT:
             lines = lifecycle.workload.command_starts(state.name)
@@ -40,9 +41,9 @@ def test_the_sandboxs_own_command_ran_once_at_every_start_of_its_container(
                 f"the own command of {state.name} ran again though its container was kept: "
                 f"{lines} (before: {state.starts})"
             )
-            continue
+            return
         lines = eventually(
-            lambda state=state: _logged_the_current_start(lifecycle, state),  # type: ignore[misc]
+            lambda: _logged_the_current_start(lifecycle, state),
             timeout=SETTLED,
             what=f"the own command of {state.name} to log this start",
         )
@@ -53,3 +54,5 @@ def test_the_sandboxs_own_command_ran_once_at_every_start_of_its_container(
             f"the own command of {state.name} did not run exactly once per start of its "
             f"{fate.value} container: {lines} (before: {state.starts})"
         )
+
+    lifecycle.workload.each_running(ran_once_per_start)

@@ -63,17 +63,14 @@ def test_a_process_started_before_lives_exactly_as_long_as_its_container(
 ) -> None:
     lifecycle.reachable()
     workload = lifecycle.workload
-    for state in workload.running_states():
-        expected = lifecycle.run.sandbox_fate(state.container)
-        # One session reads both: when PID 1 started, and whether the process is still there.
-        pid1, alive = (
-            workload.shell(
-                state.name,
-                f"{PID1_START}; kill -0 {state.process} 2>/dev/null && echo alive || echo gone",
-            )
-            .decode()
-            .split()
+    # One session each reads both: when PID 1 started, and whether the process is still there.
+    for state, stdout in workload.shell_each(
+        lambda state: (
+            f"{PID1_START}; kill -0 {state.process} 2>/dev/null && echo alive || echo gone"
         )
+    ):
+        expected = lifecycle.run.sandbox_fate(state.container)
+        pid1, alive = stdout.decode().split()
         if expected is SandboxFate.KEPT:
             assert pid1 == state.pid1_start, (
                 f"the container of {state.name} restarted, though {lifecycle.key} should not "

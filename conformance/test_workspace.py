@@ -27,19 +27,19 @@ def test_marker_files_keep_their_bytes_and_mode(lifecycle: Outcome) -> None:
 def test_the_workspace_sentinel_exists(lifecycle: Outcome) -> None:
     lifecycle.reachable()
     workload = lifecycle.workload
-    for state in workload.running_states():
-        found = workload.shell(state.name, f"test -e {SENTINEL} && echo found || echo missing")
+    for state, found in workload.shell_each(
+        lambda _: f"test -e {SENTINEL} && echo found || echo missing"
+    ):
         assert found.strip() == b"found", f"{SENTINEL} is missing in {state.name}"
 
 
 def test_image_files_the_user_changed_or_deleted_stay_so(lifecycle: Outcome) -> None:
     lifecycle.reachable()
     workload = lifecycle.workload
-    for state in workload.running_states():
-        out = workload.shell(
-            state.name,
-            f"sha256sum {IMAGE_FILE_CHANGED}; test ! -e {IMAGE_FILE_DELETED} && echo deleted",
-        ).decode()
+    for state, stdout in workload.shell_each(
+        lambda _: f"sha256sum {IMAGE_FILE_CHANGED}; test ! -e {IMAGE_FILE_DELETED} && echo deleted"
+    ):
+        out = stdout.decode()
         assert out.split()[0] == state.image_file_digest, (
             f"{IMAGE_FILE_CHANGED} in {state.name} was seeded again over the user's change"
         )
@@ -55,11 +55,11 @@ def test_files_outside_the_workspace_live_exactly_as_long_as_the_container(
     survives a restart of the container and is lost when the container is made anew."""
     lifecycle.reachable()
     workload = lifecycle.workload
-    for state in workload.running_states():
+    for state, stdout in workload.shell_each(
+        lambda _: f"test -e {OUTSIDE_FILE} && echo present || echo absent"
+    ):
         expected = lifecycle.run.sandbox_fate(state.container)
-        present = workload.shell(
-            state.name, f"test -e {OUTSIDE_FILE} && echo present || echo absent"
-        ).strip()
+        present = stdout.strip()
         want = b"absent" if expected is SandboxFate.RECREATED else b"present"
         assert present == want, (
             f"{OUTSIDE_FILE} in {state.name} is {present.decode()}, but its container was "
