@@ -53,7 +53,7 @@ log = logging.getLogger("openshell.sandbox.dialout")
 #: that doubled to 10 s kept sandboxes waiting that long; one grown to 2 s cost a stop-start
 #: a second), while a refused dial costs little; only a gateway away for long
 #: (:data:`LONG_AWAY`) is dialled less often, up to :data:`AWAY_BACKOFF`.
-FIRST_BACKOFF: Final = 0.2
+FIRST_BACKOFF: Final = 0.1
 BACKOFF_FACTOR: Final = 1.5
 MAX_BACKOFF: Final = 1.0
 LONG_AWAY: Final = 60.0
@@ -70,6 +70,16 @@ MAX_PATIENCE: Final = 10.0
 #: begun just before the gateway came back kept its sandbox waiting out the whole bound (1 s
 #: cost a stop-start half a second); the engine answers a name it knows within milliseconds.
 DNS_TIMEOUT_MS: Final = 500
+#: The channel's own reconnect pauses kept short: with gRPC's (1 s at first) a dial made while
+#: the gateway was down waited inside the channel instead of failing, and the session came back
+#: 0.47-0.57 s after the gateway listened again (five stop-starts); with these and a first
+#: pause of 0.1 s (was 0.2 s), 0.05-0.29 s.
+CHANNEL_OPTIONS: Final = (
+    ("grpc.dns_ares_query_timeout", DNS_TIMEOUT_MS),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
 #: A session accepted and held this long means the gateway was back: the next loss is a new
 #: outage, dialled again from the first pause (a reset only after 30 s let the pause grow over
 #: disruptions a few seconds apart).
@@ -183,7 +193,7 @@ class DialOut:
                 async with grpc.aio.secure_channel(
                     self.config.endpoint,
                     credentials,
-                    options=(("grpc.dns_ares_query_timeout", DNS_TIMEOUT_MS),),
+                    options=CHANNEL_OPTIONS,
                 ) as channel:
                     await self._session(stub(channel))  # type: ignore[arg-type]
                 why = "the gateway ended the session"
