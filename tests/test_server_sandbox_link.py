@@ -24,13 +24,13 @@ def listener() -> Iterator[int]:
 @pytest.fixture
 def unanswered(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Every name lookup blocks until the returned event is set (the engine's DNS leaving an
-    unknown name unanswered); set at the end of the test, so no thread is left behind."""
+    unknown name unanswered), then fails as unknown; set at the end of the test, so no thread
+    is left behind. No lookup leaves the machine."""
     release = threading.Event()
-    real = socket.getaddrinfo
 
     def blocked(host: Any, *args: Any, **kwargs: Any) -> Any:
         release.wait(30)
-        return real(host, *args, **kwargs)
+        raise socket.gaierror(socket.EAI_NONAME, f"{host}: no answer (test)")
 
     monkeypatch.setattr(socket, "getaddrinfo", blocked)
     yield release
