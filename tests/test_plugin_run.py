@@ -335,10 +335,17 @@ def test_ctrl_c_during_a_test_still_removes_the_runs_objects(
         (run_id,) = recorded_run_ids(run_id_file)
         assert run_objects(engine, run_id), "the run made nothing to clean up"
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=120)
+        try:
+            output, _ = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(
+                "the run did not end within 120 s of Ctrl-C; its output:\n"
+                + (exc.output or b"").decode(errors="replace")[-4000:]
+            )
     finally:
         if process.poll() is None:
             process.kill()
+            process.communicate()  # reaped, its pipe closed: nothing leaks into the next test
     assert b"KeyboardInterrupt" in output
     assert run_objects(engine, run_id) == []
     assert not runs.run_dir(run_id).exists(), "the run left its directory (keys) behind"

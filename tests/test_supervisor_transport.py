@@ -368,8 +368,15 @@ def test_forward_tcp_with_a_revoked_token_is_refused_and_the_token_is_not_logged
         grpc.StatusCode.UNAUTHENTICATED,
         "session token revoked or expired",
     )
-    logs = "\n".join(gateway.logs(tail=200))
-    assert "ForwardTcp to sandbox 'revoked' from" in logs
+    # The line is written before the refusal is sent, but the engine's log may show it later.
+    logs = wait_for(
+        lambda: (
+            "\n".join(lines := gateway.logs(tail=200))
+            * any("ForwardTcp to sandbox 'revoked' from" in line for line in lines)
+        ),
+        timeout=10,
+        what="the refusal in the gateway's log",
+    )
     assert token not in logs
 
 
