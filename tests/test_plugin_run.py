@@ -320,8 +320,14 @@ def test_ctrl_c_during_a_test_still_removes_the_runs_objects(
             time.sleep(600)
         """
     )
+    # Ctrl-C as a terminal delivers it: a test run started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and the inner run would never see it.
+    pytest_with_ctrl_c = (
+        "import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.exit(pytest.main(sys.argv[1:]))"
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", *FLAGS, str(pytester.path)],
+        [sys.executable, "-c", pytest_with_ctrl_c, *FLAGS, str(pytester.path)],
         cwd=pytester.path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
