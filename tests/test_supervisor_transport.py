@@ -256,14 +256,7 @@ def test_a_token_not_signed_by_the_gateway_is_refused_and_not_logged(gateway, cl
         _hello(sandbox_id), metadata=(("authorization", bearer(forged)),), timeout=20
     )
     assert _refusal(call) is grpc.StatusCode.UNAUTHENTICATED
-    logs = wait_for(
-        lambda: (
-            "\n".join(lines := gateway.logs(tail=1000))
-            * any("sandbox token not signed by this gateway" in line for line in lines)
-        ),
-        timeout=10,
-        what="the refusal in the gateway's log",
-    )
+    logs = _logged(gateway, "sandbox token not signed by this gateway", tail=1000)
     assert forged not in logs
 
 
@@ -307,6 +300,16 @@ def _init(name: str, token: str, *, tcp: tuple[str, int] | None = None) -> pb.Tc
     else:
         init.tcp.host, init.tcp.port = tcp
     return pb.TcpForwardFrame(init=init)
+
+
+def _logged(gateway: GatewayUnderTest, text: str, *, tail: int) -> str:
+    """The gateway's last ``tail`` log lines once one holds ``text``. A refusal is logged before
+    it is sent, but the engine's log may show the line a little later."""
+    return wait_for(
+        lambda: "\n".join(lines := gateway.logs(tail=tail)) * any(text in line for line in lines),
+        timeout=10,
+        what=f"{text!r} in the gateway's log",
+    )
 
 
 def _forward_refusal(raw: Any, frame: pb.TcpForwardFrame) -> tuple[grpc.StatusCode, str]:
@@ -368,15 +371,7 @@ def test_forward_tcp_with_a_revoked_token_is_refused_and_the_token_is_not_logged
         grpc.StatusCode.UNAUTHENTICATED,
         "session token revoked or expired",
     )
-    # The line is written before the refusal is sent, but the engine's log may show it later.
-    logs = wait_for(
-        lambda: (
-            "\n".join(lines := gateway.logs(tail=200))
-            * any("ForwardTcp to sandbox 'revoked' from" in line for line in lines)
-        ),
-        timeout=10,
-        what="the refusal in the gateway's log",
-    )
+    logs = _logged(gateway, "ForwardTcp to sandbox 'revoked' from", tail=200)
     assert token not in logs
 
 
