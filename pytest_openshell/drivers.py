@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from openshell_core import labels
 from openshell_core.engine import Engine
-from openshell_core.errors import OpenShellError
+from openshell_core.errors import NotFoundError, OpenShellError
 from openshell_core.faults import ENV_VAR as FAULTS_ENV
 from openshell_core.faults import Fault, format_faults
 from openshell_core.gateway import DeployOptions, deploy, destroy, names, stop
@@ -444,13 +444,11 @@ class ReferenceDriver(
     def state_digests(self, gateway: GatewayHandle) -> dict[str, str]:
         """SHA-256 of the handshake secret and of every PKI file on the gateway's volume, read
         through the engine from its container (running or stopped)."""
-        container = gateway.container_name
-        return {
-            name: hashlib.sha256(
-                self.engine.read_container_file(container, f"{STATE_DIR}/{name}")
-            ).hexdigest()
-            for name in STATE_FILES
-        }
+        found = self.engine.read_container_files(gateway.container_name, STATE_DIR)
+        missing = [name for name in STATE_FILES if name not in found]
+        if missing:
+            raise NotFoundError("file", f"{gateway.container_name}:{STATE_DIR}/{missing[0]}")
+        return {name: hashlib.sha256(found[name]).hexdigest() for name in STATE_FILES}
 
     def down_reason(self, gateway: GatewayHandle) -> str | None:
         """Why the gateway container is down with nothing to bring it back (None: it runs, or

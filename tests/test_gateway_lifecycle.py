@@ -272,6 +272,19 @@ def test_start_on_none_deploys_a_fresh_gateway(lab: Lab) -> None:
     assert lab.volume_file(f"{STATE_DIR}/pki/ca.crt") == lab.host_ca()
 
 
+def test_a_directory_read_from_a_container_holds_each_of_its_files_by_relative_path(
+    lab: Lab,
+) -> None:
+    lab.deploy()
+    lab.write_marker("read")
+    found = lab.engine.read_container_files(lab.container, STATE_DIR)
+    assert found["marker"] == b"read\n"
+    assert found["pki/ca.crt"] == lab.host_ca()
+    assert all(not name.startswith("/") and name for name in found)
+    with pytest.raises(NotFoundError):
+        lab.engine.read_container_files(lab.container, f"{STATE_DIR}/no-such-directory")
+
+
 def test_start_on_running_changes_nothing(lab: Lab) -> None:
     lab.make(GatewayState.RUNNING)
     before = lab.inspect()

@@ -153,9 +153,9 @@ class _NoCopyEngine:
     def __init__(self) -> None:
         self.copied: list[str] = []
 
-    def read_container_file(self, container: str, path: str) -> bytes:
-        self.copied.append(path)
-        raise AssertionError(f"copied {path} out of {container}")
+    def read_container_files(self, container: str, directory: str) -> dict[str, bytes]:
+        self.copied.append(directory)
+        raise AssertionError(f"copied {directory} out of {container}")
 
 
 def test_a_handshake_the_port_proxy_drops_counts_as_not_listening_yet(

@@ -318,6 +318,28 @@ class Engine:
                 raise NotFoundError("file", f"{name}:{path}")
             return handle.read()
 
+    def read_container_files(self, name: str, directory: str) -> dict[str, bytes]:
+        """Every regular file under ``directory`` in a container, running or not, by its path
+        relative to ``directory`` (``pki/ca.crt``): one archive for all of them, where
+        :meth:`read_container_file` costs one per file.
+
+        :raises NotFoundError: when the container or the directory does not exist.
+        """
+        with _translated(f"read {directory} from {name}", kind="file", name=f"{name}:{directory}"):
+            stream, _ = self.api.get_archive(name, directory)
+            archive = io.BytesIO(b"".join(stream))
+        found: dict[str, bytes] = {}
+        with tarfile.open(fileobj=archive) as tar:
+            for member in tar:
+                handle = tar.extractfile(member) if member.isfile() else None
+                if handle is None:
+                    continue
+                # The archive's paths begin with the directory's own name.
+                _, _, relative = member.name.partition("/")
+                if relative:
+                    found[relative] = handle.read()
+        return found
+
     def container_logs(self, name: str, *, tail: int = 20) -> list[str]:
         """The last ``tail`` lines of a container's output ([] when it is gone)."""
         try:

@@ -487,7 +487,7 @@ def _answers(
         except (ConnectionError, TimeoutError, ssl.SSLEOFError):
             # Nothing listens yet: the files are not the question. Docker's port proxy takes the
             # connection and drops it while the container starts, which ends the handshake
-            # with an EOF; fetching the files then would cost each probe three engine calls.
+            # with an EOF; fetching the files then would cost each probe an engine call.
             return None
         except OSError:
             pass
@@ -556,10 +556,11 @@ def _already_running(
 def fetch_mtls(engine: Engine, name: str, env: Mapping[str, str] | None = None) -> MtlsFiles:
     """Copy the client's PKI files out of the gateway container into the host ``mtls/`` dir."""
     container = container_name(name)
-    found = {
-        host: engine.read_container_file(container, f"{STATE_DIR}/pki/{inside}")
-        for inside, host in _CLIENT_PKI.items()
-    }
+    pki = engine.read_container_files(container, f"{STATE_DIR}/pki")
+    missing = [inside for inside in _CLIENT_PKI if inside not in pki]
+    if missing:
+        raise NotFoundError("file", f"{container}:{STATE_DIR}/pki/{missing[0]}")
+    found = {host: pki[inside] for inside, host in _CLIENT_PKI.items()}
     return write_mtls(
         name, ca_cert=found["ca.crt"], cert=found["tls.crt"], key=found["tls.key"], env=env
     )
