@@ -119,6 +119,8 @@ BREAK_SUPERVISOR = (
     "set -e; d=$(python3 -c 'import openshell_core.sandbox as m, os; "
     'print(os.path.dirname(m.__file__))\'); mv "$d" "$d.broken"; echo broken'
 )
+#: Ends the sandbox's PID 1 (its supervisor) half a second after the SSH session that runs it.
+END_PID1_SOON = "setsid sh -c 'sleep 0.5; kill -TERM 1' </dev/null >/dev/null 2>&1 &"
 #: Seconds a sandbox whose container fails at every start may take to be reported in ERROR.
 ERROR_WITHIN = 90.0
 
@@ -323,8 +325,9 @@ class Workload:
         # runtime's restarts) and for the sandboxes (their own commands' first starts, the held
         # session's ticks), while the user stops one sandbox: it must stay stopped, and still
         # start on request.
-        with concurrent.futures.ThreadPoolExecutor(1 + len(running)) as pool:
+        with concurrent.futures.ThreadPoolExecutor(2 + len(running)) as pool:
             in_error = pool.submit(self.wait_phase, errored, "ERROR", within=ERROR_WITHIN)
+            old_token = pool.submit(self._read_old_token, self.states[running[0]])
             starts = {
                 name: pool.submit(
                     eventually,
@@ -344,6 +347,7 @@ class Workload:
             self.held.wait_for(lambda out: b"echo before-" in out, timeout=60)
             for name, future in starts.items():
                 self.states[name].starts = future.result()
+            old_token.result()
             in_error.result()
         self._record()
 
@@ -374,9 +378,9 @@ class Workload:
         payload = secrets.token_bytes(1024)
         self.shell(name, "cat > /sandbox/marker.bin; chmod 640 /sandbox/marker.bin", stdin=payload)
         state.markers = [Marker("/sandbox/marker.bin", "640", sha256(payload))]
-        assert self.shell(name, BREAK_SUPERVISOR).strip() == b"broken"
-        # The session ends with the supervisor: its exit status says nothing.
-        self.ssh.run(self.gateway, name, "kill -TERM 1")
+        # PID 1 ends a moment after the session has: a session still open when the supervisor
+        # ends would be kept waiting by ssh-proxy, which tries to resume it.
+        assert self.shell(name, f"{BREAK_SUPERVISOR}; {END_PID1_SOON}").strip() == b"broken"
         return state
 
     def wait_phase(self, name: str, phase: str, *, within: float) -> SandboxInfo:
@@ -513,7 +517,6 @@ class Workload:
                 "token key digest",
                 lambda: driver.state_digests(self.gateway).get(TOKEN_KEY_DIGEST),
             )
-        self._read_old_token()
         record.track("server certificate", lambda: server_fingerprint(self.gateway))
         mtls = MtlsFiles.of(self.gateway.name, self.gateway.env)
         record.track(
@@ -533,11 +536,10 @@ class Workload:
         record.track("gateway image", lambda: self.inspect_gateway()["Image"])
         self.gateway.extra["container_before"] = doc["Id"]
 
-    def _read_old_token(self) -> None:
-        """The token the first running sandbox was created with, as its supervisor was given it
-        (PID 1's environment, read over SSH as the sandbox's user can); property 17 presents it
-        to the gateway after the scenario."""
-        state = self.running_states()[0]
+    def _read_old_token(self, state: SandboxState) -> None:
+        """The token the running sandbox ``state`` was created with, as its supervisor was given
+        it (PID 1's environment, read over SSH as the sandbox's user can); property 17 presents
+        it to the gateway after the scenario."""
         environ = self.shell(state.name, "tr '\\0' '\\n' < /proc/1/environ").decode()
         prefix = SANDBOX_TOKEN_ENV + "="
         for line in environ.splitlines():
