@@ -11,6 +11,8 @@ do *behind the driver's back* (what a user, a crash or the platform itself would
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -32,6 +34,7 @@ from openshell_core.server.compute import (
     Ownership,
     RuntimeState,
     SandboxSpec,
+    WatchesRuntimes,
 )
 from openshell_core.wire import contract
 
@@ -53,8 +56,8 @@ class Platform(Protocol):
 
     def spec(self, sandbox_id: str, *, persistent_workspace: bool = True) -> SandboxSpec: ...
 
-    def other_gateway(self) -> ComputeDriver:
-        """A second driver on the same platform, labelling as another gateway."""
+    def other_gateway(self, name: str = "compliance-other") -> ComputeDriver:
+        """A second driver on the same platform, labelling as another gateway (``name``)."""
         ...
 
     def vanish(self, sandbox_id: str) -> None:
@@ -108,9 +111,9 @@ class MemoryPlatform:
             persistent_workspace=persistent_workspace,
         )
 
-    def other_gateway(self) -> ComputeDriver:
+    def other_gateway(self, name: str = "compliance-other") -> ComputeDriver:
         return compute_memory.InMemoryComputeDriver(
-            Ownership("compliance-other", "node-b"),
+            Ownership(name, "node-b"),
             runtimes=self.driver.runtimes,
             workspaces=self.driver.workspaces,
         )
@@ -165,8 +168,8 @@ class DockerPlatform:
             persistent_workspace=persistent_workspace,
         )
 
-    def other_gateway(self) -> ComputeDriver:
-        return self._driver("compliance-other")
+    def other_gateway(self, name: str = "compliance-other") -> ComputeDriver:
+        return self._driver(name)
 
     def _container(self, sandbox_id: str) -> str:
         return compute_docker.container_name(sandbox_id)
@@ -230,8 +233,8 @@ class KubernetesPlatform:
             persistent_workspace=persistent_workspace,
         )
 
-    def other_gateway(self) -> ComputeDriver:
-        return self.settings.open(Ownership("compliance-other", "node-b"))
+    def other_gateway(self, name: str = "compliance-other") -> ComputeDriver:
+        return self.settings.open(Ownership(name, "node-b"))
 
     def _sandbox(self, sandbox_id: str) -> dict:
         return self.kube.get(SANDBOXES, f"default--{sandbox_id}", self.NAMESPACE)
@@ -340,6 +343,15 @@ def _platform(request: pytest.FixtureRequest, name: str) -> Iterator[Platform]:
 
 @pytest.fixture(params=["memory", "docker", "kubernetes"])
 def platform(request: pytest.FixtureRequest) -> Iterator[Platform]:
+    yield from _platform(request, request.param)
+
+
+#: The platforms whose driver can watch its runtimes (:class:`WatchesRuntimes`).
+WATCHING = ["docker"]
+
+
+@pytest.fixture(params=WATCHING)
+def watching_platform(request: pytest.FixtureRequest) -> Iterator[Platform]:
     yield from _platform(request, request.param)
 
 
@@ -585,3 +597,52 @@ def test_a_runtime_stopped_and_started_again_is_not_failing(
     platform.driver.start(sandbox_id)
 
     assert platform.driver.observe(sandbox_id).failure == ""
+
+
+def test_a_driver_can_watch_its_runtimes_exactly_where_the_suite_says(
+    platform: Platform, request: pytest.FixtureRequest
+) -> None:
+    """A driver that gains a watch joins :data:`WATCHING`, so that the watch's rules run on it."""
+    name = request.node.callspec.params["platform"]
+    assert isinstance(platform.driver, WatchesRuntimes) == (name in WATCHING)
+
+
+def test_the_watch_reports_each_start_and_end_of_a_runtime_and_ends_when_told(
+    watching_platform: Platform, new_id: NewId
+) -> None:
+    # A gateway of its own: no other test's runtimes change under its label.
+    driver = watching_platform.other_gateway(f"watch-{uuid.uuid4().hex[:8]}")
+    assert isinstance(driver, WatchesRuntimes)
+    calls: list[float] = []
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=driver.watch, args=(lambda: calls.append(time.monotonic()), stop), daemon=True
+    )
+    watcher.start()
+
+    def ended() -> str | None:
+        return None if watcher.is_alive() else "the watch returned before it was told to stop"
+
+    try:
+        sandbox_id = new_id()
+        driver.create(watching_platform.spec(sandbox_id))
+        poll_until(
+            lambda: list(calls),
+            lambda seen: len(seen) >= 1,
+            timeout=30,
+            what="the watch to report the start",
+            fail_fast=ended,
+        )
+        halted_at = time.monotonic()
+        watching_platform.halt(sandbox_id)
+        poll_until(
+            lambda: list(calls),
+            lambda seen: any(at >= halted_at for at in seen),
+            timeout=30,
+            what="the watch to report the runtime stopped behind the driver's back",
+            fail_fast=ended,
+        )
+    finally:
+        stop.set()
+        watcher.join(30)
+    assert not watcher.is_alive(), "the watch did not end within 30 s of being told to"

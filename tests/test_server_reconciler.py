@@ -8,12 +8,14 @@ behaviours are exercised on a real engine by the integration tests in ``test_ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import socketserver
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -322,6 +324,60 @@ def test_the_periodic_pass_leaves_a_sandbox_in_error_for_its_user(store, supervi
 
         assert _phase(service, sandbox_id) is Phase.ERROR
         assert sandbox_id not in driver.runtimes
+        await service.close()
+
+    run(scenario())
+
+
+@dataclass
+class _WatchedMemoryDriver(InMemoryComputeDriver):
+    """The in-memory driver with a watch (:class:`WatchesRuntimes`): a halt is reported as it
+    happens; the test is told when the watch begins and ends, and when a runtime is started."""
+
+    watching: threading.Event = field(default_factory=threading.Event)
+    watch_ended: threading.Event = field(default_factory=threading.Event)
+    started: threading.Event = field(default_factory=threading.Event)
+    _changed: list[Callable[[], None]] = field(default_factory=list)
+
+    def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
+        self._changed.append(changed)
+        self.watching.set()
+        stop.wait()
+        self.watch_ended.set()
+
+    def halt(self, sandbox_id: str, detail: str = "exited") -> None:
+        super().halt(sandbox_id, detail)
+        for changed in self._changed:
+            changed()
+
+    def start(self, sandbox_id: str) -> None:
+        super().start(sandbox_id)
+        self.started.set()
+
+
+def test_a_runtime_change_the_driver_reports_is_acted_on_before_the_next_periodic_pass(
+    store, supervisor_port
+):
+    async def scenario() -> None:
+        driver = _WatchedMemoryDriver(
+            Ownership("test", "openshell-test"), supervisor=("127.0.0.1", supervisor_port)
+        )
+        service = _service(store, driver)
+        sandbox_id = await _created(service)
+        passes = asyncio.create_task(Reconciler(service, interval=3600).run())
+        try:
+            assert await asyncio.to_thread(driver.watching.wait, 10), "no watch was started"
+            driver.halt(sandbox_id)
+            assert await asyncio.to_thread(driver.started.wait, 10), (
+                "the runtime the driver reported halted was not started again within 10 s (the "
+                "next periodic pass is an hour away)"
+            )
+        finally:
+            passes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await passes
+        assert driver.runtimes[sandbox_id].starts == 2
+        assert await asyncio.to_thread(driver.watch_ended.wait, 10), "the watch outlived the run"
         await service.close()
 
     run(scenario())

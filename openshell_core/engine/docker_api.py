@@ -172,6 +172,28 @@ class Engine:
         with _translated("docker events"):
             return list(self.api.events(since=int(since), until=int(until) + 1, decode=True))
 
+    def watch_events(
+        self, *, since: int, until: int, label_filters: Sequence[str]
+    ) -> Iterator[Json]:
+        """Events of the containers that carry every label of ``label_filters`` (``key=value``),
+        from ``since`` and then as they happen, until ``until`` (unix seconds) has passed.
+
+        :raises EngineError: the engine does not answer, or the stream broke.
+        """
+        with _translated("docker events"):
+            stream = self.api.events(
+                since=since,
+                until=until,
+                filters={"type": "container", "label": list(label_filters)},
+                decode=True,
+            )
+            try:
+                yield from stream
+            except (requests.exceptions.RequestException, ValueError) as exc:
+                raise EngineError(f"docker events: the stream broke ({exc})") from exc
+            finally:
+                stream.close()
+
     # -- containers --------------------------------------------------------------------------
 
     def inspect_container(self, name: str) -> Json | None:

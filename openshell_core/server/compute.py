@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import enum
 import importlib
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
@@ -167,6 +168,18 @@ class ComputeDriver(Protocol):
 
     def close(self) -> None:
         """Let go of the platform (the sandboxes keep running)."""
+        ...
+
+
+@runtime_checkable
+class WatchesRuntimes(Protocol):
+    """An optional ability of a driver: it can say when one of the gateway's runtimes starts,
+    ends or goes, so that the gateway acts on it at once rather than at its next periodic pass."""
+
+    def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
+        """Call ``changed()`` at each such change, until ``stop`` is set (blocking; the driver
+        may take a few seconds to notice ``stop``). A platform that stops answering is asked
+        again after a pause: the watch outlives a restart of the platform."""
         ...
 
 

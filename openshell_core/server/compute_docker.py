@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -41,6 +43,13 @@ SEED_TIMEOUT: Final = 300
 _RUNNING: Final = frozenset({"running", "restarting"})
 #: Characters of a failing container's last output line kept in its failure.
 _LAST_WORDS: Final = 200
+#: Seconds one request for the engine's events lasts: how soon :meth:`DockerComputeDriver.watch`
+#: notices that it is to stop.
+WATCH_WINDOW: Final = 5
+#: Seconds the watch waits before it asks an engine that did not answer again.
+WATCH_RETRY: Final = 1.0
+#: The container events after which the reconciler may find something else.
+_RUNTIME_EVENTS: Final = frozenset({"start", "die", "destroy"})
 
 
 def container_name(sandbox_id: str) -> str:
@@ -139,6 +148,31 @@ class DockerComputeDriver:
         last = next(reversed(self._engine.container_logs(name, tail=1)), "").strip()
         said = f"; its last output: {last[:_LAST_WORDS]}" if last else ""
         return f"container {name} exited with code {code} after {restarts} restarts{said}"
+
+    def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
+        """``changed()`` at each start, end and removal of a sandbox container of this gateway,
+        from the engine's event stream, asked for :data:`WATCH_WINDOW` seconds at a time; each
+        window begins where the last one ended, so that no event falls between two."""
+        label = f"{labels.GATEWAY}={self._ownership.gateway_label}"
+        since = int(time.time())
+        while not stop.is_set():
+            until = since + WATCH_WINDOW
+            try:
+                for event in self._engine.watch_events(
+                    since=since, until=until, label_filters=[label]
+                ):
+                    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                    if (
+                        event.get("Action") in _RUNTIME_EVENTS
+                        and attributes.get(labels.ROLE) == contract.SANDBOX_ROLE
+                    ):
+                        changed()
+            except EngineError as exc:
+                log.info("watching the sandbox containers: %s", exc.message)
+            now = int(time.time())
+            if now < until:  # the stream ended early: the engine failed, or it is going down
+                stop.wait(WATCH_RETRY)
+            since = min(until, now)
 
     def list_owned(self, gateway_label: str | None = None) -> list[Observation]:
         owner = gateway_label or self._ownership.gateway_label

@@ -3,7 +3,8 @@
 At start the gateway adopts the sandboxes it owns: labelled with its gateway name *and* carrying a
 sandbox id its store knows (never matched by hostname). Sandboxes with our gateway label but an id
 the store does not know are left alone (logged): only a delete through the API removes anything.
-Then, and every few seconds while it runs, each sandbox is brought towards what its user asked for
+Then, every few seconds while it runs and as soon as the compute driver reports that a runtime
+changed, each sandbox is brought towards what its user asked for
 (:meth:`SandboxService.reconcile`).
 
 Two fault switches re-create upstream purges here, on purpose and only when switched on:
@@ -17,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from typing import Final
 
 from openshell_core import labels
 from openshell_core.errors import OpenShellError
 from openshell_core.faults import Fault
-from openshell_core.server.compute import Observation
+from openshell_core.server.compute import Observation, WatchesRuntimes
 from openshell_core.server.model import Desired
 from openshell_core.server.sandboxes import SandboxService
 
@@ -86,15 +88,40 @@ class Reconciler:
                     await self._service.reseed(record)
 
     async def run(self) -> None:
-        """Reconcile every ``interval`` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.reconcile_all()
-            except OpenShellError as exc:
-                log.warning("reconciliation pass failed: %s", exc.message)
-            except Exception:  # the loop must outlive any one failure
-                log.exception("reconciliation pass failed")
+        """Reconcile every ``interval`` seconds until cancelled, and as soon as the driver says a
+        runtime changed (when it can: :class:`WatchesRuntimes`)."""
+        changed = asyncio.Event()
+        stop = threading.Event()
+        driver = self._service.driver
+        if isinstance(driver, WatchesRuntimes):
+            loop = asyncio.get_running_loop()
+
+            def wake() -> None:
+                with contextlib.suppress(RuntimeError):  # the loop has ended
+                    loop.call_soon_threadsafe(changed.set)
+
+            # A thread of its own, not the executor's: the watch blocks for as long as we run,
+            # and as a daemon thread it cannot hold the process's exit.
+            threading.Thread(
+                target=driver.watch, args=(wake, stop), name="runtime-watch", daemon=True
+            ).start()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self._interval)
+                changed.clear()
+                await self._pass()
+        finally:
+            stop.set()
+
+    async def _pass(self) -> None:
+        """One reconciliation of every sandbox; a failure is logged, never raised."""
+        try:
+            await self.reconcile_all()
+        except OpenShellError as exc:
+            log.warning("reconciliation pass failed: %s", exc.message)
+        except Exception:  # the loop must outlive any one failure
+            log.exception("reconciliation pass failed")
 
     async def reconcile_all(
         self, observed: dict[str, Observation] | None = None, *, revive: bool = False
