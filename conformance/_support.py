@@ -727,7 +727,8 @@ def first_use_after_ready(outcome: Outcome) -> list[FirstUse]:
     """Right after the scenario: each running sandbox's phase looked at until it is first seen
     READY (within the recovery budget), and then, at once, exactly one exec through the API and
     one SSH session through the gateway, with no retry (ssh-proxy's own retry of a sandbox not
-    Ready counts as a failure). Run before any other check reaches the sandboxes."""
+    Ready counts as a failure). Run before any other check reaches the sandboxes; each sandbox is
+    used the moment it is seen READY, beside the looks at the others and their uses."""
     workload = outcome.workload
     if outcome.traits.state is not StateOutcome.SURVIVES or not outcome.run.recovered:
         return []
@@ -735,36 +736,39 @@ def first_use_after_ready(outcome: Outcome) -> list[FirstUse]:
     deadline = started + outcome.within
     pending = {state.name: state for state in workload.running_states()}
     found: list[FirstUse] = []
+    uses: list[concurrent.futures.Future[FirstUse]] = []
     last: dict[str, str] = {}
-    while pending:
-        for name in list(pending):
-            try:
-                info = workload.info(name)
-            except (GiveUp, OpenShellError) as exc:
-                last[name] = str(exc)
-                if isinstance(exc, GiveUp):
-                    found.append(FirstUse(name, None, not_ready=str(exc)))
+    with concurrent.futures.ThreadPoolExecutor(max(len(pending), 1)) as pool:
+        while pending:
+            for name in list(pending):
+                try:
+                    info = workload.info(name)
+                except (GiveUp, OpenShellError) as exc:
+                    last[name] = str(exc)
+                    if isinstance(exc, GiveUp):
+                        found.append(FirstUse(name, None, not_ready=str(exc)))
+                        del pending[name]
+                    continue
+                last[name] = f"{info.phase} ({info.reason or 'no reason given'})"
+                refused = refused_supervisor(info)
+                if info.phase == "ERROR" or refused is not None:
+                    why = refused or f"it is in ERROR: {info.reason}"
+                    found.append(FirstUse(name, None, not_ready=why))
                     del pending[name]
-                continue
-            last[name] = f"{info.phase} ({info.reason or 'no reason given'})"
-            refused = refused_supervisor(info)
-            if info.phase == "ERROR" or refused is not None:
-                why = refused or f"it is in ERROR: {info.reason}"
-                found.append(FirstUse(name, None, not_ready=why))
-                del pending[name]
-            elif info.phase == "READY":
-                found.append(_use_once(outcome, name, time.monotonic() - started))
-                del pending[name]
-        if pending and time.monotonic() >= deadline:
-            late = f"after {outcome.within:.0f} s"
-            found.extend(
-                FirstUse(name, None, not_ready=f"still {last.get(name, 'unseen')} {late}")
-                for name in pending
-            )
-            break
-        if pending:
-            time.sleep(REPROBE)
-    return found
+                elif info.phase == "READY":
+                    ready_after = time.monotonic() - started
+                    uses.append(pool.submit(_use_once, outcome, name, ready_after))
+                    del pending[name]
+            if pending and time.monotonic() >= deadline:
+                late = f"after {outcome.within:.0f} s"
+                found.extend(
+                    FirstUse(name, None, not_ready=f"still {last.get(name, 'unseen')} {late}")
+                    for name in pending
+                )
+                break
+            if pending:
+                time.sleep(REPROBE)
+    return [use.result() for use in uses] + found
 
 
 def _use_once(outcome: Outcome, name: str, ready_after: float) -> FirstUse:
@@ -835,14 +839,17 @@ def check_markers(outcome: Outcome, *, within: float) -> None:
     """Property 3: marker files written under /sandbox have the same bytes and mode."""
     outcome.reachable(within=within)
     workload = outcome.workload
-    record = SurvivalRecord(poll=REPROBE)
-    for state in workload.running_states():
+
+    def markers_kept(state: SandboxState) -> None:
+        record = SurvivalRecord(poll=REPROBE)
         record.expect(
             f"markers of {state.name}",
             functools.partial(workload.marker_facts, state),
             [(marker.mode, marker.digest) for marker in state.markers],
         )
-    record.verify(within=SETTLED, settle=0)
+        record.verify(within=SETTLED, settle=0)
+
+    workload.each_running(markers_kept)
 
 
 def check_state_digests(outcome: Outcome, *, within: float = SETTLED) -> None:
