@@ -295,38 +295,32 @@ class Workload:
         running = [f"run-{key}-a", f"run-{key}-b"]
         stopped = f"stop-{key}"
         errored = f"err-{key}"
-        # Provisioned while the others are made; broken early, so that the gateway notices
-        # while the markers are written.
-        self.sandboxes.create(self.gateway, errored, wait=False)
-        # All three are asked for first and then awaited: their containers start together.
-        for name in [*running, stopped]:
-            command = STARTS_COMMAND if name in running else ()
-            info = self.sandboxes.create(self.gateway, name, command=command, wait=False)
-            self.states[name] = SandboxState(
-                name=name, id=info.id, running=True, host_public_key=""
-            )
-        with self.client() as client:
+        with concurrent.futures.ThreadPoolExecutor(2 + 2 * len(running)) as pool:
+            # The sandbox to break is made first and broken as soon as it is Ready: the wait for
+            # ERROR (its runtime's restarts) is the longest part of the preparation.
+            self.sandboxes.create(self.gateway, errored, wait=False)
+            in_error = pool.submit(self._break_and_await_error, errored)
+            # The others are all asked for first and then awaited: their containers start
+            # together.
+            for name in [*running, stopped]:
+                command = STARTS_COMMAND if name in running else ()
+                info = self.sandboxes.create(self.gateway, name, command=command, wait=False)
+                self.states[name] = SandboxState(
+                    name=name, id=info.id, running=True, host_public_key=""
+                )
+            with self.client() as client:
+                for state in self.states.values():
+                    ready = client.wait_ready(state.name, timeout=self.session.settings.api_timeout)
+                    state.host_public_key = ready.host_public_key
+            containers = self._sandbox_containers()
             for state in self.states.values():
-                ready = client.wait_ready(state.name, timeout=self.session.settings.api_timeout)
-                state.host_public_key = ready.host_public_key
-        containers = self._sandbox_containers()
-        for state in self.states.values():
-            state.container = containers.get(state.id)
-            if state.container:
-                state.container_id = self.container_id(state.container)
-        # The sandbox to break and the two running ones are written to at once (each over its
-        # own SSH session).
-        with concurrent.futures.ThreadPoolExecutor(len(running) + 1) as pool:
-            broken = pool.submit(self.break_sandbox, errored)
-            for done in [pool.submit(self._write_markers, self.states[n]) for n in running]:
-                done.result()
-            self.errored = broken.result()
-        # Then, side by side, the waits for the gateway (the broken sandbox in ERROR, after its
-        # runtime's restarts) and for the sandboxes (their own commands' first starts, the held
-        # session's ticks), while the user stops one sandbox: it must stay stopped, and still
-        # start on request.
-        with concurrent.futures.ThreadPoolExecutor(2 + len(running)) as pool:
-            in_error = pool.submit(self.wait_phase, errored, "ERROR", within=ERROR_WITHIN)
+                state.container = containers.get(state.id)
+                if state.container:
+                    state.container_id = self.container_id(state.container)
+            # Then, each over its own SSH session: the running ones get their markers, their own
+            # commands' first starts are awaited, the held session begins, and the user stops
+            # one sandbox: it must stay stopped, and still start on request.
+            markers = [pool.submit(self._write_markers, self.states[n]) for n in running]
             old_token = pool.submit(self._read_old_token, self.states[running[0]])
             starts = {
                 name: pool.submit(
@@ -345,11 +339,19 @@ class Workload:
             self.held.wait_for(lambda out: b"tick 2\n" in out, timeout=60)
             self.echo("before")
             self.held.wait_for(lambda out: b"echo before-" in out, timeout=60)
+            for done in markers:
+                done.result()
             for name, future in starts.items():
                 self.states[name].starts = future.result()
             old_token.result()
-            in_error.result()
+            self.errored = in_error.result()
         self._record()
+
+    def _break_and_await_error(self, name: str) -> SandboxState:
+        """:meth:`break_sandbox`, then the wait until the gateway reports the sandbox in ERROR."""
+        state = self.break_sandbox(name)
+        self.wait_phase(name, "ERROR", within=ERROR_WITHIN)
+        return state
 
     def command_starts(self, name: str, *, at_least: int = 0) -> list[str]:
         """The lines of :data:`STARTS_LOG` in sandbox ``name``.
@@ -363,9 +365,7 @@ class Workload:
     def make_errored(self, name: str) -> SandboxState:
         """A new sandbox, broken (:meth:`break_sandbox`), once the gateway reports it in ERROR."""
         self.sandboxes.create(self.gateway, name, wait=False)
-        state = self.break_sandbox(name)
-        self.wait_phase(name, "ERROR", within=ERROR_WITHIN)
-        return state
+        return self._break_and_await_error(name)
 
     def break_sandbox(self, name: str) -> SandboxState:
         """Once sandbox ``name`` is Ready: a marker in its workspace, then its container made to
@@ -376,11 +376,16 @@ class Workload:
             name=name, id=info.id, running=False, host_public_key=info.host_public_key
         )
         payload = secrets.token_bytes(1024)
-        self.shell(name, "cat > /sandbox/marker.bin; chmod 640 /sandbox/marker.bin", stdin=payload)
-        state.markers = [Marker("/sandbox/marker.bin", "640", sha256(payload))]
         # PID 1 ends a moment after the session has: a session still open when the supervisor
         # ends would be kept waiting by ssh-proxy, which tries to resume it.
-        assert self.shell(name, f"{BREAK_SUPERVISOR}; {END_PID1_SOON}").strip() == b"broken"
+        out = self.shell(
+            name,
+            "cat > /sandbox/marker.bin; chmod 640 /sandbox/marker.bin; "
+            f"{BREAK_SUPERVISOR}; {END_PID1_SOON}",
+            stdin=payload,
+        )
+        assert out.strip() == b"broken", out
+        state.markers = [Marker("/sandbox/marker.bin", "640", sha256(payload))]
         return state
 
     def wait_phase(self, name: str, phase: str, *, within: float) -> SandboxInfo:
