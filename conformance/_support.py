@@ -20,6 +20,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,6 +161,55 @@ class SandboxState:
     #: (session, instance, epoch) of its supervisor session before the scenario, as the API
     #: reported it (``supervisor`` transport; None: the gateway reports no session)
     supervisor_session: tuple[str, str, int] | None = None
+
+
+@dataclass(frozen=True)
+class SandboxReading:
+    """What one SSH session read in a running sandbox after the scenario
+    (:meth:`Outcome.reading`)."""
+
+    #: :data:`SENTINEL` exists
+    sentinel: bool
+    #: the digest of :data:`IMAGE_FILE_CHANGED` ("" when it is missing)
+    image_file_digest: str
+    #: :data:`IMAGE_FILE_DELETED` is still deleted
+    image_file_deleted: bool
+    #: :data:`OUTSIDE_FILE` exists
+    outside_file: bool
+    pid1_start: str
+    #: the process the workload started before the scenario is still there
+    process_alive: bool
+    #: the lines of :data:`STARTS_LOG`
+    starts: list[str]
+
+
+def _reading_command(state: SandboxState) -> str:
+    """A shell script that prints one ``key value`` line for each field of
+    :class:`SandboxReading`."""
+    return "; ".join(
+        [
+            f'echo "sentinel $(test -e {SENTINEL} && echo yes || echo no)"',
+            f"echo \"image $(sha256sum {IMAGE_FILE_CHANGED} 2>/dev/null | cut -d' ' -f1)\"",
+            f'echo "deleted $(test -e {IMAGE_FILE_DELETED} && echo no || echo yes)"',
+            f'echo "outside $(test -e {OUTSIDE_FILE} && echo yes || echo no)"',
+            f'echo "pid1 $({PID1_START})"',
+            f'echo "process $(kill -0 {state.process} 2>/dev/null && echo yes || echo no)"',
+            f"echo \"starts $(cat {STARTS_LOG} 2>/dev/null | tr '\\n' ' ')\"",
+        ]
+    )
+
+
+def _parse_reading(out: bytes) -> SandboxReading:
+    fields = dict((line + " ").split(" ", 1) for line in out.decode().splitlines())
+    return SandboxReading(
+        sentinel=fields["sentinel"].strip() == "yes",
+        image_file_digest=fields["image"].strip(),
+        image_file_deleted=fields["deleted"].strip() == "yes",
+        outside_file=fields["outside"].strip() == "yes",
+        pid1_start=fields["pid1"].strip(),
+        process_alive=fields["process"].strip() == "yes",
+        starts=fields["starts"].split(),
+    )
 
 
 @dataclass
@@ -488,6 +538,10 @@ class Workload:
         with contextlib.suppress(OSError):
             self.held.send(line.encode() + b"\n")
 
+    def read(self, state: SandboxState) -> SandboxReading:
+        """What the running sandbox ``state`` holds now, read in one SSH session."""
+        return _parse_reading(self.shell(state.name, _reading_command(state)))
+
     def pid1_start(self, name: str) -> str:
         """When the sandbox's PID 1 started (clock ticks since boot): changes with a restart."""
         return self.shell(name, PID1_START).decode().strip()
@@ -604,6 +658,9 @@ class Outcome:
     _unreachable: str | None = None
     #: the settle check of the running sandboxes' phases, begun as soon as the gateway answered
     _settling: concurrent.futures.Future[float] | None = None
+    #: what :meth:`reading` read in each running sandbox, by name
+    _readings: dict[str, SandboxReading] | None = None
+    _reading_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def session(self) -> OpenShellSession:
@@ -653,6 +710,17 @@ class Outcome:
             self._unreachable = str(exc)
             raise
         self._reachable = True
+
+    def reading(self, state: SandboxState) -> SandboxReading:
+        """What running sandbox ``state`` held once every running sandbox was :meth:`reachable`:
+        one SSH session each (all at once), read once per scenario for every check of the files
+        and processes they hold; from then on these are final."""
+        with self._reading_lock:  # a check may ask from several threads at once
+            if self._readings is None:
+                self.reachable()
+                read = self.workload.each_running(self.workload.read)
+                self._readings = {done.name: reading for done, reading in read}
+            return self._readings[state.name]
 
     def running_phase_facts(self) -> list[str]:
         return [f"phase {state.name}" for state in self.workload.running_states()]

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_openshell import SandboxFate
 
-from ._support import PID1_START, SESSION_CONTINUES, SESSION_ENDS, SETTLED, SURVIVING, Outcome
+from ._support import SESSION_CONTINUES, SESSION_ENDS, SETTLED, SURVIVING, Outcome
 
 pytestmark = pytest.mark.openshell_property(number=4)
 
@@ -61,22 +61,16 @@ def test_a_new_ssh_session_reaches_every_old_sandbox_with_its_old_host_key(
 def test_a_process_started_before_lives_exactly_as_long_as_its_container(
     lifecycle: Outcome,
 ) -> None:
-    lifecycle.reachable()
-    workload = lifecycle.workload
-    # One session each reads both: when PID 1 started, and whether the process is still there.
-    for state, stdout in workload.shell_each(
-        lambda state: (
-            f"{PID1_START}; kill -0 {state.process} 2>/dev/null && echo alive || echo gone"
-        )
-    ):
+    for state in lifecycle.workload.running_states():
+        reading = lifecycle.reading(state)
         expected = lifecycle.run.sandbox_fate(state.container)
-        pid1, alive = stdout.decode().split()
+        pid1 = reading.pid1_start
         if expected is SandboxFate.KEPT:
             assert pid1 == state.pid1_start, (
                 f"the container of {state.name} restarted, though {lifecycle.key} should not "
                 "touch sandboxes"
             )
-            assert alive == "alive", f"process {state.process} in {state.name} is gone"
+            assert reading.process_alive, f"process {state.process} in {state.name} is gone"
         else:
             # A new PID 1 means a new process tree: nothing started before can be in it.
             assert pid1 != state.pid1_start, (

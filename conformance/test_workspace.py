@@ -25,25 +25,17 @@ def test_marker_files_keep_their_bytes_and_mode(lifecycle: Outcome) -> None:
 
 
 def test_the_workspace_sentinel_exists(lifecycle: Outcome) -> None:
-    lifecycle.reachable()
-    workload = lifecycle.workload
-    for state, found in workload.shell_each(
-        lambda _: f"test -e {SENTINEL} && echo found || echo missing"
-    ):
-        assert found.strip() == b"found", f"{SENTINEL} is missing in {state.name}"
+    for state in lifecycle.workload.running_states():
+        assert lifecycle.reading(state).sentinel, f"{SENTINEL} is missing in {state.name}"
 
 
 def test_image_files_the_user_changed_or_deleted_stay_so(lifecycle: Outcome) -> None:
-    lifecycle.reachable()
-    workload = lifecycle.workload
-    for state, stdout in workload.shell_each(
-        lambda _: f"sha256sum {IMAGE_FILE_CHANGED}; test ! -e {IMAGE_FILE_DELETED} && echo deleted"
-    ):
-        out = stdout.decode()
-        assert out.split()[0] == state.image_file_digest, (
+    for state in lifecycle.workload.running_states():
+        reading = lifecycle.reading(state)
+        assert reading.image_file_digest == state.image_file_digest, (
             f"{IMAGE_FILE_CHANGED} in {state.name} was seeded again over the user's change"
         )
-        assert out.strip().endswith("deleted"), (
+        assert reading.image_file_deleted, (
             f"{IMAGE_FILE_DELETED} in {state.name} came back after the user deleted it"
         )
 
@@ -53,15 +45,10 @@ def test_files_outside_the_workspace_live_exactly_as_long_as_the_container(
 ) -> None:
     """The documented rule: a file outside /sandbox is in the container's own layer, so it
     survives a restart of the container and is lost when the container is made anew."""
-    lifecycle.reachable()
-    workload = lifecycle.workload
-    for state, stdout in workload.shell_each(
-        lambda _: f"test -e {OUTSIDE_FILE} && echo present || echo absent"
-    ):
+    for state in lifecycle.workload.running_states():
         expected = lifecycle.run.sandbox_fate(state.container)
-        present = stdout.strip()
-        want = b"absent" if expected is SandboxFate.RECREATED else b"present"
-        assert present == want, (
-            f"{OUTSIDE_FILE} in {state.name} is {present.decode()}, but its container was "
-            f"{expected.value}"
+        present = lifecycle.reading(state).outside_file
+        assert present == (expected is not SandboxFate.RECREATED), (
+            f"{OUTSIDE_FILE} in {state.name} is {'present' if present else 'absent'}, but its "
+            f"container was {expected.value}"
         )
