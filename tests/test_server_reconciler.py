@@ -764,6 +764,36 @@ def test_a_runtime_failing_while_the_gateway_waits_for_its_supervisor_goes_to_er
     run(scenario())
 
 
+def test_a_runtime_that_goes_while_the_gateway_waits_for_its_supervisor_ends_the_wait(store):
+    """The runtime was removed behind the gateway's back: the wait ends at the next look at the
+    platform, not at its deadline."""
+
+    async def scenario() -> None:
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        driver = memory_driver(port)
+        service = _service(store, driver)
+        record = await service.create(
+            workspace="default", name="alpha", image="", environment={}, labels={}
+        )
+        async with asyncio.timeout(5):  # provisioning makes the runtime, then waits
+            while record.id not in driver.runtimes:
+                await asyncio.sleep(0.05)
+        driver.vanish(record.id)
+        started = time.monotonic()
+
+        await service.idle()
+
+        assert time.monotonic() - started < SUPERVISOR_WAIT / 2
+        assert _phase(service, record.id) is Phase.PROVISIONING
+        assert record.id not in driver.runtimes  # left to the next pass, which makes it again
+        await service.close()
+
+    run(scenario())
+
+
 def test_a_restarted_gateway_reports_a_sandbox_ready_only_once_its_supervisor_answers(store):
     """Ready means usable (property 13) from a new gateway process's first answer: after a daemon
     restart the store says READY while the sandbox's supervisor may not listen yet."""

@@ -429,7 +429,8 @@ class SandboxService:
     async def _settle(self, sandbox_id: str) -> bool:
         """READY once the supervisor accepts connections (``nssh1``) or holds its session
         (``supervisor``) (True); otherwise PROVISIONING, or ERROR as soon as the platform says the
-        runtime keeps failing."""
+        runtime keeps failing. A runtime that stops or goes meanwhile ends the wait at the next
+        look (PROVISIONING): the next pass acts on it, rather than this one waiting it out."""
         host, port = self.driver.endpoint(sandbox_id)
         deadline = time.monotonic() + SUPERVISOR_WAIT
         looked = time.monotonic()
@@ -450,6 +451,12 @@ class SandboxService:
                 observed = await asyncio.to_thread(self.driver.observe, sandbox_id)
                 if observed.failure:
                     await self._give_up_on_runtime(self._require(sandbox_id), observed.failure)
+                    return False
+                if not observed.running:
+                    log.info("sandbox %s: its runtime is %s", sandbox_id, observed.detail)
+                    self._update(
+                        sandbox_id, phase=Phase.PROVISIONING, reason=f"runtime {observed.detail}"
+                    )
                     return False
             await asyncio.sleep(0.2)
 
