@@ -733,6 +733,26 @@ def test_fault_relabel_on_upgrade_does_nothing_in_v1(store, supervisor_port):
     run(scenario())
 
 
+async def _waiting_for_a_silent_supervisor(
+    store: Store,
+) -> tuple[SandboxService, InMemoryComputeDriver, str]:
+    """A sandbox being provisioned whose runtime exists and whose supervisor's port accepts
+    nothing: the gateway is waiting for it."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    driver = memory_driver(port)
+    service = _service(store, driver)
+    record = await service.create(
+        workspace="default", name="alpha", image="", environment={}, labels={}
+    )
+    async with asyncio.timeout(5):  # provisioning makes the runtime, then waits
+        while record.id not in driver.runtimes:
+            await asyncio.sleep(0.05)
+    return service, driver, record.id
+
+
 def test_a_runtime_failing_while_the_gateway_waits_for_its_supervisor_goes_to_error_at_once(
     store,
 ):
@@ -740,25 +760,14 @@ def test_a_runtime_failing_while_the_gateway_waits_for_its_supervisor_goes_to_er
     at its deadline."""
 
     async def scenario() -> None:
-        closed = socket.socket()
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-        closed.close()
-        driver = memory_driver(port)
-        service = _service(store, driver)
-        record = await service.create(
-            workspace="default", name="alpha", image="", environment={}, labels={}
-        )
-        async with asyncio.timeout(5):  # provisioning makes the runtime, then waits
-            while record.id not in driver.runtimes:
-                await asyncio.sleep(0.05)
-        driver.crash_loop(record.id)
+        service, driver, sandbox_id = await _waiting_for_a_silent_supervisor(store)
+        driver.crash_loop(sandbox_id)
         started = time.monotonic()
 
         await service.idle()
 
         assert time.monotonic() - started < SUPERVISOR_WAIT / 2
-        assert _phase(service, record.id) is Phase.ERROR
+        assert _phase(service, sandbox_id) is Phase.ERROR
         await service.close()
 
     run(scenario())
@@ -769,26 +778,15 @@ def test_a_runtime_that_goes_while_the_gateway_waits_for_its_supervisor_ends_the
     platform, not at its deadline."""
 
     async def scenario() -> None:
-        closed = socket.socket()
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-        closed.close()
-        driver = memory_driver(port)
-        service = _service(store, driver)
-        record = await service.create(
-            workspace="default", name="alpha", image="", environment={}, labels={}
-        )
-        async with asyncio.timeout(5):  # provisioning makes the runtime, then waits
-            while record.id not in driver.runtimes:
-                await asyncio.sleep(0.05)
-        driver.vanish(record.id)
+        service, driver, sandbox_id = await _waiting_for_a_silent_supervisor(store)
+        driver.vanish(sandbox_id)
         started = time.monotonic()
 
         await service.idle()
 
         assert time.monotonic() - started < SUPERVISOR_WAIT / 2
-        assert _phase(service, record.id) is Phase.PROVISIONING
-        assert record.id not in driver.runtimes  # left to the next pass, which makes it again
+        assert _phase(service, sandbox_id) is Phase.PROVISIONING
+        assert sandbox_id not in driver.runtimes  # left to the next pass, which makes it again
         await service.close()
 
     run(scenario())
