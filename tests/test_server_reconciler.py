@@ -773,16 +773,39 @@ def test_a_runtime_failing_while_the_gateway_waits_for_its_supervisor_goes_to_er
     run(scenario())
 
 
-def test_a_runtime_that_goes_while_the_gateway_waits_for_its_supervisor_ends_the_wait(store):
-    """The runtime was removed behind the gateway's back: the wait ends at the next look at the
-    platform, not at its deadline."""
+@dataclass
+class _AskedMemoryDriver(InMemoryComputeDriver):
+    """The in-memory driver; ``asked`` is set when the gateway asks where a supervisor is (as it
+    begins to wait for one)."""
+
+    asked: threading.Event = field(default_factory=threading.Event)
+
+    def endpoint(self, sandbox_id: str) -> tuple[str, int]:
+        self.asked.set()
+        return super().endpoint(sandbox_id)
+
+
+def test_a_ready_sandbox_whose_runtime_goes_while_the_gateway_looks_is_not_waited_for(store):
+    """A pass finds the Ready sandbox's runtime running, but its supervisor no longer answers;
+    then the runtime is removed behind the gateway's back: the wait ends at the next look at
+    the platform, not at its deadline."""
 
     async def scenario() -> None:
-        service, driver, sandbox_id = await _waiting_for_a_silent_supervisor(store)
+        supervisor = socketserver.TCPServer(("127.0.0.1", 0), socketserver.BaseRequestHandler)
+        driver = _AskedMemoryDriver(
+            Ownership("test", "openshell-test"), supervisor=supervisor.server_address
+        )
+        service = _service(store, driver)
+        sandbox_id = await _created(service)  # Ready: the supervisor's port accepted
+        assert _phase(service, sandbox_id) is Phase.READY
+        supervisor.server_close()  # the supervisor no longer answers
+        driver.asked.clear()
+        looking = asyncio.create_task(service.reconcile(sandbox_id))
+        assert await asyncio.to_thread(driver.asked.wait, 10), "the pass did not wait"
         driver.vanish(sandbox_id)
         started = time.monotonic()
 
-        await service.idle()
+        await looking
 
         assert time.monotonic() - started < SUPERVISOR_WAIT / 2
         assert _phase(service, sandbox_id) is Phase.PROVISIONING

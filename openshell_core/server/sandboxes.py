@@ -364,7 +364,9 @@ class SandboxService:
             else:
                 self._update(record.id, phase=Phase.PROVISIONING, reason=exc.message)
             return
-        ready = await self._settle(record.id)
+        # A runtime the pass found running was not just brought up: should it stop or go, the
+        # wait for its supervisor ends early.
+        ready = await self._settle(record.id, found_running=observed.running)
         if ready and first and record.command and self.config.has(Fault.NO_COMMAND_REPLAY):
             await self._run_command_once(record)
 
@@ -426,11 +428,14 @@ class SandboxService:
             except OpenShellError as exc:
                 log.warning("sandbox %s: workspace check failed: %s", record.id, exc.message)
 
-    async def _settle(self, sandbox_id: str) -> bool:
+    async def _settle(self, sandbox_id: str, *, found_running: bool = False) -> bool:
         """READY once the supervisor accepts connections (``nssh1``) or holds its session
         (``supervisor``) (True); otherwise PROVISIONING, or ERROR as soon as the platform says the
-        runtime keeps failing. A runtime that stops or goes meanwhile ends the wait at the next
-        look (PROVISIONING): the next pass acts on it, rather than this one waiting it out."""
+        runtime keeps failing. With ``found_running`` (the pass found the runtime running), a
+        runtime that stops or goes meanwhile ends the wait at the next look (PROVISIONING): the
+        next pass acts on it, rather than this one waiting it out. A runtime the pass has just
+        made or started is waited for as before: it may not show as running yet (a pod its
+        controller has still to make)."""
         host, port = self.driver.endpoint(sandbox_id)
         deadline = time.monotonic() + SUPERVISOR_WAIT
         looked = time.monotonic()
@@ -452,7 +457,7 @@ class SandboxService:
                 if observed.failure:
                     await self._give_up_on_runtime(self._require(sandbox_id), observed.failure)
                     return False
-                if not observed.running:
+                if found_running and not observed.running:
                     log.info("sandbox %s: its runtime is %s", sandbox_id, observed.detail)
                     self._update(
                         sandbox_id, phase=Phase.PROVISIONING, reason=f"runtime {observed.detail}"
