@@ -85,6 +85,9 @@ SETTLED = 5.0
 #: Seconds a Ready sandbox may be refused its tunnel (502) before that counts as final: long
 #: enough for a re-created network to be joined again, short enough for a fault run to end soon.
 REFUSED_FOR_GOOD = 20.0
+#: Seconds the negative controls give state that is gone for good to come back (it must not):
+#: as long as the positive checks give it, so that their failure proves those checks can fail.
+LOST_WINDOW = SETTLED
 #: Seconds between two rounds of SSH probes: each probe is a whole SSH session (itself a few
 #: tenths of a second), so a short pause is enough not to busy-loop.
 REPROBE = 0.2
@@ -386,7 +389,7 @@ class Workload:
             self.states[stopped].running = False
             self.held_sandbox = running[0]
             self.held = self.ssh.hold(self.gateway, running[0], HELD_COMMAND)
-            self.held.wait_for(lambda out: b"tick 2\n" in out, timeout=60)
+            self.held.wait_for(lambda out: b"tick 0\n" in out, timeout=60)
             self.echo("before")
             self.held.wait_for(lambda out: b"echo before-" in out, timeout=60)
             for done in markers:
@@ -658,6 +661,8 @@ class Outcome:
     _unreachable: str | None = None
     #: the settle check of the running sandboxes' phases, begun as soon as the gateway answered
     _settling: concurrent.futures.Future[float] | None = None
+    #: the negative controls' checks begun at recovery (:meth:`begin_lost_checks`), by name
+    _lost_checks: dict[str, concurrent.futures.Future[None]] = field(default_factory=dict)
     #: what :meth:`reading` read in each running sandbox, by name
     _readings: dict[str, SandboxReading] | None = None
     _reading_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -734,6 +739,37 @@ class Outcome:
         if survives and self.run.recovered and self._settling is None:
             names, settle = self.running_phase_facts(), self.session.settings.settle
             self._settling = pool.submit(self.verify, *names, settle=settle)
+
+    def lost_checks(self) -> dict[str, Callable[[], None]]:
+        """The checks of property 11's negative controls, by name: each must fail (state that must
+        not survive is gone), each after its whole window."""
+        checks = {"sandboxes": functools.partial(check_sandboxes_listed, self, within=LOST_WINDOW)}
+        if isinstance(self.session.driver, ReportsStateDigests):
+            checks["state digests"] = functools.partial(
+                check_state_digests, self, within=LOST_WINDOW
+            )
+        return checks
+
+    def begin_lost_checks(self, pool: concurrent.futures.Executor) -> None:
+        """Start the negative controls' checks in ``pool`` right after the recovery, side by side:
+        each waits out its window, and these windows then pass together and while the
+        scenario's other tests run, not one after the other. :meth:`lost_check` has each
+        verdict."""
+        if self.traits.state is StateOutcome.LOST and self.run.recovered:
+            for name, check in self.lost_checks().items():
+                self._lost_checks.setdefault(name, pool.submit(check))
+
+    def lost_check(self, name: str) -> None:
+        """The verdict of the negative control's check ``name`` (:meth:`lost_checks`): the one
+        begun at recovery, or the same check made now.
+
+        :raises SurvivalViolation: as it must, state being lost.
+        """
+        begun = self._lost_checks.get(name)
+        if begun is None:
+            self.lost_checks()[name]()
+        else:
+            begun.result()
 
     def settled(self) -> float:
         """Seconds until every running sandbox was Ready, which then stayed Ready for the settle

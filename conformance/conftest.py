@@ -61,8 +61,9 @@ def lifecycle(
         pytest.skip("; ".join(missing))
     sandboxes = SandboxFactory(openshell)
     ssh = SshHelper(openshell)
-    # Runs the settle window of the sandboxes' phases beside the scenario's other checks.
-    background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"settle-{key.id}")
+    # Runs the windows begun at recovery (the settle window of the sandboxes' phases, or the
+    # negative controls') beside the scenario's other checks.
+    background = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix=f"window-{key.id}")
     # The engine is shared while the gateway is made ready and while its outcome is checked;
     # a daemon scenario has it to itself only from its disruption to its recovery, so other
     # workers' scenarios wait for that part alone (they cannot overlap it: a daemon restart
@@ -91,9 +92,12 @@ def lifecycle(
                 workload.echo("during")  # written while the gateway is down
                 runner.recover(run)
             outcome = Outcome(key, gateway, workload, run, runner, stopped_sibling=sibling)
+            # Windows that begin at recovery and ask only the gateway, not the sandboxes: they
+            # pass while the sandboxes are first used, the workload finishes, the tests run.
+            outcome.begin_settling(background)
+            outcome.begin_lost_checks(background)
             # Before anything else reaches the sandboxes: property 13's "Ready means usable".
             outcome.first_use = first_use_after_ready(outcome)
-            outcome.begin_settling(background)  # its window runs while the workload finishes
             outcome.history = clients.finish(run, held=workload.held)
             yield outcome
         finally:
