@@ -347,7 +347,7 @@ def platform(request: pytest.FixtureRequest) -> Iterator[Platform]:
 
 
 #: The platforms whose driver can watch its runtimes (:class:`WatchesRuntimes`).
-WATCHING = ["docker"]
+WATCHING = ["docker", "kubernetes"]
 
 
 @pytest.fixture(params=WATCHING)

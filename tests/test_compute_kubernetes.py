@@ -11,6 +11,7 @@ which runs this driver too.
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from kube_emulator import SANDBOX_CRD, KubeEmulator, Resource
 from kube_standins import NAME_HASH_LABEL, SANDBOXES, SandboxControllerStandIn, name_hash
 
 from openshell_core.errors import ClusterError, NotFoundError
+from openshell_core.retry import poll_until
 from openshell_core.sandbox import workspace
 from openshell_core.server.compute import Ownership, RuntimeState, SandboxSpec
 from openshell_core.server.compute_kubernetes import (
@@ -412,6 +414,37 @@ def test_a_watch_answered_410_gone_is_followed_by_a_fresh_read(
     reads = [r[0] for r in cluster.requests if r[1] == SANDBOXES and r[0] in {"list", "watch"}]
     assert reads[-3:] == ["list", "watch", "list"]
     assert cluster.find("pods", SANDBOX, NAMESPACE) is None
+
+
+def test_a_watch_of_the_pods_answered_410_gone_reads_them_again_and_reports_a_change(
+    cluster: KubeEmulator, driver: KubernetesComputeDriver
+) -> None:
+    """A pod is made while the history the watch of the pods starts from is compacted away: its
+    event is lost, so the 410 itself must count as a change (and the watch carry on)."""
+
+    def make_a_pod_and_compact(kube: KubeEmulator) -> None:
+        driver.create(_spec())  # the controller makes its pod
+        kube.compact()
+
+    cluster.before("watch", "pods", make_a_pod_and_compact)
+    changes: list[None] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=driver.watch, args=(lambda: changes.append(None), stop))
+    watcher.start()
+    try:
+        poll_until(lambda: len(changes), bool, timeout=10, what="a change reported")
+        poll_until(
+            lambda: [
+                r[0] for r in cluster.requests if r[1] == "pods" and r[0] in {"list", "watch"}
+            ],
+            lambda reads: reads[:4] == ["list", "watch", "list", "watch"],
+            timeout=10,
+            what="the pods read again and watched on",
+        )
+    finally:
+        stop.set()
+        watcher.join(30)
+    assert not watcher.is_alive()
 
 
 def test_start_and_stop_of_a_sandbox_it_cannot_find_raise_not_found(

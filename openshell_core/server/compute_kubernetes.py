@@ -35,6 +35,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from openshell_core import labels
-from openshell_core.errors import ClusterError, NotFoundError, UsageError
+from openshell_core.errors import ClusterError, NotFoundError, OpenShellError, UsageError
 from openshell_core.sandbox import workspace
 from openshell_core.server.compute import Observation, Ownership, RuntimeState, SandboxSpec
 from openshell_core.wire import contract
@@ -73,6 +74,11 @@ CLAIM_SIZE: Final = "2Gi"
 API_TIMEOUT: Final = 30.0
 #: Seconds a stop waits for the controller to confirm (upstream: the pod's grace period + 30).
 STOP_TIMEOUT: Final = 60.0
+#: Seconds each watch of the sandbox pods is asked to last: also how long the watch may take to
+#: notice it was told to stop.
+WATCH_WINDOW: Final = 5
+#: Seconds before the pods are watched again after the API server failed to answer.
+WATCH_RETRY: Final = 1.0
 #: Pod phases in which the sandbox counts as running (Pending: scheduled, on its way).
 _RUNNING_PHASES: Final = frozenset({"Running", "Pending"})
 #: Where a pod's service account names its namespace.
@@ -80,7 +86,7 @@ SERVICE_ACCOUNT_NAMESPACE: Final = Path("/var/run/secrets/kubernetes.io/servicea
 #: What the driver does, per resource: checked with access reviews before anything is made.
 REQUIRED_ACCESS: Final = (
     (GROUP, PLURAL, ("get", "list", "watch", "create", "patch", "delete")),
-    ("", "pods", ("get", "list", "delete")),
+    ("", "pods", ("get", "list", "watch", "delete")),
     ("", "persistentvolumeclaims", ("get", "list", "patch", "delete")),
 )
 
@@ -369,6 +375,61 @@ class KubernetesComputeDriver:
         if not address:
             raise NotFoundError("address of the pod of sandbox", sandbox_id)
         return str(address), self._port
+
+    def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
+        """``changed()`` at each change of a pod of this gateway's sandboxes (made, its status
+        changed, deleted), from a watch of the pods under this gateway's labels, asked for
+        :data:`WATCH_WINDOW` seconds at a time, each from the resourceVersion the last one
+        reached, so that no change falls between two. A 410 Gone (that version was compacted
+        away) is answered by reading the pods again, and a ``changed()``: one may have been
+        missed."""
+        selector = ",".join(
+            f"{key}={value}"
+            for key, value in {
+                labels.MANAGED_BY: labels.MANAGER,
+                labels.GATEWAY: self._ownership.gateway_label,
+                labels.ROLE: contract.SANDBOX_ROLE,
+            }.items()
+        )
+        version: str | None = None
+        while not stop.is_set():
+            try:
+                if version is None:
+                    listed = self._dict(
+                        self._call(
+                            self._core.list_namespaced_pod,
+                            self.namespace,
+                            label_selector=selector,
+                            what="list pods",
+                        )
+                    )
+                    version = str(listed["metadata"]["resourceVersion"])
+                pods = watch.Watch()  # type: ignore[no-untyped-call]
+                stream = pods.stream(  # type: ignore[no-untyped-call]
+                    self._core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=selector,
+                    resource_version=version,
+                    timeout_seconds=WATCH_WINDOW,
+                    _request_timeout=WATCH_WINDOW + API_TIMEOUT,
+                )
+                for event in stream:
+                    if event["type"] != "BOOKMARK":
+                        changed()
+                    if stop.is_set():
+                        break
+                version = pods.resource_version or version
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info("watch of the sandbox pods expired (410 Gone): reading them again")
+                    version = None
+                    changed()
+                    continue
+                log.info("watching the sandbox pods: %s", self._error(exc, "watch pods"))
+                stop.wait(WATCH_RETRY)
+            except (OpenShellError, HTTPError) as exc:
+                log.info("watching the sandbox pods: %s", exc)
+                stop.wait(WATCH_RETRY)
 
     def workspace_name(self, sandbox_id: str) -> str:
         claims = self._claims(sandbox_id)
