@@ -434,8 +434,8 @@ class SandboxService:
         runtime keeps failing. With ``found_running`` (the pass found the runtime running), a
         runtime that stops or goes meanwhile ends the wait at the next look (PROVISIONING): the
         next pass acts on it, rather than this one waiting it out. A runtime the pass has just
-        made or started is waited for as before: it may not show as running yet (a pod its
-        controller has still to make)."""
+        made or started is waited for as before: it may not show as running yet (a platform
+        may make the runtime some time after it was asked to)."""
         host, port = self.driver.endpoint(sandbox_id)
         deadline = time.monotonic() + SUPERVISOR_WAIT
         looked = time.monotonic()
