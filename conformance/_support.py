@@ -110,6 +110,8 @@ FOREIGN_LABEL = "org.example.owner"
 #: Where the running sandboxes' own command logs each start of their container: one line, the
 #: start time of the container's PID 1 (so two starts never write the same line).
 STARTS_LOG = "/sandbox/.conformance-starts"
+#: A line between the parts of one SSH session's output that the workload reads apart.
+SECTION = "--- conformance section ---"
 #: The running sandboxes' own command (``spec.command``): it logs the start, then keeps running.
 STARTS_COMMAND = (
     "sh",
@@ -373,17 +375,12 @@ class Workload:
             # Then, each over its own SSH session: the running ones get their markers, their own
             # commands' first starts are awaited, the held session begins, and the user stops
             # one sandbox: it must stay stopped, and still start on request.
-            markers = [pool.submit(self._write_markers, self.states[n]) for n in running]
-            old_token = pool.submit(self._read_old_token, self.states[running[0]])
-            starts = {
-                name: pool.submit(
-                    eventually,
-                    functools.partial(self.command_starts, name, at_least=1),
-                    timeout=60,
-                    what=f"the own command of {name} logging its first start",
-                )
-                for name in running
-            }
+            # One session each writes the markers and reads the own command's first start (and,
+            # in the first, the token its supervisor was given).
+            markers = [
+                pool.submit(self._write_markers, self.states[n], read_token=n == running[0])
+                for n in running
+            ]
             with self.client() as client:
                 client.stop_sandbox(stopped)
             self.states[stopped].running = False
@@ -394,9 +391,19 @@ class Workload:
             self.held.wait_for(lambda out: b"echo before-" in out, timeout=60)
             for done in markers:
                 done.result()
+            # Read before the own command had logged its first start: it may still be starting.
+            starts = {
+                name: pool.submit(
+                    eventually,
+                    functools.partial(self.command_starts, name, at_least=1),
+                    timeout=60,
+                    what=f"the own command of {name} logging its first start",
+                )
+                for name in running
+                if not self.states[name].starts
+            }
             for name, future in starts.items():
                 self.states[name].starts = future.result()
-            old_token.result()
             self.errored = in_error.result()
         self._record()
 
@@ -464,22 +471,30 @@ class Workload:
         containers = driver.sandbox_containers(self.gateway)
         return {name.removeprefix("openshell-sandbox-"): name for name in containers}
 
-    def _write_markers(self, state: SandboxState) -> None:
+    def _write_markers(self, state: SandboxState, *, read_token: bool = False) -> None:
         """One SSH session writes the markers, changes the image's files, and reports what the
-        checks compare with later: the changed file's digest, PID 1's start, a process's id."""
+        checks compare with later: the changed file's digest, PID 1's start, a process's id, the
+        own command's starts logged so far; with ``read_token``, the token the sandbox's
+        supervisor was given (:meth:`_take_old_token`)."""
         payload = secrets.token_bytes(4096)
         deep = "/sandbox/deep/er/marker.txt"
-        out = self.shell(
-            state.name,
+        script = (
             f"set -e; cat > /sandbox/marker.bin; chmod 640 /sandbox/marker.bin; "
             f"mkdir -p /sandbox/deep/er; printf '%s' {state.id} > {deep}; chmod 600 {deep}; "
             f"printf 'changed by the user\\n' >> {IMAGE_FILE_CHANGED}; rm -f {IMAGE_FILE_DELETED}; "
             f"echo outside > {OUTSIDE_FILE}; "
             f"sha256sum {IMAGE_FILE_CHANGED}; {PID1_START}; "
-            "setsid nohup sleep 86400 >/dev/null 2>&1 < /dev/null & echo $!",
-            stdin=payload,
+            "setsid nohup sleep 86400 >/dev/null 2>&1 < /dev/null & echo $!; "
+            f"echo '{SECTION}'; cat {STARTS_LOG} 2>/dev/null || true"
         )
-        digest_line, pid1_start, process = out.decode().splitlines()
+        if read_token:
+            script += f"; echo '{SECTION}'; tr '\\0' '\\n' < /proc/1/environ"
+        out = self.shell(state.name, script, stdin=payload).decode()
+        head, starts, *environ = out.split(f"{SECTION}\n")
+        digest_line, pid1_start, process = head.splitlines()
+        state.starts = starts.split()
+        if environ:
+            self._take_old_token(state, environ[0])
         state.markers = [
             Marker("/sandbox/marker.bin", "640", sha256(payload)),
             Marker(deep, "600", sha256(state.id.encode())),
@@ -598,11 +613,10 @@ class Workload:
         record.track("gateway image", lambda: self.inspect_gateway()["Image"])
         self.gateway.extra["container_before"] = doc["Id"]
 
-    def _read_old_token(self, state: SandboxState) -> None:
+    def _take_old_token(self, state: SandboxState, environ: str) -> None:
         """The token the running sandbox ``state`` was created with, as its supervisor was given
-        it (PID 1's environment, read over SSH as the sandbox's user can); property 17 presents
-        it to the gateway after the scenario."""
-        environ = self.shell(state.name, "tr '\\0' '\\n' < /proc/1/environ").decode()
+        it (``environ``: PID 1's environment, one variable a line, read over SSH as the
+        sandbox's user can); property 17 presents it to the gateway after the scenario."""
         prefix = SANDBOX_TOKEN_ENV + "="
         for line in environ.splitlines():
             if line.startswith(prefix) and line[len(prefix) :].strip():
