@@ -372,11 +372,10 @@ class Workload:
                 state.container = containers.get(state.id)
                 if state.container:
                     state.container_id = self.container_id(state.container)
-            # Then, each over its own SSH session: the running ones get their markers, their own
-            # commands' first starts are awaited, the held session begins, and the user stops
-            # one sandbox: it must stay stopped, and still start on request.
-            # One session each writes the markers and reads the own command's first start (and,
-            # in the first, the token its supervisor was given).
+            # Then, each over its own SSH session: the running ones get their markers (and their
+            # own commands' first starts and, in the first, its supervisor's token are read),
+            # the held session begins, and the user stops one sandbox: it must stay stopped, and
+            # still start on request.
             markers = [
                 pool.submit(self._write_markers, self.states[n], read_token=n == running[0])
                 for n in running
