@@ -22,7 +22,7 @@ import pytest
 
 from openshell_core.errors import StateError
 from openshell_core.faults import Fault
-from openshell_core.server.compute import Ownership, RuntimeState
+from openshell_core.server.compute import Observation, Ownership, RuntimeState, SandboxSpec
 from openshell_core.server.compute_memory import InMemoryComputeDriver, InMemorySettings
 from openshell_core.server.config import ServerConfig
 from openshell_core.server.model import Desired, Phase
@@ -769,6 +769,55 @@ def test_a_runtime_failing_while_the_gateway_waits_for_its_supervisor_goes_to_er
         assert time.monotonic() - started < SUPERVISOR_WAIT / 2
         assert _phase(service, sandbox_id) is Phase.ERROR
         await service.close()
+
+    run(scenario())
+
+
+@dataclass
+class _SlowToShowMemoryDriver(InMemoryComputeDriver):
+    """The in-memory driver of a platform that makes a runtime some time after it is asked to
+    (a pod its controller has still to make): for ``hidden`` seconds after a create, the
+    runtime is reported stopped."""
+
+    hidden: float = 1.5
+    _shown_at: float = 0.0
+
+    def create(self, spec: SandboxSpec) -> None:
+        super().create(spec)
+        self._shown_at = time.monotonic() + self.hidden
+
+    def observe(self, sandbox_id: str) -> Observation:
+        found = super().observe(sandbox_id)
+        if found.running and time.monotonic() < self._shown_at:
+            return Observation(sandbox_id, STOPPED, "pod missing", found.workspace)
+        return found
+
+
+def test_a_runtime_just_made_that_does_not_show_yet_is_waited_for_not_restarted(store):
+    """The platform reports a runtime it was just asked for as not there yet, and its supervisor
+    answers a moment later: the gateway waits for it (Ready), rather than ending the wait at its
+    first look and starting the runtime again at the next pass."""
+
+    async def scenario() -> None:
+        supervisor = socketserver.TCPServer(
+            ("127.0.0.1", 0), socketserver.BaseRequestHandler, bind_and_activate=False
+        )
+        supervisor.allow_reuse_address = True
+        supervisor.server_bind()
+        driver = _SlowToShowMemoryDriver(
+            Ownership("test", "openshell-test"), supervisor=supervisor.server_address
+        )
+        service = _service(store, driver)
+        loop = asyncio.get_running_loop()
+        loop.call_later(driver.hidden + 0.5, supervisor.server_activate)  # it starts listening
+        try:
+            sandbox_id = await _created(service)
+
+            assert _phase(service, sandbox_id) is Phase.READY
+            assert driver.runtimes[sandbox_id].starts == 1
+        finally:
+            supervisor.server_close()
+            await service.close()
 
     run(scenario())
 
